@@ -1,0 +1,70 @@
+"""Microphone stage: voice activity and the user's audio (Wyoming's voice-started/-stopped)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.envelope import Event, PayloadEvent
+
+#: The pipeline's input format: 16 kHz mono int16 (what Whisper and the VADs want).
+PIPELINE_RATE = 16_000
+PIPELINE_WIDTH = 2
+PIPELINE_CHANNELS = 1
+
+
+class PcmFormat:
+    """Mixin validation for events that carry PCM."""
+
+    @model_validator(mode="after")
+    def _check_pcm(self):  # type: ignore[no-untyped-def]
+        frame = self.width * self.channels  # type: ignore[attr-defined]
+        if len(self.audio) % frame:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"audio length {len(self.audio)} is not a multiple of the frame size {frame}"  # type: ignore[attr-defined]
+            )
+        return self
+
+
+class VoiceStarted(Event):
+    """The user started speaking (VAD onset, pre-roll included in the audio that follows)."""
+
+    type: ClassVar[str] = "mic.voice-started"
+
+    source: str = Field(default="mic", max_length=256)
+    """Where the audio comes from: "mic" or a file name."""
+    stream_offset_ms: float = Field(default=0.0, ge=0)
+    """Position of the onset in the source stream, milliseconds."""
+    preroll_ms: float = Field(default=0.0, ge=0)
+    """Audio before the onset that is included in the utterance, milliseconds."""
+
+
+class AudioChunk(PcmFormat, PayloadEvent):
+    """A fixed-size slice of the user's utterance; `seq` orders the chunks of one utterance."""
+
+    type: ClassVar[str] = "mic.audio-chunk"
+
+    rate: Literal[16000] = PIPELINE_RATE
+    """Sample rate, Hertz."""
+    width: Literal[2] = PIPELINE_WIDTH
+    """Bytes per sample."""
+    channels: Literal[1] = PIPELINE_CHANNELS
+    """Interleaved channels."""
+    offset_ms: float = Field(default=0.0, ge=0)
+    """Position of the first sample in the utterance, milliseconds."""
+
+
+class VoiceStopped(Event):
+    """The user stopped speaking (end-pointed); the utterance has `chunks` audio chunks."""
+
+    type: ClassVar[str] = "mic.voice-stopped"
+
+    reason: Literal["silence", "max-length", "end-of-stream", "cancelled"] = "silence"
+    """Why the utterance ended."""
+    chunks: int = Field(ge=0)
+    """Number of audio chunks the utterance has (seq 0..chunks-1): lets consumers detect gaps."""
+    duration_ms: float = Field(ge=0)
+    """Audio duration of the utterance, milliseconds."""
+    speech_end_offset_ms: float = Field(default=0.0, ge=0)
+    """Position in the utterance where speech actually ended (before the hangover), ms."""

@@ -1,0 +1,33 @@
+"""Control events: barge-in and errors. Handled at once, never queued behind audio."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from schemas.envelope import Event
+
+
+class Interrupt(Event):
+    """Stop the reply of `utterance_id` now (barge-in or user request)."""
+
+    type: ClassVar[str] = "control.interrupt"
+
+    reason: Literal["barge-in", "user", "shutdown"] = "barge-in"
+    by_utterance_id: str = ""
+    """The new user utterance that caused a barge-in."""
+
+
+class ErrorEvent(Event):
+    """A stage failed for this turn; the turn ends here unless `retryable`."""
+
+    type: ClassVar[str] = "control.error"
+
+    failed_stage: str = Field(max_length=64)
+    """The stage that failed, e.g. "stt"."""
+    code: str = Field(max_length=64)
+    """Short machine-readable cause, e.g. "model-missing", "audio-gap", "worker-lost"."""
+    message: str = Field(max_length=4096)
+    cause_event_id: str = ""
+    retryable: bool = False

@@ -1,0 +1,187 @@
+"""The common envelope of every event, the type registry, subjects and the wire format.
+
+Wire format (one NATS message per event):
+    body    = <envelope JSON, one line> b"\\n" <binary payload, raw PCM for audio events>
+    headers = Nats-Msg-Id (the event id, JetStream de-duplicates on it),
+              Voice-Type, W3C traceparent/tracestate.
+Compact JSON never contains a raw newline, so the first b"\\n" always ends the envelope
+and audio is never base64'd into JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+SUBJECT_ROOT = "voice"
+DLQ_ROOT = "dlq"
+
+#: Subject tokens: no dots, spaces or wildcards; bounded so subjects stay short.
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+#: Largest payload one event may carry (NATS' default max_payload is 1 MiB).
+MAX_PAYLOAD_BYTES = 512 * 1024
+
+
+class EventDecodeError(ValueError):
+    """A message that is not a valid event; `reason` is what goes to the dead-letter subject."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_id() -> str:
+    """A fresh random id (32 hex chars)."""
+    return uuid.uuid4().hex
+
+
+def derive_id(parent: str, *parts: object) -> str:
+    """A deterministic id from a parent id and labels.
+
+    Workers derive the ids of the events they emit from the id of the event that caused
+    them, so re-processing a redelivered input re-publishes the *same* ids: JetStream
+    drops them inside its duplicate window and the event log ignores them after it.
+    """
+    name = parent + "/" + "/".join(str(p) for p in parts)
+    return uuid.uuid5(uuid.NAMESPACE_OID, name).hex
+
+
+class Event(BaseModel):
+    """Base of every event: the envelope. Subclasses add the stage-specific fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: "<stage>.<kind>", e.g. "mic.audio-chunk"; the registry key.
+    type: ClassVar[str] = ""
+    #: Current schema version of this type; older versions are upcast, newer are refused.
+    VERSION: ClassVar[int] = 1
+    #: Whether `audio` travels as the binary payload.
+    HAS_PAYLOAD: ClassVar[bool] = False
+
+    event_id: Token = Field(default_factory=new_id)
+    """Unique id; used as Nats-Msg-Id and as the event log's unique key."""
+    conversation_id: Token
+    """The conversation (session) this event belongs to."""
+    utterance_id: Token
+    """The turn: the user's utterance and the reply to it share this id."""
+    seq: int = Field(default=0, ge=0)
+    """Sequence number per (producer, utterance, type), from 0, without gaps."""
+    ts: float = Field(default_factory=time.time)
+    """Wall-clock time the event was produced, Unix seconds."""
+    producer: str = Field(default="", max_length=64)
+    """Name of the producing worker instance, e.g. "stt-1"."""
+    schema_version: int = 1
+    """Schema version of this event's type, written by the producer."""
+
+    @property
+    def stage(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    @property
+    def kind(self) -> str:
+        return self.type.split(".", 1)[1]
+
+    def subject(self) -> str:
+        return subject_for(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("type"):
+            register(cls)
+
+
+class PayloadEvent(Event):
+    """An event whose `audio` bytes travel as the binary message body, not in JSON."""
+
+    HAS_PAYLOAD: ClassVar[bool] = True
+
+    audio: bytes = Field(default=b"", exclude=True, repr=False)
+    """Raw little-endian PCM."""
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
+def register(cls: type[Event]) -> type[Event]:
+    stage, _, kind = cls.type.partition(".")
+    if not (_TOKEN_RE.match(stage) and _TOKEN_RE.match(kind)):
+        raise ValueError(f"bad event type {cls.type!r}: want '<stage>.<kind>'")
+    if cls.type in _REGISTRY and _REGISTRY[cls.type] is not cls:
+        raise ValueError(f"event type {cls.type!r} registered twice")
+    _REGISTRY[cls.type] = cls
+    return cls
+
+
+def event_types() -> dict[str, type[Event]]:
+    return dict(_REGISTRY)
+
+
+def subject_for(event: Event) -> str:
+    """`voice.<conversation>.<stage>.<kind>`: one obvious mapping for every event."""
+    return f"{SUBJECT_ROOT}.{event.conversation_id}.{event.type}"
+
+
+def subject_filter(conversation: str = "*", event_type: str | None = None) -> str:
+    """A subject filter, e.g. subject_filter(event_type="mic.audio-chunk")."""
+    if event_type is None:
+        return f"{SUBJECT_ROOT}.{conversation}.>"
+    return f"{SUBJECT_ROOT}.{conversation}.{event_type}"
+
+
+def dlq_subject(consumer: str) -> str:
+    return f"{DLQ_ROOT}.{consumer}"
+
+
+def encode(event: Event) -> bytes:
+    """Event -> message body."""
+    head = event.model_dump_json().encode()
+    # Type goes first in the object so a human reading `nats sub` sees it at once.
+    body = b'{"type":"' + event.type.encode() + b'",' + head[1:]
+    if event.HAS_PAYLOAD:
+        return body + b"\n" + event.audio  # type: ignore[attr-defined]
+    return body
+
+
+def decode(body: bytes) -> Event:
+    """Message body -> typed, validated event; raises EventDecodeError with a reason."""
+    if len(body) > MAX_PAYLOAD_BYTES + 64 * 1024:
+        raise EventDecodeError(f"message too large: {len(body)} bytes")
+    head, sep, payload = body.partition(b"\n")
+    try:
+        data = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventDecodeError(f"envelope is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventDecodeError("envelope is not a JSON object")
+    type_name = data.pop("type", None)
+    cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {type_name!r}")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1 or version > cls.VERSION:
+        raise EventDecodeError(
+            f"{type_name}: unknown schema version {version!r} (this build knows <= {cls.VERSION})"
+        )
+    if cls.HAS_PAYLOAD:
+        if not sep:
+            raise EventDecodeError(f"{type_name}: missing binary payload separator")
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise EventDecodeError(f"{type_name}: payload of {len(payload)} bytes too large")
+        data["audio"] = payload
+    elif sep:
+        raise EventDecodeError(f"{type_name}: unexpected payload after the envelope")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "event"
+        raise EventDecodeError(
+            f"{type_name}: invalid {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None

@@ -1,0 +1,36 @@
+"""Speaker stage: what the user actually heard."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from schemas.envelope import Event
+
+
+class PlaybackStarted(Event):
+    """The first sample of the reply reached the output device (or sink)."""
+
+    type: ClassVar[str] = "speaker.playback-started"
+
+    sink: str = ""
+    """"device" or the WAV path."""
+
+
+class PlaybackDone(Event):
+    """Playback of the reply ended; says exactly how much was heard."""
+
+    type: ClassVar[str] = "speaker.playback-done"
+
+    played_ms: float = Field(ge=0)
+    """Audio actually played, milliseconds."""
+    interrupted: bool = False
+    sentences_heard: int = Field(default=0, ge=0)
+    """Sentences played to the end."""
+    last_sentence_index: int = Field(default=-1, ge=-1)
+    """Sentence playing when playback ended (-1: none)."""
+    last_sentence_played_ms: float = Field(default=0.0, ge=0)
+    """How far into that sentence playback got, milliseconds."""
+    wav: str = ""
+    """Where the reply audio was written, if a WAV sink was used."""

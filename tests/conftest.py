@@ -1,0 +1,61 @@
+"""Shared fixtures: a real nats-server per test (own port, own store), a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+from workers.runtime.natsd import NatsServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream on a free loopback port; `.kill()`/`.start()` restart it
+    on the same store."""
+    server = NatsServer(free_port(), tmp_path / "nats", sync_interval="always")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
+    return Settings(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(settings, name="test")
+    await b.ensure_streams()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; returns its value or fails the test."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,1 @@
+"""Shared runtime: settings, bus, event log, telemetry, embedded NATS, logging."""

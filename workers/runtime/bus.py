@@ -1,0 +1,436 @@
+"""The event bus: NATS JetStream with typed events, trace headers and dead-lettering.
+
+- `Bus.connect` reconnects forever and reports connection trouble once per state change.
+- `Bus.ensure_streams` provisions the streams idempotently (VOICE for voice.>, VOICE_DLQ).
+- `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
+- `Consumer` is a durable pull consumer: decode + validate, hand over a typed event, ack
+  only after the handler succeeded; an undecodable or invalid message, or one whose handler
+  keeps failing, goes to `dlq.<consumer>` with the reason and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    PubAck,
+    StorageType,
+    StreamConfig,
+)
+from opentelemetry import context as otel_context
+
+from schemas import DLQ_ROOT, SUBJECT_ROOT, Event, EventDecodeError, decode, dlq_subject, encode
+from workers.runtime.config import Settings, get_settings
+from workers.runtime.telemetry import extract_context, inject_headers
+
+log = logging.getLogger("voicebus.bus")
+
+DLQ_STREAM = "VOICE_DLQ"
+MSG_ID = "Nats-Msg-Id"
+TYPE_HEADER = "Voice-Type"
+
+
+class BusError(RuntimeError):
+    """The bus cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received event with what the bus knows about it."""
+
+    event: Event
+    subject: str
+    headers: dict[str, str]
+    num_delivered: int
+    stream_seq: int
+    context: otel_context.Context
+    msg: Msg = field(repr=False)
+
+
+Handler = Callable[[Event, Delivery], Awaitable[None]]
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, nc: NatsClient, settings: Settings, name: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings
+        self.name = name
+        self.stream = settings.stream_name
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        name: str = "voicebus",
+        connect_timeout: float = 2.0,
+    ) -> Bus:
+        settings = settings or get_settings()
+        state = {"down": False}
+
+        async def error_cb(exc: Exception) -> None:
+            # Called per failed reconnect attempt; report the first of a streak only.
+            if not state["down"]:
+                log.warning("nats error", extra={"error": repr(exc), "worker": name})
+            state["down"] = True
+
+        async def disconnected_cb() -> None:
+            log.warning("nats disconnected; reconnecting", extra={"worker": name})
+            state["down"] = True
+
+        async def reconnected_cb() -> None:
+            log.warning("nats reconnected", extra={"worker": name})
+            state["down"] = False
+
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                user=settings.nats_user,
+                password=settings.nats_password,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                pending_size=64 * 1024 * 1024,
+            )
+        except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+            raise BusError(
+                f"cannot reach NATS at {settings.nats_url} ({exc.__class__.__name__}): "
+                "start it with `just nats` or set NATS_URL"
+            ) from None
+        except nats.errors.Error as exc:
+            raise BusError(f"NATS at {settings.nats_url} refused the connection: {exc}") from None
+        return cls(nc, settings, name)
+
+    async def ensure_streams(self) -> None:
+        """Create or update the streams; safe to call from every worker at start."""
+        s = self.settings
+        await self._ensure_stream(
+            StreamConfig(
+                name=self.stream,
+                description="voice pipeline events; the SQLite/Postgres log is the record",
+                subjects=[f"{SUBJECT_ROOT}.>"],
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_age=s.stream_max_age_s,
+                max_bytes=s.stream_max_bytes,
+                max_msg_size=1024 * 1024,
+                duplicate_window=s.stream_duplicate_window_s,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=DLQ_STREAM,
+                description="dead letters: messages a consumer could not accept, with reasons",
+                subjects=[f"{DLQ_ROOT}.>"],
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_age=30 * 24 * 3600.0,
+                max_bytes=256 * 1024 * 1024,
+                duplicate_window=s.stream_duplicate_window_s,
+            )
+        )
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # stream name already in use with another config
+                raise
+            await self.js.update_stream(config)
+
+    # -- publishing -------------------------------------------------------------------
+
+    @staticmethod
+    def headers_for(event: Event, ctx: otel_context.Context | None = None) -> dict[str, str]:
+        headers = {MSG_ID: event.event_id, TYPE_HEADER: event.type}
+        inject_headers(headers, ctx)
+        return headers
+
+    async def publish(
+        self, event: Event, ctx: otel_context.Context | None = None, timeout: float = 5.0
+    ) -> PubAck:
+        """Publish and wait for JetStream's ack (stored). `duplicate=True` means a re-publish."""
+        return await self.js.publish(
+            event.subject(), encode(event), timeout=timeout, headers=self.headers_for(event, ctx)
+        )
+
+    async def publish_nowait(
+        self, event: Event, ctx: otel_context.Context | None = None
+    ) -> asyncio.Future[PubAck]:
+        """Pipelined publish: returns the ack future (await `flush_publishes` before exit)."""
+        return await self.js.publish_async(
+            event.subject(), encode(event), headers=self.headers_for(event, ctx)
+        )
+
+    async def flush_publishes(self) -> None:
+        if self.js.publish_async_pending():
+            await self.js.publish_async_completed()
+
+    async def dead_letter(self, consumer: str, msg: Msg, reason: str) -> None:
+        headers = dict(msg.headers or {})
+        seq = _stream_seq(msg)
+        headers.update(
+            {
+                MSG_ID: f"dlq-{consumer}-{seq}" if seq else f"dlq-{consumer}-{time.time_ns()}",
+                "Dlq-Reason": reason[:2000],
+                "Dlq-Subject": msg.subject,
+                "Dlq-Consumer": consumer,
+                "Dlq-Stream-Seq": str(seq),
+            }
+        )
+        await self.js.publish(dlq_subject(consumer), msg.data, headers=headers)
+        log.warning(
+            "dead-lettered", extra={"consumer": consumer, "subject": msg.subject, "reason": reason}
+        )
+
+    # -- consuming --------------------------------------------------------------------
+
+    def consumer(
+        self,
+        durable: str,
+        filter_subjects: Sequence[str],
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        **options: Any,
+    ) -> Consumer:
+        return Consumer(self, durable, list(filter_subjects), handler, batch_handler, **options)
+
+    async def close(self) -> None:
+        if self.nc.is_connected:
+            try:
+                await self.flush_publishes()
+                await self.nc.drain()
+            except (nats.errors.Error, asyncio.TimeoutError):
+                await self.nc.close()
+        elif not self.nc.is_closed:
+            await self.nc.close()
+
+
+def _stream_seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # core-NATS message, or metadata missing
+        return 0
+
+
+def _num_delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+class Consumer:
+    """A durable pull consumer. Run it with `await consumer.run()`; `stop()` drains it."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        durable: str,
+        filter_subjects: list[str],
+        handler: Handler | None,
+        batch_handler: BatchHandler | None,
+        *,
+        batch: int = 64,
+        fetch_timeout: float = 0.5,
+        max_ack_pending: int = 2048,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        deliver_policy: DeliverPolicy = DeliverPolicy.NEW,
+        retry_delay: float = 0.5,
+        dedupe_window: int = 20_000,
+    ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler or batch_handler")
+        self.bus = bus
+        self.durable = durable
+        self.filter_subjects = filter_subjects
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.max_ack_pending = max_ack_pending
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.deliver_policy = deliver_policy
+        self.retry_delay = retry_delay
+        # Ids handled by this process: a redelivery whose ack was lost is acked, not redone.
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._stopping = asyncio.Event()
+        self.processed = 0
+        self.dead_lettered = 0
+        self.skipped_duplicates = 0
+
+    async def start(self) -> Consumer:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,  # we dead-letter ourselves after max_deliver, with the reason
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=self.deliver_policy,
+        )
+        if len(self.filter_subjects) == 1:
+            config.filter_subject = self.filter_subjects[0]
+        else:
+            config.filter_subjects = self.filter_subjects
+        try:
+            await self.bus.js.add_consumer(self.bus.stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            # Existing durable with other settings (e.g. a new filter): update what may change.
+            if exc.err_code not in (10148, 10013, 10105):
+                raise
+            await self.bus.js.add_consumer(self.bus.stream, config)
+        self._sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if self._sub is None:
+            await self.start()
+        while not self._stopping.is_set():
+            await self.run_once()
+
+    async def run_once(self) -> int:
+        """Fetch one batch and process it; returns the number of messages seen."""
+        assert self._sub is not None, "call start() first"
+        try:
+            msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
+        except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            return 0
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.ConnectionDrainingError, nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError, nats.js.errors.APIError):
+            # Server restarting: the reconnect logic brings us back; do not spin.
+            await asyncio.sleep(0.2)
+            return 0
+        deliveries: list[Delivery] = []
+        for msg in msgs:
+            d = await self._decode(msg)
+            if d is not None:
+                deliveries.append(d)
+        if not deliveries:
+            return len(msgs)
+        if self.batch_handler is not None:
+            await self._run_batch(deliveries)
+        else:
+            for d in deliveries:
+                if self._stopping.is_set():
+                    break  # unacked: redelivered to whoever runs next
+                await self._run_one(d)
+        return len(msgs)
+
+    async def _decode(self, msg: Msg) -> Delivery | None:
+        try:
+            event = decode(msg.data)
+        except EventDecodeError as exc:
+            await self._reject(msg, exc.reason)
+            return None
+        headers = dict(msg.headers or {})
+        if headers.get(MSG_ID, event.event_id) != event.event_id:
+            await self._reject(msg, f"Nats-Msg-Id {headers[MSG_ID]!r} != event id {event.event_id!r}")
+            return None
+        if event.event_id in self._seen:
+            self.skipped_duplicates += 1
+            await _ack(msg)
+            return None
+        return Delivery(
+            event=event,
+            subject=msg.subject,
+            headers=headers,
+            num_delivered=_num_delivered(msg),
+            stream_seq=_stream_seq(msg),
+            context=extract_context(headers),
+            msg=msg,
+        )
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        try:
+            await self.bus.dead_letter(self.durable, msg, reason)
+        except Exception as exc:  # DLQ unreachable: leave unacked, it comes back
+            log.error("dead-letter failed", extra={"error": repr(exc), "reason": reason})
+            return
+        self.dead_lettered += 1
+        await _ack(msg)
+
+    def _remember(self, event_id: str) -> None:
+        self._seen[event_id] = None
+        if len(self._seen) > self._dedupe_window:
+            self._seen.popitem(last=False)
+
+    async def _run_one(self, d: Delivery) -> None:
+        assert self.handler is not None
+        token = otel_context.attach(d.context)
+        try:
+            await self.handler(d.event, d)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(d, exc)
+            return
+        finally:
+            otel_context.detach(token)
+        self._remember(d.event.event_id)
+        self.processed += 1
+        await _ack(d.msg)
+
+    async def _run_batch(self, deliveries: list[Delivery]) -> None:
+        assert self.batch_handler is not None
+        try:
+            await self.batch_handler(deliveries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for d in deliveries:
+                await self._failed(d, exc)
+            return
+        for d in deliveries:
+            self._remember(d.event.event_id)
+            await _ack(d.msg)
+        self.processed += len(deliveries)
+
+    async def _failed(self, d: Delivery, exc: Exception) -> None:
+        reason = f"handler failed on delivery {d.num_delivered}: {exc.__class__.__name__}: {exc}"
+        if d.num_delivered >= self.max_deliver:
+            await self._reject(d.msg, reason)
+            return
+        log.warning("handler failed; will retry", extra={"consumer": self.durable,
+                                                         "reason": reason})
+        try:
+            await d.msg.nak(delay=self.retry_delay * d.num_delivered)
+        except nats.errors.Error:
+            pass  # ack_wait expiry redelivers it anyway
+
+
+async def _ack(msg: Msg) -> None:
+    try:
+        await msg.ack()
+    except nats.errors.Error as exc:
+        # Lost ack = redelivery later, absorbed by idempotent handlers.
+        log.info("ack failed", extra={"error": repr(exc)})

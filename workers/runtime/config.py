@@ -1,0 +1,58 @@
+"""Settings from environment variables and `.env`, with documented defaults.
+
+Every stage reads its own prefix (STT_, LLM_, TTS_, ...) in its own module; this holds what
+all workers share.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Not 4222: the project's embedded server must not collide with a system NATS.
+DEFAULT_NATS_URL = "nats://127.0.0.1:4223"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    nats_url: str = DEFAULT_NATS_URL
+    """NATS_URL: where the bus is. If nothing listens there, `just nats`/`just demo` start one."""
+    nats_user: str | None = None
+    """NATS_USER / NATS_PASSWORD: credentials, when the server requires them."""
+    nats_password: str | None = None
+    data_dir: Path = Path("data")
+    """DATA_DIR: SQLite log, JetStream store, reply WAVs, benchmark reports."""
+    database_url: str | None = None
+    """DATABASE_URL: SQLAlchemy URL of the event log; default sqlite:///<DATA_DIR>/voice.db."""
+    stream_name: str = "VOICE"
+    """JETSTREAM: name of the stream holding voice.> events."""
+    stream_max_age_s: float = 7 * 24 * 3600.0
+    """STREAM_MAX_AGE_S: JetStream keeps events this long; the SQLite log is the record."""
+    stream_max_bytes: int = 2 * 1024**3
+    """STREAM_MAX_BYTES: size cap of the stream; oldest events are discarded first."""
+    stream_duplicate_window_s: float = 120.0
+    """STREAM_DUPLICATE_WINDOW_S: JetStream drops re-published event ids inside this window."""
+    nats_sync_interval: str = "1s"
+    """NATS_SYNC_INTERVAL: how often the embedded server fsyncs JetStream ("always" for
+    every write; NATS' own default is 2 minutes)."""
+    log_level: str = "WARNING"
+    """LOG_LEVEL: quiet by default."""
+    log_json: bool = False
+    """LOG_JSON: one JSON object per log line."""
+    worker_id: str = Field(default="")
+    """WORKER_ID: instance name, for scale-out (default: the worker's name)."""
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'voice.db').as_posix()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,111 @@
+"""What every worker process shares: start-up, signals, graceful shutdown.
+
+A worker is a subclass of `Worker` with `setup()` (load models, show progress) and
+`consumers()`; `run_worker` does the rest: logging, telemetry, bus connection, stream
+provisioning, running the consumers, and on SIGTERM/SIGINT a drain (the batch in hand is
+finished and acked), a flush of pending publishes and of spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from workers.runtime.bus import Bus, BusError, Consumer
+from workers.runtime.config import Settings, get_settings
+from workers.runtime.logs import setup_logging
+from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger("voicebus.service")
+
+
+class Worker:
+    """Base of a worker: one small room per stage."""
+
+    #: Service name (also the OpenTelemetry service.name and the durable consumer prefix).
+    name: str = "worker"
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.worker_id = settings.worker_id or self.name
+        self._consumers: list[Consumer] = []
+        self.stopping = asyncio.Event()
+
+    async def setup(self) -> None:
+        """Load models etc. before consuming; raise a clear error if something is missing."""
+
+    def consumers(self) -> list[Consumer]:
+        return []
+
+    async def background(self) -> None:
+        """Optional extra long-running task (e.g. a microphone loop)."""
+        await self.stopping.wait()
+
+    async def aclose(self) -> None:
+        """Release resources after the consumers stopped."""
+
+    async def run(self) -> None:
+        self._consumers = self.consumers()
+        for c in self._consumers:
+            await c.start()
+        log.info("ready", extra={"worker": self.worker_id})
+        tasks = [asyncio.create_task(c.run()) for c in self._consumers]
+        tasks.append(asyncio.create_task(self.background()))
+        stop_task = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop_task and t.exception() is not None:
+                self.stop()
+                raise t.exception()  # type: ignore[misc]
+        self.stop()
+        # Consumers finish the batch in hand (and ack it) before returning.
+        await asyncio.wait(tasks, timeout=10)
+        for t in tasks:
+            t.cancel()
+        await self.aclose()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for c in self._consumers:
+            c.stop()
+
+
+async def serve(factory: Callable[[Bus, Settings], Worker], settings: Settings) -> int:
+    bus = await Bus.connect(settings, name=settings.worker_id or factory.__name__)
+    await bus.ensure_streams()
+    worker = factory(bus, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.setup()
+        await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await bus.close()
+    return 0
+
+
+def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
+    """Entry point of `python -m workers.<name>`: returns the process exit code."""
+    settings = get_settings()
+    if not settings.worker_id:
+        settings = settings.model_copy(update={"worker_id": name})
+    setup_logging(settings.log_level, settings.log_json)
+    setup_telemetry(name)
+    try:
+        return asyncio.run(serve(factory, settings))
+    except BusError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        shutdown_telemetry()
