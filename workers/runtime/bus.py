@@ -114,7 +114,7 @@ class Bus:
                 reconnected_cb=reconnected_cb,
                 pending_size=64 * 1024 * 1024,
             )
-        except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             raise BusError(
                 f"cannot reach NATS at {settings.nats_url} ({exc.__class__.__name__}): "
                 "start it with `just nats` or set NATS_URL"
@@ -222,7 +222,7 @@ class Bus:
             try:
                 await self.flush_publishes()
                 await self.nc.drain()
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 await self.nc.close()
         elif not self.nc.is_closed:
             await self.nc.close()
@@ -322,7 +322,7 @@ class Consumer:
         assert self._sub is not None, "call start() first"
         try:
             msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
-        except (asyncio.TimeoutError, nats.errors.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return 0
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.ConnectionDrainingError, nats.errors.NoRespondersError,

@@ -122,7 +122,7 @@ class NatsServer:
             render_config(self.port, self.store_dir / "jetstream", self.sync_interval,
                           extra=self.extra_config)
         )
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(self.config_path)],
             stdout=out,

@@ -1,0 +1,110 @@
+"""Running workers as separate processes (demo, CLI commands, tests): start, wait, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nats.js.errors
+
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child worker so it sees the same bus, log and data folder."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "NATS_URL": settings.nats_url,
+            "DATA_DIR": str(settings.data_dir),
+            "DATABASE_URL": settings.db_url,
+            "JETSTREAM": settings.stream_name,
+            "LOG_LEVEL": settings.log_level,
+            "NATS_SYNC_INTERVAL": settings.nats_sync_interval,
+        }
+    )
+    if settings.nats_user:
+        env["NATS_USER"] = settings.nats_user
+    if settings.nats_password:
+        env["NATS_PASSWORD"] = settings.nats_password
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`python -m workers.<module>` in its own process group."""
+
+    def __init__(
+        self,
+        module: str,
+        settings: Settings,
+        worker_id: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.module = module
+        self.worker_id = worker_id or module
+        self.settings = settings
+        self.args = args or []
+        self.env = settings_env(settings, WORKER_ID=self.worker_id, **(env or {}))
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        out = subprocess.DEVNULL
+        if self.log_file:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"workers.{self.module}", *self.args],
+            env=self.env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def wait_consumer(self, bus: Bus, durable: str, timeout: float = 60.0) -> None:
+        """Wait until the worker's durable consumer exists (it creates it after loading)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self.running:
+                raise RuntimeError(
+                    f"worker {self.worker_id} exited with code {self.proc.returncode if self.proc else '?'}"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
+            try:
+                info = await bus.js.consumer_info(bus.stream, durable)
+                if info.num_waiting or info.num_pending is not None:
+                    return
+            except nats.js.errors.NotFoundError:
+                pass
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"worker {self.worker_id} not ready after {timeout}s")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
