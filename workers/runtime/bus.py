@@ -324,9 +324,14 @@ class Consumer:
             msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             return 0
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.ConnectionDrainingError, nats.errors.NoRespondersError,
-                nats.js.errors.ServiceUnavailableError, nats.js.errors.APIError):
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.APIError,
+        ):
             # Server restarting: the reconnect logic brings us back; do not spin.
             await asyncio.sleep(0.2)
             return 0
@@ -354,7 +359,9 @@ class Consumer:
             return None
         headers = dict(msg.headers or {})
         if headers.get(MSG_ID, event.event_id) != event.event_id:
-            await self._reject(msg, f"Nats-Msg-Id {headers[MSG_ID]!r} != event id {event.event_id!r}")
+            await self._reject(
+                msg, f"Nats-Msg-Id {headers[MSG_ID]!r} != event id {event.event_id!r}"
+            )
             return None
         if event.event_id in self._seen:
             self.skipped_duplicates += 1
@@ -420,8 +427,9 @@ class Consumer:
         if d.num_delivered >= self.max_deliver:
             await self._reject(d.msg, reason)
             return
-        log.warning("handler failed; will retry", extra={"consumer": self.durable,
-                                                         "reason": reason})
+        log.warning(
+            "handler failed; will retry", extra={"consumer": self.durable, "reason": reason}
+        )
         try:
             await d.msg.nak(delay=self.retry_delay * d.num_delivered)
         except nats.errors.Error:

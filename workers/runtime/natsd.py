@@ -119,8 +119,9 @@ class NatsServer:
     def start(self, timeout: float = 10.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            render_config(self.port, self.store_dir / "jetstream", self.sync_interval,
-                          extra=self.extra_config)
+            render_config(
+                self.port, self.store_dir / "jetstream", self.sync_interval, extra=self.extra_config
+            )
         )
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(

@@ -80,8 +80,9 @@ class WorkerProcess:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             if not self.running:
+                code = self.proc.returncode if self.proc else "?"
                 raise RuntimeError(
-                    f"worker {self.worker_id} exited with code {self.proc.returncode if self.proc else '?'}"
+                    f"worker {self.worker_id} exited with code {code}"
                     + (f"; see {self.log_file}" if self.log_file else "")
                 )
             try:

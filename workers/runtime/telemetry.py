@@ -60,7 +60,9 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def inject_headers(headers: MutableMapping[str, str], ctx: otel_context.Context | None = None) -> None:
+def inject_headers(
+    headers: MutableMapping[str, str], ctx: otel_context.Context | None = None
+) -> None:
     """Write traceparent/tracestate of `ctx` (default: current) into NATS headers."""
     propagate.inject(headers, context=ctx)
 
