@@ -113,6 +113,7 @@ class Bus:
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
                 pending_size=64 * 1024 * 1024,
+                drain_timeout=5,
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             raise BusError(
@@ -314,8 +315,20 @@ class Consumer:
     async def run(self) -> None:
         if self._sub is None:
             await self.start()
-        while not self._stopping.is_set():
-            await self.run_once()
+        try:
+            while not self._stopping.is_set():
+                await self.run_once()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drop the pull subscription (the durable consumer stays on the server)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except (TimeoutError, nats.errors.Error):
+                pass
 
     async def run_once(self) -> int:
         """Fetch one batch and process it; returns the number of messages seen."""

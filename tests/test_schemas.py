@@ -1,0 +1,113 @@
+"""The event catalogue: every type round-trips, subjects are obvious, bad bytes are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+import schemas as s
+
+CONV, UTT = "conv-1", "utt-1"
+
+
+def samples() -> list[s.Event]:
+    pcm = b"\x01\x00" * 320
+    base = {"conversation_id": CONV, "utterance_id": UTT}
+    return [
+        s.VoiceStarted(**base, source="q.wav", preroll_ms=200),
+        s.AudioChunk(**base, seq=3, audio=pcm, offset_ms=60),
+        s.VoiceStopped(**base, chunks=4, duration_ms=80),
+        s.TranscriptPartial(**base, text="what is", audio_ms=500),
+        s.Transcript(
+            **base,
+            text="What is the time?",
+            language="en",
+            words=(s.Word(word="What", start_s=0.0, end_s=0.2, probability=0.9),),
+        ),
+        s.ReplyToken(**base, text=" It", index=0),
+        s.ReplySentence(**base, text="It is noon.", index=0),
+        s.ReplyDone(**base, text="It is noon.", sentences=1, tokens=4),
+        s.SpeechChunk(**base, rate=22050, audio=pcm, sentence_index=0),
+        s.SentenceSynthesized(**base, sentence_index=0, text="It is noon.", audio_ms=900),
+        s.SpeechDone(**base, sentences=1, chunks=1, audio_ms=900),
+        s.PlaybackStarted(**base, sink="device"),
+        s.PlaybackDone(**base, played_ms=900),
+        s.Interrupt(**base, by_utterance_id="utt-2"),
+        s.ErrorEvent(**base, failed_stage="stt", code="audio-gap", message="chunk 2 missing"),
+    ]
+
+
+def test_catalogue_covers_every_registered_type() -> None:
+    assert {e.type for e in samples()} == set(s.event_types())
+
+
+@pytest.mark.parametrize("event", samples(), ids=lambda e: e.type)
+def test_every_event_round_trips_through_the_wire_format(event: s.Event) -> None:
+    body = s.encode(event)
+    back = s.decode(body)
+    assert back == event
+    assert type(back) is type(event)
+    if event.HAS_PAYLOAD:
+        assert back.audio == event.audio  # type: ignore[attr-defined]
+
+
+def test_audio_travels_as_raw_bytes_not_base64() -> None:
+    pcm = bytes(range(256)) * 5  # 1280 bytes, every byte value
+    chunk = s.AudioChunk(conversation_id=CONV, utterance_id=UTT, audio=pcm)
+    body = s.encode(chunk)
+    head, sep, payload = body.partition(b"\n")
+    assert sep and payload == pcm
+    assert "audio" not in json.loads(head)
+    assert len(body) - len(pcm) < 300  # the envelope is small next to the audio
+
+
+def test_subject_is_conversation_stage_kind() -> None:
+    ev = s.ReplySentence(conversation_id=CONV, utterance_id=UTT, text="Hi.", index=0)
+    assert s.subject_for(ev) == "voice.conv-1.llm.reply-sentence"
+    assert s.subject_filter(event_type="mic.audio-chunk") == "voice.*.mic.audio-chunk"
+
+
+def test_events_are_frozen_and_strict() -> None:
+    ev = s.Transcript(conversation_id=CONV, utterance_id=UTT, text="hi")
+    with pytest.raises(ValidationError):
+        ev.text = "changed"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        s.Transcript(conversation_id=CONV, utterance_id=UTT, text="hi", extra_field=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        s.Transcript(conversation_id="has.dot", utterance_id=UTT, text="hi")
+
+
+def test_derived_ids_are_deterministic_and_distinct() -> None:
+    assert s.derive_id("abc", "token", 1) == s.derive_id("abc", "token", 1)
+    assert s.derive_id("abc", "token", 1) != s.derive_id("abc", "token", 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff\xfe garbage", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "nope.nope"}', "unknown event type"),
+        (b'{"type": "stt.transcript", "schema_version": 99}', "unknown schema version"),
+        (
+            b'{"type": "stt.transcript", "conversation_id": "c", "utterance_id": "u"}',
+            "invalid text",
+        ),
+        (b'{"type": "mic.audio-chunk", "conversation_id": "c", "utterance_id": "u"}', "separator"),
+        (
+            b'{"type": "mic.audio-chunk", "conversation_id": "c", "utterance_id": "u"}\n\x00',
+            "multiple of the frame size",
+        ),
+        (
+            b'{"type": "mic.audio-chunk", "conversation_id": "c", "utterance_id": "u",'
+            b' "rate": 44100}\n',
+            "invalid rate",
+        ),
+    ],
+)
+def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(s.EventDecodeError) as exc:
+        s.decode(body)
+    assert reason in exc.value.reason

@@ -1,0 +1,1 @@
+"""The recorder: every event on voice.> into the SQL event log."""

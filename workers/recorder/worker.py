@@ -1,0 +1,79 @@
+"""Recorder worker: batches of events -> one transaction -> ack.
+
+Acks only after the commit, so a crash before it means redelivery; the log ignores event ids
+it already has, so redelivery never duplicates. Run a single instance: projections are
+updated read-modify-write inside the batch transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js.api import DeliverPolicy
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import subject_filter
+from workers.runtime.bus import Bus, Consumer, Delivery
+from workers.runtime.config import Settings
+from workers.runtime.eventlog import EventLog, Record
+from workers.runtime.service import Worker
+
+log = logging.getLogger("voicebus.recorder")
+
+
+class RecorderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECORDER_", env_file=".env", extra="ignore")
+
+    batch: int = 256
+    """RECORDER_BATCH: most events per transaction."""
+    max_ack_pending: int = 8192
+    """RECORDER_MAX_ACK_PENDING: back-pressure bound on unacknowledged events."""
+
+
+def record_of(d: Delivery) -> Record:
+    head, _, payload = d.msg.data.partition(b"\n")
+    return Record(
+        event=d.event,
+        envelope=head.decode(),
+        payload=payload if d.event.HAS_PAYLOAD else None,
+        subject=d.subject,
+        traceparent=d.headers.get("traceparent", ""),
+        stream_seq=d.stream_seq,
+    )
+
+
+class Recorder(Worker):
+    name = "recorder"
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        super().__init__(bus, settings)
+        self.options = RecorderSettings()
+        self.eventlog: EventLog | None = None
+        self.written = 0
+
+    async def setup(self) -> None:
+        self.eventlog = await asyncio.to_thread(EventLog, self.settings.db_url)
+
+    def consumers(self) -> list[Consumer]:
+        return [
+            self.bus.consumer(
+                "recorder",
+                [subject_filter()],
+                batch_handler=self.write,
+                batch=self.options.batch,
+                max_ack_pending=self.options.max_ack_pending,
+                deliver_policy=DeliverPolicy.ALL,
+                fetch_timeout=0.25,
+            )
+        ]
+
+    async def write(self, deliveries: list[Delivery]) -> None:
+        assert self.eventlog is not None
+        new = await asyncio.to_thread(self.eventlog.append, [record_of(d) for d in deliveries])
+        self.written += new
+        log.debug("batch committed", extra={"events": len(deliveries), "new": new})
+
+    async def aclose(self) -> None:
+        if self.eventlog is not None:
+            self.eventlog.close()

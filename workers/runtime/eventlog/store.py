@@ -1,0 +1,286 @@
+"""The event log: batched, idempotent appends of events and their projections.
+
+One `append` = one transaction: the new events (multi-row Core insert, conflicts on event_id
+ignored) and the projection rows they change. Only events that were actually inserted touch
+the projections, so redelivered events change nothing. SQLite runs in WAL mode with
+synchronous=FULL (each commit is fsynced); PostgreSQL goes through the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+
+from schemas import Event, decode, event_types
+from workers.runtime.eventlog import projections
+from workers.runtime.eventlog.tables import ConversationRow, EventRow, TurnRow
+from workers.runtime.telemetry import trace_id_of
+
+EVENTS = EventRow.__table__
+TURNS = TurnRow.__table__
+CONVERSATIONS = ConversationRow.__table__
+
+
+@dataclass(frozen=True)
+class Record:
+    """An event as received: the typed event plus the exact bytes and bus metadata."""
+
+    event: Event
+    envelope: str
+    payload: bytes | None
+    subject: str = ""
+    traceparent: str = ""
+    stream_seq: int = 0
+
+    @classmethod
+    def from_body(
+        cls, body: bytes, subject: str = "", traceparent: str = "", stream_seq: int = 0
+    ) -> Record:
+        head, _, payload = body.partition(b"\n")
+        event = decode(body)
+        return cls(
+            event,
+            head.decode(),
+            payload if event.HAS_PAYLOAD else None,
+            subject,
+            traceparent,
+            stream_seq,
+        )
+
+    @classmethod
+    def of(cls, event: Event, traceparent: str = "") -> Record:
+        from schemas import encode
+
+        return cls.from_body(encode(event), event.subject(), traceparent)
+
+    def row(self, recorded_at: float) -> dict[str, Any]:
+        e = self.event
+        return {
+            "event_id": e.event_id,
+            "type": e.type,
+            "conversation_id": e.conversation_id,
+            "utterance_id": e.utterance_id,
+            "producer": e.producer,
+            "seq": e.seq,
+            "ts": e.ts,
+            "schema_version": e.schema_version,
+            "subject": self.subject,
+            "envelope": self.envelope,
+            "payload": self.payload,
+            "traceparent": self.traceparent[:64],
+            "stream_seq": self.stream_seq,
+            "recorded_at": recorded_at,
+        }
+
+
+def make_engine(url: str) -> Engine:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
+        url = u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _insert(engine: Engine):  # type: ignore[no-untyped-def]
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases are not supported
+        raise RuntimeError(
+            f"unsupported database {engine.dialect.name!r}: use SQLite or PostgreSQL"
+        )
+    return insert
+
+
+class EventLog:
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._insert = _insert(self.engine)
+        if migrate:
+            from workers.runtime.eventlog.migrate import upgrade
+
+            upgrade(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> int:
+        """Store records in one transaction; returns how many were new (not duplicates)."""
+        if not records:
+            return 0
+        now = time.time()
+        rows = [r.row(now) for r in records]
+        stmt = (
+            self._insert(EVENTS)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(EVENTS.c.event_id)
+        )
+        with self.engine.begin() as conn:
+            inserted = {row[0] for row in conn.execute(stmt, rows)}
+            fresh, seen = [], set()
+            for r in records:
+                # A batch may carry the same event twice (publisher retry): apply it once.
+                if r.event.event_id in inserted and r.event.event_id not in seen:
+                    seen.add(r.event.event_id)
+                    fresh.append(r)
+            if fresh:
+                self._project(conn, fresh)
+        return len(inserted)
+
+    def _project(self, conn: Any, records: list[Record]) -> None:
+        conv_ids = {r.event.conversation_id for r in records}
+        utt_ids = {r.event.utterance_id for r in records}
+        convs = {
+            row.conversation_id: dict(row._mapping)
+            for row in conn.execute(
+                select(CONVERSATIONS).where(CONVERSATIONS.c.conversation_id.in_(conv_ids))
+            )
+        }
+        turns = {
+            row.utterance_id: dict(row._mapping)
+            for row in conn.execute(select(TURNS).where(TURNS.c.utterance_id.in_(utt_ids)))
+        }
+        known_convs, known_turns = set(convs), set(turns)
+        for r in records:
+            e = r.event
+            conv = convs.get(e.conversation_id)
+            if conv is None:
+                conv = convs[e.conversation_id] = projections.new_conversation(e)
+            turn = turns.get(e.utterance_id)
+            if turn is None:
+                turn = turns[e.utterance_id] = projections.new_turn(e, conv["turns"])
+                conv["turns"] += 1
+            projections.apply_conversation(conv, e)
+            projections.apply_turn(turn, e, trace_id_of(r.traceparent))
+        _upsert(conn, CONVERSATIONS, "conversation_id", convs, known_convs)
+        _upsert(conn, TURNS, "utterance_id", turns, known_turns)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def count(self, conversation_id: str | None = None) -> int:
+        q = select(func.count()).select_from(EVENTS)
+        if conversation_id:
+            q = q.where(EVENTS.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def event_rows(
+        self,
+        conversation_id: str | None = None,
+        utterance_id: str | None = None,
+        types: Iterable[str] | None = None,
+        with_payload: bool = True,
+    ) -> list[Any]:
+        cols = list(EVENTS.c) if with_payload else [c for c in EVENTS.c if c.name != "payload"]
+        q = select(*cols).order_by(EVENTS.c.id)
+        if conversation_id:
+            q = q.where(EVENTS.c.conversation_id == conversation_id)
+        if utterance_id:
+            q = q.where(EVENTS.c.utterance_id == utterance_id)
+        if types is not None:
+            q = q.where(EVENTS.c.type.in_(list(types)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def events(self, **filters: Any) -> list[Event]:
+        """Typed events in log order (same filters as event_rows)."""
+        return [row_event(r) for r in self.event_rows(**filters)]
+
+    def conversations(self) -> list[Any]:
+        q = select(CONVERSATIONS).order_by(CONVERSATIONS.c.started_at.desc())
+        with self.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def conversation(self, conversation_id: str) -> Any | None:
+        q = select(CONVERSATIONS).where(CONVERSATIONS.c.conversation_id == conversation_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first()
+
+    def turns(self, conversation_id: str) -> list[Any]:
+        q = (
+            select(TURNS)
+            .where(TURNS.c.conversation_id == conversation_id)
+            .order_by(TURNS.c.turn_index)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def turn(self, utterance_id: str) -> Any | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(TURNS).where(TURNS.c.utterance_id == utterance_id)).first()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def rebuild_projections(self, conversation_id: str) -> tuple[dict[str, Any], list[dict]]:
+        """Recompute a conversation's projections from its events (without writing them)."""
+        conv: dict[str, Any] | None = None
+        turns: dict[str, dict[str, Any]] = {}
+        for row in self.event_rows(conversation_id=conversation_id):
+            e = row_event(row)
+            if conv is None:
+                conv = projections.new_conversation(e)
+            if e.utterance_id not in turns:
+                turns[e.utterance_id] = projections.new_turn(e, conv["turns"])
+                conv["turns"] += 1
+            projections.apply_conversation(conv, e)
+            projections.apply_turn(turns[e.utterance_id], e, trace_id_of(row.traceparent))
+        return conv or {}, sorted(turns.values(), key=lambda t: t["turn_index"])
+
+    def delete_conversations(self, conversation_ids: Sequence[str]) -> int:
+        if not conversation_ids:
+            return 0
+        ids = list(conversation_ids)
+        with self.engine.begin() as conn:
+            n = conn.execute(delete(EVENTS).where(EVENTS.c.conversation_id.in_(ids))).rowcount
+            conn.execute(delete(TURNS).where(TURNS.c.conversation_id.in_(ids)))
+            conn.execute(delete(CONVERSATIONS).where(CONVERSATIONS.c.conversation_id.in_(ids)))
+        return int(n or 0)
+
+
+def row_event(row: Any) -> Event:
+    """Typed event of an events row (audio is empty if the row was read without payload)."""
+    body = row.envelope.encode()
+    cls = event_types().get(row.type)
+    if cls is not None and cls.HAS_PAYLOAD:
+        body += b"\n" + bytes(getattr(row, "payload", None) or b"")
+    return decode(body)
+
+
+def _upsert(conn: Any, table: Any, key: str, rows: dict[str, dict], known: set[str]) -> None:
+    new = [r for k, r in rows.items() if k not in known]
+    old = [r for k, r in rows.items() if k in known]
+    if new:
+        conn.execute(table.insert(), new)
+    if old:
+        from sqlalchemy import bindparam
+
+        cols = [c.name for c in table.c if c.name != key]
+        stmt = (
+            update(table)
+            .where(table.c[key] == bindparam("_key"))
+            .values({c: bindparam(c) for c in cols})
+        )
+        conn.execute(stmt, [{**r, "_key": r[key]} for r in old])
