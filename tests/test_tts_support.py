@@ -1,0 +1,97 @@
+"""Helpers for the voice tests (tts, speaker, barge-in): in-process workers and an event tap.
+
+No tests here; the workers run for real on the test's nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from schemas import Event, ReplyDone, ReplySentence, decode, derive_id, new_id
+from workers.runtime.bus import Bus
+from workers.runtime.service import Worker
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, timeout: float = 20.0) -> AsyncIterator[Worker]:
+    """Run a worker in this event loop until the block ends (drained like on SIGTERM)."""
+    await worker.setup()
+    task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (worker._consumers and all(c._sub for c in worker._consumers)):
+        if task.done():
+            task.result()
+        if loop.time() > deadline:
+            raise TimeoutError(f"{worker.name} did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+
+
+class Tap:
+    """Every event on voice.> as the bus delivers it, with its arrival time (core NATS)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.arrived: list[float] = []
+        self._sub = None
+
+    async def start(self, bus: Bus, subject: str = "voice.>") -> Tap:
+        loop = asyncio.get_running_loop()
+
+        async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+            self.events.append(decode(msg.data))
+            self.arrived.append(loop.time())
+
+        self._sub = await bus.nc.subscribe(subject, cb=cb)
+        await bus.nc.flush()
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    def of(self, cls: type[Event], utterance_id: str | None = None) -> list:  # type: ignore[type-arg]
+        return [
+            e
+            for e in self.events
+            if isinstance(e, cls) and (utterance_id is None or e.utterance_id == utterance_id)
+        ]
+
+
+def sentences(conversation: str, utterance: str, texts: list[str]) -> list[ReplySentence]:
+    """Reply sentences as the llm worker would publish them (ids derived from the turn)."""
+    return [
+        ReplySentence(
+            event_id=derive_id(utterance, "sentence", i),
+            conversation_id=conversation,
+            utterance_id=utterance,
+            seq=i,
+            producer="llm-test",
+            text=t,
+            index=i,
+        )
+        for i, t in enumerate(texts)
+    ]
+
+
+def reply_done(conversation: str, utterance: str, texts: list[str]) -> ReplyDone:
+    return ReplyDone(
+        event_id=derive_id(utterance, "reply-done"),
+        conversation_id=conversation,
+        utterance_id=utterance,
+        producer="llm-test",
+        text=" ".join(texts),
+        sentences=len(texts),
+        tokens=sum(len(t.split()) for t in texts),
+    )
+
+
+def turn() -> tuple[str, str]:
+    return new_id()[:12], new_id()

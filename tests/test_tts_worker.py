@@ -1,0 +1,127 @@
+"""The tts worker on a real nats-server with the bundled Piper voice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from schemas import Interrupt, SentenceSynthesized, SpeechChunk, SpeechDone, derive_id
+from tests.conftest import wait_for
+from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from workers.tts.backends import PiperBackend
+from workers.tts.config import TtsSettings
+from workers.tts.worker import TtsWorker
+
+TEXTS = [
+    "Hello there, this is the assistant speaking.",
+    "The weather today is sunny and warm.",
+    "Is there anything else I can help you with?",
+]
+
+
+@pytest.fixture(scope="module")
+def piper() -> PiperBackend:
+    backend = PiperBackend(TtsSettings(_env_file=None))  # type: ignore[call-arg]
+    backend.load()
+    return backend
+
+
+def tts_settings(**kw: object) -> TtsSettings:
+    return TtsSettings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        s = sentences(conv, utt, TEXTS)
+        await bus.publish(s[0])
+        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
+        assert tap.of(SpeechChunk, utt), "no audio after the first sentence"
+        assert not tap.of(SpeechDone, utt), "tts.done before the llm said the reply was done"
+        for ev in s[1:]:
+            await bus.publish(ev)
+        await bus.publish(reply_done(conv, utt, TEXTS))
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=10))[0]
+    chunks = tap.of(SpeechChunk, utt)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert [c.sentence_index for c in chunks] == sorted(c.sentence_index for c in chunks)
+    assert {c.sentence_index for c in chunks} == {0, 1, 2}
+    assert done.sentences == 3 and done.chunks == len(chunks) and not done.interrupted
+    assert all(c.rate == 22050 for c in chunks)
+    # 80 ms chunks; the last one of each sentence may be shorter
+    assert max(len(c.audio) for c in chunks) == 2 * 22050 * 80 // 1000
+    total_ms = sum(len(c.audio) for c in chunks) / 2 / 22.05
+    assert done.audio_ms == pytest.approx(total_ms, abs=1)
+    per_sentence = tap.of(SentenceSynthesized, utt)
+    assert [p.sentence_index for p in per_sentence] == [0, 1, 2]
+    assert all(0 < p.real_time_factor < 1 and p.first_audio_ms > 0 for p in per_sentence)
+    # ids derive from the sentence: a redelivery republishes the same ones
+    assert chunks[0].event_id == derive_id(s[0].event_id, "chunk", 0)
+    await tap.stop()
+
+
+async def test_sentences_delivered_out_of_order_are_spoken_in_index_order(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    s = sentences(conv, utt, TEXTS)
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        for ev in (s[2], s[0], reply_done(conv, utt, TEXTS), s[1]):
+            await bus.publish(ev)
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=20))[0]
+    chunks = tap.of(SpeechChunk, utt)
+    order = [c.sentence_index for c in chunks]
+    assert order == sorted(order) and set(order) == {0, 1, 2}
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert done.sentences == 3 and done.chunks == len(chunks)
+    await tap.stop()
+
+
+async def test_restarted_tts_continues_the_reply_where_the_last_one_stopped(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    s = sentences(conv, utt, TEXTS)
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(s[0])
+        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
+    # a fresh process: no memory of the reply, only the bus
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(s[1])
+        await bus.publish(s[2])
+        await bus.publish(reply_done(conv, utt, TEXTS))
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=20))[0]
+    chunks = tap.of(SpeechChunk, utt)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert done.sentences == 3 and done.chunks == len(chunks)
+    await tap.stop()
+
+
+async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    long_texts = [f"This is sentence number {i} of a long and winding answer." for i in range(8)]
+    s = sentences(conv, utt, long_texts)
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(s[0])
+        await wait_for(lambda: tap.of(SpeechChunk, utt), timeout=10)
+        stop = Interrupt(
+            event_id=derive_id(utt, "interrupt"),
+            conversation_id=conv,
+            utterance_id=utt,
+            by_utterance_id="next",
+        )
+        await bus.publish(stop)
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=5))[0]
+        for ev in s[1:]:  # the llm had more in flight: dropped
+            await bus.publish(ev)
+        await bus.publish(reply_done(conv, utt, long_texts))
+        await asyncio.sleep(0.5)
+    assert done.interrupted
+    latency_ms = 1000 * (done.ts - stop.ts)
+    assert latency_ms < 100, f"tts.done {latency_ms:.0f} ms after the interrupt"
+    chunks = tap.of(SpeechChunk, utt)
+    assert done.chunks == len(chunks) and [c.seq for c in chunks] == list(range(len(chunks)))
+    assert len(tap.of(SpeechDone, utt)) == 1
+    assert {c.sentence_index for c in chunks} == {0}
+    await tap.stop()

@@ -1,0 +1,1 @@
+"""Text-to-speech worker: reply sentences in, streamed audio chunks out."""

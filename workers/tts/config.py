@@ -1,0 +1,47 @@
+"""TTS settings (prefix TTS_), read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TtsSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TTS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    backend: Literal["piper", "xtts"] = "piper"
+    """TTS_BACKEND: "piper" (embedded, CPU) or "xtts" (XTTS v2, needs coqui-tts + torch)."""
+    voice: Path | None = None
+    """TTS_VOICE: a Piper .onnx voice (its .onnx.json beside it); default: the bundled one."""
+    output_rate: int = 22_050
+    """TTS_OUTPUT_RATE: rate of tts.audio-chunk events, Hertz (Piper's native rate: no resample)."""
+    chunk_ms: int = 80
+    """TTS_CHUNK_MS: length of one tts.audio-chunk, milliseconds (40-100 keeps barge-in sharp)."""
+    clause_split_chars: int = 120
+    """TTS_CLAUSE_SPLIT_CHARS: sentences longer than this are synthesized clause by clause so
+    the first audio comes sooner (0: never split)."""
+    length_scale: float | None = None
+    """TTS_LENGTH_SCALE: Piper speaking rate (>1 slower); default: the voice's own."""
+
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    """TTS_DEVICE: where XTTS runs."""
+    xtts_model_dir: Path | None = None
+    """TTS_XTTS_MODEL_DIR: folder with config.json, model.pth and vocab.json."""
+    xtts_model_name: str = "tts_models/multilingual/multi-dataset/xtts_v2"
+    """TTS_XTTS_MODEL_NAME: Coqui model-manager name, used when TTS_XTTS_MODEL_DIR is unset."""
+    speaker_wav: Path | None = None
+    """TTS_SPEAKER_WAV: reference recording of the voice to clone (3-30 s of clean speech)."""
+    latent_cache_dir: Path | None = None
+    """TTS_LATENT_CACHE_DIR: where speaker latents are cached; default DATA_DIR/xtts-latents."""
+    language: str = "en"
+    """TTS_LANGUAGE: XTTS language code."""
+    xtts_stream_chunk_size: int = 20
+    """TTS_XTTS_STREAM_CHUNK_SIZE: GPT tokens per streamed XTTS chunk (smaller: sooner audio)."""
+
+
+def get_tts_settings() -> TtsSettings:
+    return TtsSettings()
