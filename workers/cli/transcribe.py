@@ -1,0 +1,214 @@
+"""`just transcribe FILE.wav [FILE2.wav ...] [--json] [--fast]`: files through the live path.
+
+Each file is streamed by its own mic worker (file source, real time unless --fast, one
+conversation per file) to the stt worker over NATS JetStream (the embedded server is
+started when none listens at NATS_URL). Partials are printed as they come, then each final
+transcript. With --json the last stdout line is
+`{"results": [{"file", "transcript", "language", "final_latency_ms", "utterances"}]}`;
+final_latency_ms is the time from the last utterance's voice-stopped to its transcript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats.js.errors
+
+from schemas import ErrorEvent, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
+from schemas import decode as decode_event
+from workers.runtime.audio import AudioFileError, read_audio
+from workers.runtime.bus import Bus, BusError
+from workers.runtime.config import Settings, get_settings
+from workers.runtime.natsd import NatsServerError, ensure_nats
+from workers.runtime.procs import WorkerProcess
+
+
+@dataclass
+class FileRun:
+    path: Path
+    conversation: str
+    mic: WorkerProcess | None = None
+    started: dict[str, float] = field(default_factory=dict)  # utterance -> onset ms
+    stopped: dict[str, float] = field(default_factory=dict)  # utterance -> voice-stopped ts
+    finals: dict[str, Transcript] = field(default_factory=dict)
+    errors: dict[str, ErrorEvent] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for u in self.started if u not in self.finals and u not in self.errors)
+
+    def result(self) -> dict[str, object]:
+        order = sorted(self.started, key=lambda u: self.started[u])
+        utts = []
+        for u in order:
+            t = self.finals.get(u)
+            lat = None
+            if t is not None and u in self.stopped:
+                lat = round(1000.0 * (t.ts - self.stopped[u]), 1)
+            utts.append(
+                {
+                    "utterance_id": u,
+                    "transcript": t.text if t else None,
+                    "error": self.errors[u].code if u in self.errors else None,
+                    "final_latency_ms": lat,
+                    "audio_ms": t.audio_ms if t else None,
+                }
+            )
+        finals = [self.finals[u] for u in order if u in self.finals]
+        return {
+            "file": str(self.path),
+            "transcript": " ".join(t.text for t in finals if t.text),
+            "language": finals[-1].language if finals else "",
+            "final_latency_ms": utts[-1]["final_latency_ms"] if utts else None,
+            "utterances": utts,
+        }
+
+
+async def wait_pulling(bus: Bus, durable: str, procs: list[WorkerProcess], timeout: float) -> None:
+    """Until someone pulls from `durable` (its model is loaded), or a worker died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.running:
+                raise RuntimeError(f"{p.worker_id} exited; see {p.log_file}")
+        try:
+            info = await bus.js.consumer_info(bus.stream, durable)
+            if info.num_waiting:
+                return
+        except nats.js.errors.NotFoundError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{durable} not ready after {timeout:.0f} s")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, object]]:
+    runs = [FileRun(Path(f), new_id()) for f in args.files]
+    by_conv = {r.conversation: r for r in runs}
+    logs = settings.data_dir / "logs"
+    bus = await Bus.connect(settings, name="transcribe")
+    stt_procs: list[WorkerProcess] = []
+    try:
+        await bus.ensure_streams()
+        changed = asyncio.Event()
+
+        async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+            try:
+                ev = decode_event(msg.data)
+            except Exception:
+                return
+            r = by_conv.get(ev.conversation_id)
+            if r is None:
+                return
+            name = r.path.name
+            if isinstance(ev, VoiceStarted):
+                r.started.setdefault(ev.utterance_id, ev.stream_offset_ms)
+            elif isinstance(ev, VoiceStopped):
+                r.stopped[ev.utterance_id] = ev.ts
+            elif isinstance(ev, TranscriptPartial) and not args.quiet:
+                print(f"[{name}] ... {ev.text}", flush=True)
+            elif isinstance(ev, Transcript) and ev.utterance_id not in r.finals:
+                r.finals[ev.utterance_id] = ev
+                print(f"[{name}] {ev.text}", flush=True)
+            elif isinstance(ev, ErrorEvent):
+                r.errors[ev.utterance_id] = ev
+                print(f"[{name}] error {ev.code}: {ev.message}", file=sys.stderr, flush=True)
+            changed.set()
+
+        subs = [
+            await bus.nc.subscribe(f"voice.{r.conversation}.>", cb=on_msg, pending_bytes_limit=-1)
+            for r in runs
+        ]
+        for i in range(args.stt_instances):
+            wp = WorkerProcess(
+                "stt", settings, worker_id=f"stt-{i + 1}", log_file=logs / f"stt-{i + 1}.log"
+            )
+            stt_procs.append(wp.start())
+        print("transcribe: loading the stt model ...", file=sys.stderr, flush=True)
+        await wait_pulling(bus, "stt", stt_procs, timeout=args.timeout)
+        for i, r in enumerate(runs):
+            extra = ["--fast"] if args.fast else []
+            r.mic = WorkerProcess(
+                "mic",
+                settings,
+                worker_id=f"mic-{i + 1}",
+                args=["--file", str(r.path), "--conversation", r.conversation, *extra],
+                log_file=logs / f"mic-{i + 1}.log",
+            ).start()
+        deadline = time.monotonic() + args.timeout
+        while any(r.mic and r.mic.running for r in runs) or any(r.pending for r in runs):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no transcript after {args.timeout:.0f} s")
+            for p in stt_procs:
+                if not p.running:
+                    raise RuntimeError(f"{p.worker_id} exited; see {p.log_file}")
+            changed.clear()
+            with _suppress_timeout():
+                await asyncio.wait_for(changed.wait(), 0.1)
+        for r in runs:
+            assert r.mic is not None and r.mic.proc is not None
+            if r.mic.proc.returncode:
+                raise RuntimeError(f"mic for {r.path} failed; see {r.mic.log_file}")
+        for s in subs:
+            await s.unsubscribe()
+        return [r.result() for r in runs]
+    finally:
+        for r in runs:
+            if r.mic:
+                r.mic.stop()
+        for p in stt_procs:
+            p.stop()
+        await bus.close()
+
+
+class _suppress_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et, ev, tb) -> bool:  # type: ignore[no-untyped-def]
+        return et is not None and issubclass(et, TimeoutError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="transcribe", description=__doc__.split("\n")[0])
+    p.add_argument("files", nargs="+", help="WAV files (any rate, channels, width)")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    p.add_argument("--fast", action="store_true", help="stream files as fast as possible")
+    p.add_argument("--quiet", action="store_true", help="do not print partials")
+    p.add_argument("--stt-instances", type=int, default=1, help="stt worker processes")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
+    args = p.parse_args(argv)
+    for f in args.files:
+        try:
+            read_audio(f)
+        except AudioFileError as exc:
+            print(f"transcribe: error: {exc}", file=sys.stderr)
+            return 2
+    settings = get_settings()
+    try:
+        server = ensure_nats(settings)
+    except NatsServerError as exc:
+        print(f"transcribe: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        results = asyncio.run(run(args, settings))
+    except (BusError, RuntimeError, TimeoutError) as exc:
+        print(f"transcribe: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        print(json.dumps({"results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

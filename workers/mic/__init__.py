@@ -1,0 +1,1 @@
+"""Microphone/file source, VAD end-pointing, mic.* events."""

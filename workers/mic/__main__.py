@@ -1,0 +1,46 @@
+"""`python -m workers.mic [--file X.wav] [--fast] [--conversation ID] [--vad silero|webrtc]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+
+from workers.mic.config import MicSettings
+from workers.mic.sources import AudioSourceError
+from workers.mic.vad import VadError
+from workers.mic.worker import MicWorker
+from workers.runtime.audio import AudioFileError
+from workers.runtime.models import ModelNotFoundError
+from workers.runtime.service import run_worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workers.mic", description=__doc__)
+    p.add_argument("--file", help="stream this WAV instead of the microphone")
+    p.add_argument("--device", help="PortAudio input device name or index")
+    p.add_argument("--fast", action="store_true", help="stream the file as fast as possible")
+    p.add_argument("--conversation", help="conversation id (default: a new one)")
+    p.add_argument("--vad", choices=["silero", "webrtc"])
+    args = p.parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {
+            "file": args.file,
+            "device": args.device,
+            "conversation": args.conversation,
+            "vad": args.vad,
+            "realtime": False if args.fast else None,
+        }.items()
+        if v is not None
+    }
+    mic = MicSettings(**overrides)
+    try:
+        return run_worker(partial(MicWorker, mic=mic), "mic")
+    except (AudioSourceError, AudioFileError, VadError, ModelNotFoundError, ValueError) as exc:
+        print(f"mic: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

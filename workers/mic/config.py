@@ -1,0 +1,37 @@
+"""Mic settings (env prefix MIC_); `python -m workers.mic --help` overrides the common ones."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MicSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIC_", env_file=".env", extra="ignore")
+
+    file: str = ""
+    """MIC_FILE: stream this WAV instead of the microphone."""
+    device: str = ""
+    """MIC_DEVICE: PortAudio input device name or index; empty = the default input."""
+    realtime: bool = True
+    """MIC_REALTIME: pace a file at real time (false = as fast as possible)."""
+    conversation: str = ""
+    """MIC_CONVERSATION: conversation id; empty = a new one per run."""
+    vad: str = "silero"
+    """MIC_VAD: silero (ONNX model of the silero-vad package) or webrtc (webrtcvad)."""
+    threshold: float = 0.5
+    """MIC_THRESHOLD: speech probability above which a frame is speech (silero)."""
+    webrtc_mode: int = 3
+    """MIC_WEBRTC_MODE: webrtcvad aggressiveness 0-3."""
+    chunk_ms: int = 20
+    """MIC_CHUNK_MS: duration of one mic.audio-chunk (10, 20 or 30 ms)."""
+    preroll_ms: int = 300
+    """MIC_PREROLL_MS: audio before the detected onset that starts the utterance."""
+    min_speech_ms: int = 64
+    """MIC_MIN_SPEECH_MS: speech needed to start an utterance (rejects clicks)."""
+    hangover_ms: int = 400
+    """MIC_HANGOVER_MS: silence that ends an utterance."""
+    max_utterance_ms: int = 20_000
+    """MIC_MAX_UTTERANCE_MS: an utterance is cut (reason max-length) after this long."""
+    tail_silence_ms: int = 1000
+    """MIC_TAIL_SILENCE_MS: silence appended after a file so its last utterance ends by
+    hangover, as it would live."""

@@ -1,0 +1,166 @@
+"""End-pointing: turns a stream of PCM into utterances (start, fixed-size chunks, stop).
+
+Pure and synchronous so it is tested without a bus. Decisions are made per VAD frame;
+audio leaves in chunks of `chunk_ms`, the last one padded with silence to full size.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from workers.mic.vad import RATE, Vad
+
+
+@dataclass(frozen=True)
+class Started:
+    stream_offset_ms: float
+    """Onset of speech in the source stream."""
+    preroll_ms: float
+    """Audio before the onset included in the utterance."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    seq: int
+    pcm: bytes
+    offset_ms: float
+    """Position of the chunk in the utterance."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    reason: Literal["silence", "max-length", "end-of-stream"]
+    chunks: int
+    duration_ms: float
+    speech_end_offset_ms: float
+    """Where speech ended inside the utterance (before the hangover)."""
+
+
+Segment = Started | Chunk | Stopped
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    chunk_ms: int = 20
+    preroll_ms: int = 300
+    min_speech_ms: int = 64
+    hangover_ms: int = 400
+    max_utterance_ms: int = 20_000
+    threshold: float = 0.5
+    """Speech starts above this probability..."""
+    hysteresis: float = 0.15
+    """...and continues while above threshold - hysteresis (Silero's own rule)."""
+
+
+class Endpointer:
+    def __init__(self, vad: Vad, config: EndpointConfig | None = None) -> None:
+        self.vad = vad
+        self.cfg = config or EndpointConfig()
+        if self.cfg.chunk_ms <= 0 or (RATE * self.cfg.chunk_ms) % 1000:
+            raise ValueError(f"chunk_ms={self.cfg.chunk_ms}: want a whole number of samples")
+        self.chunk_samples = RATE * self.cfg.chunk_ms // 1000
+        self.frame_samples = vad.frame_samples
+        self.frame_ms = 1000.0 * self.frame_samples / RATE
+        self._pending = np.zeros(0, dtype=np.int16)  # not yet a whole VAD frame
+        self._stream_samples = 0  # samples seen by the VAD
+        preroll_frames = int(np.ceil(self.cfg.preroll_ms / self.frame_ms))
+        self._min_frames = max(1, int(np.ceil(self.cfg.min_speech_ms / self.frame_ms)))
+        self._ring: collections.deque[np.ndarray] = collections.deque(
+            maxlen=preroll_frames + self._min_frames
+        )
+        self._speech_frames = 0
+        self.in_utterance = False
+        self._utt = np.zeros(0, dtype=np.int16)  # not yet emitted as a chunk
+        self._utt_samples = 0
+        self._seq = 0
+        self._silence_ms = 0.0
+        self._speech_end_samples = 0
+
+    def feed(self, pcm: np.ndarray | bytes) -> list[Segment]:
+        a = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes | bytearray) else pcm
+        buf = np.concatenate([self._pending, a.astype(np.int16, copy=False)])
+        out: list[Segment] = []
+        n = len(buf) // self.frame_samples * self.frame_samples
+        for i in range(0, n, self.frame_samples):
+            self._frame(buf[i : i + self.frame_samples], out)
+        self._pending = buf[n:]
+        return out
+
+    def flush(self) -> list[Segment]:
+        """End of the stream: close an open utterance with reason end-of-stream."""
+        out: list[Segment] = []
+        if self.in_utterance:
+            self._append(self._pending, out)
+            self._stop("end-of-stream", out)
+        self._pending = np.zeros(0, dtype=np.int16)
+        return out
+
+    def _frame(self, frame: np.ndarray, out: list[Segment]) -> None:
+        p = self.vad.prob(frame)
+        self._stream_samples += len(frame)
+        if not self.in_utterance:
+            self._ring.append(frame)
+            self._speech_frames = self._speech_frames + 1 if p >= self.cfg.threshold else 0
+            if self._speech_frames >= self._min_frames:
+                self._start(out)
+            return
+        self._append(frame, out)
+        if p >= self.cfg.threshold - self.cfg.hysteresis:
+            self._silence_ms = 0.0
+            self._speech_end_samples = self._utt_samples
+        else:
+            self._silence_ms += self.frame_ms
+        if self._silence_ms >= self.cfg.hangover_ms:
+            self._stop("silence", out)
+        elif self._utt_samples >= RATE * self.cfg.max_utterance_ms // 1000:
+            self._stop("max-length", out)
+
+    def _start(self, out: list[Segment]) -> None:
+        audio = np.concatenate(list(self._ring))
+        speech = self._speech_frames * self.frame_samples
+        onset = self._stream_samples - speech
+        self.in_utterance = True
+        self._seq = 0
+        self._utt = np.zeros(0, dtype=np.int16)
+        self._utt_samples = 0
+        self._silence_ms = 0.0
+        self._ring.clear()
+        self._speech_frames = 0
+        out.append(Started(1000.0 * onset / RATE, 1000.0 * (len(audio) - speech) / RATE))
+        self._append(audio, out)
+        self._speech_end_samples = self._utt_samples
+
+    def _append(self, audio: np.ndarray, out: list[Segment]) -> None:
+        self._utt = np.concatenate([self._utt, audio])
+        self._utt_samples += len(audio)
+        n = len(self._utt) // self.chunk_samples * self.chunk_samples
+        for i in range(0, n, self.chunk_samples):
+            self._emit(self._utt[i : i + self.chunk_samples], out)
+        self._utt = self._utt[n:]
+
+    def _emit(self, chunk: np.ndarray, out: list[Segment]) -> None:
+        offset = 1000.0 * self._seq * self.chunk_samples / RATE
+        out.append(Chunk(self._seq, chunk.astype("<i2").tobytes(), offset))
+        self._seq += 1
+
+    def _stop(self, reason: Literal["silence", "max-length", "end-of-stream"], out) -> None:  # type: ignore[no-untyped-def]
+        if len(self._utt):
+            pad = np.zeros(self.chunk_samples - len(self._utt), dtype=np.int16)
+            self._emit(np.concatenate([self._utt, pad]), out)
+        out.append(
+            Stopped(
+                reason=reason,
+                chunks=self._seq,
+                duration_ms=1000.0 * self._seq * self.chunk_samples / RATE,
+                speech_end_offset_ms=1000.0 * self._speech_end_samples / RATE,
+            )
+        )
+        self.in_utterance = False
+        self._utt = np.zeros(0, dtype=np.int16)
+        self._utt_samples = 0
+        self._silence_ms = 0.0
+        # The VAD's RNN state is kept: it is a continuous stream, not a new one.

@@ -1,0 +1,167 @@
+"""Audio sources behind one interface: async blocks of 16 kHz mono int16.
+
+`FileSource` streams a WAV (any format `read_audio` takes) in real time or as fast as
+possible; `MicSource` reads a PortAudio input through `sounddevice`, imported lazily so
+everything else runs without PortAudio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from workers.runtime.audio import AudioFileError, float_to_pcm16, pcm16_to_float, read_audio
+
+RATE = 16_000
+
+
+class AudioSourceError(RuntimeError):
+    """A source that cannot deliver audio; the message says what is wrong."""
+
+
+class AudioSource(Protocol):
+    name: str
+    """Shown in mic.voice-started `source`."""
+
+    def blocks(self) -> AsyncIterator[np.ndarray]:
+        """int16 blocks at 16 kHz mono until the source ends (files) or is closed."""
+        ...
+
+
+class FileSource:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        audio: np.ndarray | None = None,
+        name: str = "",
+        realtime: bool = True,
+        block_ms: int = 20,
+        tail_silence_ms: int = 0,
+    ) -> None:
+        if audio is None:
+            if path is None:
+                raise AudioSourceError("FileSource needs a path or audio")
+            try:
+                audio = read_audio(path, RATE)
+            except AudioFileError as exc:
+                raise AudioSourceError(str(exc)) from None
+        tail = np.zeros(RATE * tail_silence_ms // 1000, dtype=np.int16)
+        self.audio = np.concatenate([np.asarray(audio, dtype=np.int16), tail])
+        self.name = (name or (Path(path).name if path else "array"))[:256]
+        self.realtime = realtime
+        self.block = RATE * block_ms // 1000
+
+    @property
+    def duration_ms(self) -> float:
+        return 1000.0 * len(self.audio) / RATE
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(0, len(self.audio), self.block):
+            if self.realtime:
+                # Absolute schedule: no drift from the time spent downstream.
+                delay = t0 + i / RATE - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+            yield self.audio[i : i + self.block]
+
+
+class MicSource:
+    """A live PortAudio input. Opens at 16 kHz, or at the device's rate and resamples."""
+
+    def __init__(self, device: str | int | None = None, block_ms: int = 20) -> None:
+        self.sd = _import_sounddevice()
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        self.device = device if device != "" else None
+        try:
+            info = self.sd.query_devices(self.device, "input")
+        except (ValueError, self.sd.PortAudioError) as exc:
+            raise AudioSourceError(
+                f"no input device {device!r} ({exc}); list them with "
+                "`python -m sounddevice` and set MIC_DEVICE"
+            ) from None
+        self.name = f"mic:{info['name']}"[:256]
+        self.rate = RATE
+        try:
+            self.sd.check_input_settings(self.device, channels=1, dtype="int16", samplerate=RATE)
+        except (ValueError, self.sd.PortAudioError):
+            self.rate = int(info["default_samplerate"])
+            try:
+                self.sd.check_input_settings(
+                    self.device, channels=1, dtype="int16", samplerate=self.rate
+                )
+            except (ValueError, self.sd.PortAudioError) as exc:
+                raise AudioSourceError(
+                    f"input device {info['name']!r} rejects 16 kHz and {self.rate} Hz mono "
+                    f"int16 ({exc})"
+                ) from None
+        self.blocksize = self.rate * block_ms // 1000
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+
+        def callback(indata, frames, time_info, status) -> None:  # type: ignore[no-untyped-def]
+            # PortAudio thread: hand the block over, never block here.
+            loop.call_soon_threadsafe(_put, queue, bytes(indata))
+
+        try:
+            stream = self.sd.RawInputStream(
+                device=self.device,
+                samplerate=self.rate,
+                channels=1,
+                dtype="int16",
+                blocksize=self.blocksize,
+                callback=callback,
+            )
+            stream.start()
+        except (ValueError, self.sd.PortAudioError) as exc:
+            raise AudioSourceError(f"cannot open input {self.name!r}: {exc}") from None
+        resampler = None
+        if self.rate != RATE:
+            import soxr
+
+            # A stream resampler: per-block resampling would click at every block edge.
+            resampler = soxr.ResampleStream(self.rate, RATE, 1, dtype="float32")
+        try:
+            while True:
+                pcm = await queue.get()
+                if resampler is None:
+                    yield np.frombuffer(pcm, dtype="<i2")
+                else:
+                    x = resampler.resample_chunk(pcm16_to_float(pcm))
+                    yield float_to_pcm16(x)
+        finally:
+            with contextlib.suppress(Exception):
+                stream.stop()
+                stream.close()
+
+
+def _put(queue: asyncio.Queue[bytes], block: bytes) -> None:
+    if queue.full():
+        queue.get_nowait()  # consumer stalled: drop the oldest rather than grow
+    queue.put_nowait(block)
+
+
+def _import_sounddevice():  # type: ignore[no-untyped-def]
+    try:
+        import sounddevice
+    except ImportError:
+        raise AudioSourceError(
+            "live microphone needs sounddevice: `pip install sounddevice`"
+        ) from None
+    except OSError as exc:
+        raise AudioSourceError(
+            f"PortAudio not found ({exc}): `apt-get install libportaudio2`"
+        ) from None
+    return sounddevice

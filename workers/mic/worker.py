@@ -1,0 +1,153 @@
+"""The mic worker: source -> VAD end-pointing -> voice-started / audio-chunk / voice-stopped.
+
+It publishes only inside utterances. Each utterance gets a new utterance id and an
+OpenTelemetry root span "utterance" that starts at the speech onset; every event of the
+utterance carries that span's context, so all downstream spans join one trace. VAD never
+pauses, also while the assistant speaks: barge-in is a voice-started during playback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from opentelemetry import trace
+
+from schemas import AudioChunk, VoiceStarted, VoiceStopped, new_id
+from workers.mic.config import MicSettings
+from workers.mic.endpoint import Chunk, EndpointConfig, Endpointer, Started, Stopped
+from workers.mic.sources import AudioSource, FileSource, MicSource
+from workers.mic.vad import make_vad
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+from workers.runtime.service import Worker
+from workers.runtime.telemetry import tracer
+
+log = logging.getLogger("voicebus.mic")
+
+
+def make_source(cfg: MicSettings) -> AudioSource:
+    if cfg.file:
+        return FileSource(
+            cfg.file,
+            realtime=cfg.realtime,
+            block_ms=cfg.chunk_ms,
+            tail_silence_ms=cfg.tail_silence_ms,
+        )
+    return MicSource(cfg.device or None, block_ms=cfg.chunk_ms)
+
+
+def make_endpointer(cfg: MicSettings) -> Endpointer:
+    return Endpointer(
+        make_vad(cfg.vad, cfg.webrtc_mode),
+        EndpointConfig(
+            chunk_ms=cfg.chunk_ms,
+            preroll_ms=cfg.preroll_ms,
+            min_speech_ms=cfg.min_speech_ms,
+            hangover_ms=cfg.hangover_ms,
+            max_utterance_ms=cfg.max_utterance_ms,
+            threshold=cfg.threshold,
+        ),
+    )
+
+
+class MicWorker(Worker):
+    name = "mic"
+
+    def __init__(self, bus: Bus, settings: Settings, mic: MicSettings | None = None) -> None:
+        super().__init__(bus, settings)
+        self.mic = mic or MicSettings()
+        self.conversation_id = self.mic.conversation or new_id()
+        self.source: AudioSource | None = None
+        self.endpointer: Endpointer | None = None
+        self.utterances = 0
+        self._tracer = tracer("voicebus.mic")
+        self._span: trace.Span | None = None
+        self._ctx = None
+        self._utterance_id = ""
+
+    async def setup(self) -> None:
+        # Errors here (missing file, device, model) reach the user as one line.
+        self.source = make_source(self.mic)
+        self.endpointer = make_endpointer(self.mic)
+        log.info(
+            "mic ready",
+            extra={"source": self.source.name, "conversation": self.conversation_id},
+        )
+
+    async def background(self) -> None:
+        assert self.source is not None and self.endpointer is not None
+        blocks = self.source.blocks()
+        try:
+            async for block in blocks:
+                for seg in self.endpointer.feed(block):
+                    await self._publish(seg)
+                if self.stopping.is_set():
+                    break
+        finally:
+            for seg in self.endpointer.flush():
+                await self._publish(seg)
+            await blocks.aclose()
+        # A file has ended: the worker is done (a live mic only ends on SIGTERM).
+        self.stop()
+
+    async def _publish(self, seg: Started | Chunk | Stopped) -> None:
+        assert self.source is not None
+        base = {
+            "conversation_id": self.conversation_id,
+            "producer": self.worker_id,
+        }
+        if isinstance(seg, Started):
+            self._utterance_id = new_id()
+            self._span = self._tracer.start_span(
+                "utterance",
+                context=None,
+                attributes={
+                    "conversation_id": self.conversation_id,
+                    "utterance_id": self._utterance_id,
+                    "source": self.source.name,
+                    "stream_offset_ms": seg.stream_offset_ms,
+                },
+            )
+            self._ctx = trace.set_span_in_context(self._span)
+            ev = VoiceStarted(
+                **base,
+                utterance_id=self._utterance_id,
+                seq=0,
+                source=self.source.name,
+                stream_offset_ms=seg.stream_offset_ms,
+                preroll_ms=seg.preroll_ms,
+            )
+            await self.bus.publish(ev, ctx=self._ctx)
+        elif isinstance(seg, Chunk):
+            chunk = AudioChunk(
+                **base,
+                utterance_id=self._utterance_id,
+                seq=seg.seq,
+                audio=seg.pcm,
+                offset_ms=seg.offset_ms,
+            )
+            # Pipelined: chunks keep their order on one connection; acks are awaited at stop.
+            await self.bus.publish_nowait(chunk, ctx=self._ctx)
+        else:
+            await self.bus.flush_publishes()
+            ev = VoiceStopped(
+                **base,
+                utterance_id=self._utterance_id,
+                seq=0,
+                reason=seg.reason,
+                chunks=seg.chunks,
+                duration_ms=seg.duration_ms,
+                speech_end_offset_ms=seg.speech_end_offset_ms,
+            )
+            await self.bus.publish(ev, ctx=self._ctx)
+            self.utterances += 1
+            if self._span is not None:
+                self._span.set_attribute("audio_ms", seg.duration_ms)
+                self._span.set_attribute("end_reason", seg.reason)
+                self._span.end()
+            self._span = None
+            log.debug("utterance", extra={"chunks": seg.chunks, "reason": seg.reason})
+
+    async def aclose(self) -> None:
+        await asyncio.sleep(0)

@@ -1,0 +1,1 @@
+"""Streaming speech-to-text on faster-whisper: stt.transcript-partial / stt.transcript."""

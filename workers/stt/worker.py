@@ -1,0 +1,333 @@
+"""The stt worker: follows utterances on the bus, emits partial and final transcripts.
+
+Scale-out and recovery come from JetStream:
+- Every instance binds to the shared durable consumer "stt" on `voice.*.mic.voice-started`
+  (STT_MAX_CONCURRENT pull loops per instance, one message each); JetStream hands each
+  voice-started to exactly one of them, and that instance owns the utterance.
+- The owner replays the conversation's mic events from the voice-started's stream sequence
+  with an ordered consumer, so it gets every chunk of the utterance, in order, even those
+  published before it started. It keeps the voice-started alive with `in_progress()` and
+  acks it only after the final transcript (or an error event) is stored.
+- If the owner dies, the voice-started is redelivered after STT_ACK_WAIT_S to another
+  instance (or the restarted one), which replays the same chunks. Event ids derive from the
+  voice-started id, so what the dead owner already published is de-duplicated.
+- Missing chunks or a voice-stopped that never comes end in `control.error`
+  ("audio-gap", "utterance-timeout"), never in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import nats.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+
+from schemas import (
+    AudioChunk,
+    ErrorEvent,
+    Event,
+    EventDecodeError,
+    Transcript,
+    TranscriptPartial,
+    VoiceStarted,
+    VoiceStopped,
+    Word,
+    decode,
+    derive_id,
+    subject_filter,
+)
+from workers.runtime.bus import Bus, Consumer, Delivery
+from workers.runtime.config import Settings
+from workers.runtime.service import Worker
+from workers.runtime.telemetry import tracer
+from workers.stt.backends import Backend, Decoded, WhisperBackend
+from workers.stt.config import SttSettings
+from workers.stt.streaming import RATE, Coverage, UtteranceAudio, stable_prefix
+
+log = logging.getLogger("voicebus.stt")
+
+MAX_DELIVER = 5
+
+
+class UtteranceFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DecodeGate:
+    """One decode at a time per process (the model uses all cores); finals go first."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="stt-decode")
+        self.finals_waiting = 0
+
+    async def run(self, fn: Any, *, final: bool) -> Decoded | None:
+        loop = asyncio.get_running_loop()
+        if final:
+            self.finals_waiting += 1
+        try:
+            async with self._lock:
+                if not final and self.finals_waiting:
+                    return None  # a partial is worth less than someone's final
+                return await loop.run_in_executor(self._pool, fn)
+        finally:
+            if final:
+                self.finals_waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SttWorker(Worker):
+    name = "stt"
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        stt: SttSettings | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        super().__init__(bus, settings)
+        self.stt = stt or SttSettings()
+        self.backend: Backend = backend or WhisperBackend(self.stt)
+        self.gate = DecodeGate()
+        self._tracer = tracer("voicebus.stt")
+        self.finals = 0
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(self.backend.load)
+
+    def consumers(self) -> list[Consumer]:
+        return [
+            self.bus.consumer(
+                "stt",
+                [subject_filter(event_type=VoiceStarted.type)],
+                handler=self.on_voice_started,
+                batch=1,  # one utterance per pull loop: the others stay for other instances
+                ack_wait=self.stt.ack_wait_s,
+                max_deliver=MAX_DELIVER,
+                max_ack_pending=10_000,
+            )
+            for _ in range(max(1, self.stt.max_concurrent))
+        ]
+
+    async def aclose(self) -> None:
+        self.gate.close()
+
+    # -- one utterance ----------------------------------------------------------------
+
+    async def on_voice_started(self, event: Event, d: Delivery) -> None:
+        assert isinstance(event, VoiceStarted)
+        keepalive = asyncio.create_task(self._keepalive(d))
+        try:
+            await self._follow(event, d)
+        except UtteranceFailed as exc:
+            await self._error(event, exc.code, str(exc))
+        except Exception as exc:
+            if d.num_delivered < MAX_DELIVER and not isinstance(exc, AssertionError):
+                raise  # nak: retried, possibly by another instance
+            await self._error(event, "stt-failed", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            keepalive.cancel()
+
+    async def _keepalive(self, d: Delivery) -> None:
+        interval = max(0.2, self.stt.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await d.msg.in_progress()
+
+    async def _follow(self, started: VoiceStarted, d: Delivery) -> None:
+        sub = await self.bus.js.subscribe(
+            subject_filter(started.conversation_id, "mic.>"),
+            stream=self.bus.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=d.stream_seq + 1
+            ),
+            pending_bytes_limit=64 * 1024 * 1024,
+        )
+        utt = UtteranceAudio(self.stt.partial_interval_ms)
+        state: dict[str, Any] = {"language": self.stt.language or None, "partials": 0}
+        decoding: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self.stt.utterance_timeout_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    raise UtteranceFailed(
+                        "utterance-timeout",
+                        f"no audio or voice-stopped for {self.stt.utterance_timeout_s:.0f} s "
+                        f"after chunk {utt.next_chunk_seq - 1}",
+                    ) from None
+                if self.stopping.is_set():
+                    raise RuntimeError("stt shutting down; utterance handed back")
+                ev = _decode(msg.data)
+                if ev is None or ev.utterance_id != started.utterance_id:
+                    continue
+                if isinstance(ev, AudioChunk):
+                    if ev.seq < utt.next_chunk_seq:
+                        continue  # a re-published chunk
+                    if ev.seq > utt.next_chunk_seq:
+                        raise UtteranceFailed(
+                            "audio-gap", f"chunk {ev.seq} arrived, {utt.next_chunk_seq} missing"
+                        )
+                    utt.add(ev.audio)
+                    # Decode only when caught up: replayed backlog is not worth a partial.
+                    kind = utt.want_decode() if sub.pending_msgs == 0 else None
+                    if kind and (decoding is None or decoding.done()):
+                        decoding = asyncio.create_task(
+                            self._partial(started, utt, state, quiet=kind == "quiet")
+                        )
+                elif isinstance(ev, VoiceStopped):
+                    if ev.chunks != utt.next_chunk_seq:
+                        raise UtteranceFailed(
+                            "audio-gap",
+                            f"voice-stopped says {ev.chunks} chunks, got {utt.next_chunk_seq}",
+                        )
+                    if (
+                        decoding is not None
+                        and utt.reusable(ev.speech_end_offset_ms) is None
+                        and state.get("inflight_final_quality")
+                        and utt.covers(utt.last_decode_at, ev.speech_end_offset_ms)
+                    ):
+                        await decoding  # it saw all the speech: cheaper than a new decode
+                    state["final"] = True
+                    await self._final(started, ev, utt, state)
+                    return
+        finally:
+            if decoding is not None and not decoding.done():
+                decoding.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _partial(
+        self, started: VoiceStarted, utt: UtteranceAudio, state: dict[str, Any], quiet: bool
+    ) -> None:
+        samples = utt.samples
+        utt.last_decode_at = samples
+        if quiet:
+            utt.quiet_decode_done = True
+        audio = utt.audio(samples)
+        # Beam 1 finals cost only the word alignment more than a partial: decode partials
+        # at final quality so a partial that saw the whole speech can become the final.
+        final_quality = self.stt.beam_size <= 1 or quiet
+        state["inflight_final_quality"] = final_quality
+        with self._tracer.start_as_current_span("stt.partial") as span:
+            out = await self.gate.run(
+                lambda: self.backend.transcribe(
+                    audio, final=final_quality, language=state["language"]
+                ),
+                final=False,
+            )
+            if out is None:
+                span.set_attribute("skipped", True)
+                return
+            span.set_attribute("audio_ms", out.audio_ms)
+            span.set_attribute("decode_ms", out.decode_ms)
+        if utt.best is None or samples >= utt.best.samples:
+            utt.best = Coverage(out, samples, final_quality)
+        if out.language and not state["language"]:
+            state["language"] = out.language
+        if state.get("final") or not out.text or out.text == utt.last_partial_text:
+            return
+        seq = state["partials"]
+        state["partials"] += 1
+        partial = TranscriptPartial(
+            event_id=derive_id(started.event_id, "partial", seq),
+            conversation_id=started.conversation_id,
+            utterance_id=started.utterance_id,
+            seq=seq,
+            producer=self.worker_id,
+            text=out.text,
+            audio_ms=out.audio_ms,
+            stable_chars=stable_prefix(utt.last_partial_text, out.text),
+        )
+        utt.last_partial_text = out.text
+        await self.bus.publish(partial)
+
+    async def _final(
+        self,
+        started: VoiceStarted,
+        stopped: VoiceStopped,
+        utt: UtteranceAudio,
+        state: dict[str, Any],
+    ) -> None:
+        received = time.time()
+        with self._tracer.start_as_current_span("stt.final") as span:
+            out = utt.reusable(stopped.speech_end_offset_ms)
+            reused = out is not None
+            if out is None:
+                audio = utt.audio()
+                out = await self.gate.run(
+                    lambda: self.backend.transcribe(audio, final=True, language=state["language"]),
+                    final=True,
+                )
+                assert out is not None
+            transcript = Transcript(
+                event_id=derive_id(started.event_id, "transcript"),
+                conversation_id=started.conversation_id,
+                utterance_id=started.utterance_id,
+                seq=0,
+                producer=self.worker_id,
+                text=out.text,
+                language=out.language,
+                language_probability=min(1.0, max(0.0, out.language_probability)),
+                confidence=min(1.0, max(0.0, out.confidence)),
+                words=tuple(
+                    Word(word=w.word, start_s=w.start_s, end_s=w.end_s, probability=w.probability)
+                    for w in out.words
+                ),
+                audio_ms=1000.0 * utt.samples / RATE,
+                decode_ms=0.0 if reused else out.decode_ms,
+                model=self.backend.name,
+            )
+            await self.bus.publish(transcript)
+            latency_ms = 1000.0 * (time.time() - stopped.ts)
+            span.set_attribute("audio_ms", transcript.audio_ms)
+            span.set_attribute("decode_ms", transcript.decode_ms)
+            span.set_attribute("final_latency_ms", latency_ms)
+            span.set_attribute("stt_wait_ms", 1000.0 * (time.time() - received))
+            span.set_attribute("reused_partial", reused)
+        self.finals += 1
+        log.info(
+            "final",
+            extra={
+                "utterance": started.utterance_id,
+                "final_latency_ms": round(latency_ms, 1),
+                "reused_partial": reused,
+            },
+        )
+        log.debug("final text", extra={"text": out.text})
+
+    async def _error(self, started: VoiceStarted, code: str, message: str) -> None:
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, message)
+        log.warning("utterance failed", extra={"code": code, "reason": message})
+        await self.bus.publish(
+            ErrorEvent(
+                event_id=derive_id(started.event_id, "error", code),
+                conversation_id=started.conversation_id,
+                utterance_id=started.utterance_id,
+                producer=self.worker_id,
+                failed_stage="stt",
+                code=code,
+                message=message[:4096],
+                cause_event_id=started.event_id,
+            )
+        )
+
+
+def _decode(body: bytes) -> Event | None:
+    try:
+        return decode(body)
+    except EventDecodeError:
+        return None  # the recorder dead-letters it; here it just is not audio
