@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from schemas import Event, ReplyDone, ReplySentence, decode, derive_id, new_id
@@ -15,18 +16,22 @@ from workers.runtime.service import Worker
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker, timeout: float = 20.0) -> AsyncIterator[Worker]:
-    """Run a worker in this event loop until the block ends (drained like on SIGTERM)."""
+async def running(
+    worker: Worker, timeout: float = 20.0, consumers: bool = True
+) -> AsyncIterator[Worker]:
+    """Run a worker in this event loop until the block ends (drained like on SIGTERM);
+    returns once its consumers are subscribed (`consumers=False`: a pure producer)."""
     await worker.setup()
     task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not (worker._consumers and all(c._sub for c in worker._consumers)):
+    while consumers and not (worker._consumers and all(c._sub for c in worker._consumers)):
         if task.done():
             task.result()
         if loop.time() > deadline:
             raise TimeoutError(f"{worker.name} did not start")
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
     try:
         yield worker
     finally:
@@ -35,7 +40,7 @@ async def running(worker: Worker, timeout: float = 20.0) -> AsyncIterator[Worker
 
 
 class Tap:
-    """Every event on voice.> as the bus delivers it, with its arrival time (core NATS)."""
+    """Every event on voice.> as the bus delivers it, with its arrival (wall-clock) time."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -43,11 +48,9 @@ class Tap:
         self._sub = None
 
     async def start(self, bus: Bus, subject: str = "voice.>") -> Tap:
-        loop = asyncio.get_running_loop()
-
         async def cb(msg) -> None:  # type: ignore[no-untyped-def]
             self.events.append(decode(msg.data))
-            self.arrived.append(loop.time())
+            self.arrived.append(time.time())
 
         self._sub = await bus.nc.subscribe(subject, cb=cb)
         await bus.nc.flush()
@@ -56,6 +59,9 @@ class Tap:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+    def arrival(self, event: Event) -> float:
+        return next(t for e, t in zip(self.events, self.arrived, strict=True) if e is event)
 
     def of(self, cls: type[Event], utterance_id: str | None = None) -> list:  # type: ignore[type-arg]
         return [

@@ -274,29 +274,31 @@ class SpeakerWorker(Worker):
         pb.finished = True  # before any await: one finish per reply
         pb.changed.set()
         played = 0
-        wav = ""
         if pb.output is not None:
             played = pb.output.halt() if interrupted else pb.output.played()
+        complete, last_index, last_ms = pb.heard(played)
+        played_ms = 1000.0 * played / pb.rate
+        path = getattr(pb.output, "path", None)
+        # Stamped now: ts is the moment the audio stopped, not when the file was written.
+        ended = PlaybackDone(
+            event_id=event_id,
+            conversation_id=pb.conversation_id,
+            utterance_id=pb.utterance_id,
+            producer=self.worker_id,
+            played_ms=round(played_ms, 3),
+            interrupted=interrupted,
+            sentences_heard=complete,
+            last_sentence_index=last_index,
+            last_sentence_played_ms=round(last_ms, 3),
+            wav=str(path) if path else "",
+        )
+        if pb.output is not None:
             heard = getattr(pb.output, "heard_pcm", None)
             if self.speaker.conversation_wav and heard is not None:
                 self._tape(pb.conversation_id).reply_audio(pb.started_at, heard(), pb.rate)
-            wav = await asyncio.to_thread(pb.output.close)
-        complete, last_index, last_ms = pb.heard(played)
-        played_ms = 1000.0 * played / pb.rate
-        await self.bus.publish(
-            PlaybackDone(
-                event_id=event_id,
-                conversation_id=pb.conversation_id,
-                utterance_id=pb.utterance_id,
-                producer=self.worker_id,
-                played_ms=round(played_ms, 3),
-                interrupted=interrupted,
-                sentences_heard=complete,
-                last_sentence_index=last_index,
-                last_sentence_played_ms=round(last_ms, 3),
-                wav=wav,
-            )
-        )
+            # The reply's WAV exists before anyone reads its path from playback-done.
+            await asyncio.to_thread(pb.output.close)
+        await self.bus.publish(ended)
         if pb.span is not None:
             pb.span.set_attribute("speaker.played_ms", round(played_ms, 3))
             pb.span.set_attribute("speaker.interrupted", interrupted)
@@ -310,8 +312,6 @@ class SpeakerWorker(Worker):
                 "interrupted": interrupted,
             },
         )
-        if self.speaker.conversation_wav:
-            await asyncio.to_thread(self._tape(pb.conversation_id).save)
         self._mark_ended(pb.key)
         self.playbacks.pop(pb.key, None)
         queue = self.order[pb.conversation_id]
@@ -321,6 +321,8 @@ class SpeakerWorker(Worker):
             self._activate(queue[0])
         elif not queue:
             self.order.pop(pb.conversation_id, None)
+        if self.speaker.conversation_wav:
+            await asyncio.to_thread(self._tape(pb.conversation_id).save)
 
     def _mark_ended(self, key: tuple[str, str]) -> None:
         self.ended[key] = None
