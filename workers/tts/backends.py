@@ -106,9 +106,8 @@ class PiperBackend:
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         if self._voice is None:
             raise RuntimeError("PiperBackend.synthesize before load()")
-        for piece in split_clauses(text, self.tts.clause_split_chars):
-            for chunk in self._voice.synthesize(piece, syn_config=self._syn_config):
-                yield chunk.audio_int16_array
+        for chunk in self._voice.synthesize(text, syn_config=self._syn_config):
+            yield chunk.audio_int16_array
 
 
 def make_backend(tts: TtsSettings, settings: Settings) -> TtsBackend:

@@ -23,7 +23,10 @@ class TtsSettings(BaseSettings):
     """TTS_CHUNK_MS: length of one tts.audio-chunk, milliseconds (40-100 keeps barge-in sharp)."""
     clause_split_chars: int = 120
     """TTS_CLAUSE_SPLIT_CHARS: sentences longer than this are synthesized clause by clause so
-    the first audio comes sooner (0: never split)."""
+    their audio starts sooner (0: never split)."""
+    first_clause_chars: int = 40
+    """TTS_FIRST_CLAUSE_CHARS: the same for a reply's first sentence, whose first audio is the
+    one the user waits for (later sentences are synthesized while earlier ones play)."""
     length_scale: float | None = None
     """TTS_LENGTH_SCALE: Piper speaking rate (>1 slower); default: the voice's own."""
 

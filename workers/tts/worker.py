@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import nats.js.errors
@@ -34,7 +35,7 @@ from workers.runtime.bus import Bus, Consumer, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
-from workers.tts.backends import TtsBackend, make_backend
+from workers.tts.backends import TtsBackend, make_backend, split_clauses
 from workers.tts.config import TtsSettings, get_tts_settings
 from workers.tts.stream import Rechunker
 
@@ -87,6 +88,9 @@ class TtsWorker(Worker):
         if not self.backend.sample_rate:
             t0 = time.perf_counter()
             await asyncio.to_thread(self.backend.load)
+            # The first synthesis pays one-off costs (espeak init, onnxruntime arena): here,
+            # not in the first reply's time to first audio.
+            await asyncio.to_thread(lambda: list(self.backend.synthesize("Ready.")))
             log.info(
                 "voice loaded",
                 extra={"backend": self.backend.name, "load_s": round(time.perf_counter() - t0, 3)},
@@ -220,7 +224,8 @@ class TtsWorker(Worker):
         r.sentence_start[s.index] = (r.seq, r.audio_ms)
         rate = self.tts.output_rate
         rechunk = Rechunker(self.backend.sample_rate, rate, self.chunk_samples)
-        pieces = self.backend.synthesize(s.text)
+        limit = self.tts.first_clause_chars if s.index == 0 else self.tts.clause_split_chars
+        pieces = self._pieces(s.text, limit)
         n_chunks, samples, compute_s = 0, 0, 0.0
         first_audio_ms: float | None = None
         with _tracer.start_as_current_span(
@@ -279,6 +284,10 @@ class TtsWorker(Worker):
             "sentence synthesized",
             extra={"index": s.index, "audio_ms": round(audio_ms), "rtf": round(rtf, 3)},
         )
+
+    def _pieces(self, text: str, max_chars: int) -> Iterator[np.ndarray]:
+        for clause in split_clauses(text, max_chars):
+            yield from self.backend.synthesize(clause)
 
     async def _publish_chunk(
         self, s: ReplySentence, r: Reply, pcm: np.ndarray, i: int, offset_samples: int

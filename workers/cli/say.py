@@ -1,0 +1,208 @@
+"""`just say "TEXT" --out FILE.wav [--json] [--realtime]`: text through the tts worker and the
+WAV sink over the bus.
+
+The text is cut into sentences and published as llm.reply-sentence events (plus
+llm.reply-done) of a new conversation; a tts worker and a speaker worker (WAV sink) run as
+child processes on NATS JetStream (the embedded server is started when none listens at
+NATS_URL). The speaker's reply WAV is copied to --out. With --json the last stdout line is
+`{"wav", "sample_rate", "duration_s", "first_audio_ms", ...}`; first_audio_ms is the time from
+publishing the first sentence to the first tts.audio-chunk arriving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import sys
+import time
+import wave
+from pathlib import Path
+
+import nats.js.errors
+
+from schemas import (
+    ErrorEvent,
+    PlaybackDone,
+    ReplyDone,
+    ReplySentence,
+    SpeechChunk,
+    derive_id,
+    new_id,
+)
+from schemas import decode as decode_event
+from workers.runtime.audio import write_wav
+from workers.runtime.bus import Bus, BusError
+from workers.runtime.config import Settings, get_settings
+from workers.runtime.natsd import NatsServerError, ensure_nats
+from workers.runtime.procs import WorkerProcess
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+async def wait_pulling(bus: Bus, durable: str, procs: list[WorkerProcess], timeout: float) -> None:
+    """Until someone pulls from `durable` (its worker has loaded), or a worker died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.running:
+                raise RuntimeError(f"{p.worker_id} worker exited; see {p.log_file}")
+        try:
+            info = await bus.js.consumer_info(bus.stream, durable)
+            if info.num_waiting:
+                return
+        except nats.js.errors.NotFoundError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{durable} worker not ready after {timeout:.0f} s")
+
+
+async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    texts = split_sentences(args.text)
+    conv, utt = new_id(), new_id()
+    logs = settings.data_dir / "logs"
+    speaker_env = {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "1" if args.realtime else "0"}
+    procs = [
+        WorkerProcess("tts", settings, worker_id="tts-say", log_file=logs / "tts-say.log"),
+        WorkerProcess(
+            "speaker",
+            settings,
+            worker_id="speaker-say",
+            env=speaker_env,
+            log_file=logs / "speaker-say.log",
+        ),
+    ]
+    bus = await Bus.connect(settings, name="say")
+    try:
+        await bus.ensure_streams()
+        chunks: list[SpeechChunk] = []
+        first_chunk_at: list[float] = []
+        done: asyncio.Future[PlaybackDone] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+            ev = decode_event(msg.data)
+            if isinstance(ev, SpeechChunk):
+                if not first_chunk_at:
+                    first_chunk_at.append(time.perf_counter())
+                chunks.append(ev)
+            elif isinstance(ev, PlaybackDone) and not done.done():
+                done.set_result(ev)
+            elif isinstance(ev, ErrorEvent) and not done.done():
+                done.set_exception(RuntimeError(f"{ev.failed_stage}: {ev.message}"))
+
+        sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg, pending_bytes_limit=-1)
+        for p in procs:
+            p.start()
+        print("say: loading the voice ...", file=sys.stderr, flush=True)
+        await wait_pulling(bus, "tts", procs, args.timeout)
+        await wait_pulling(bus, "speaker", procs, args.timeout)
+        t0 = time.perf_counter()
+        for i, text in enumerate(texts):
+            await bus.publish(
+                ReplySentence(
+                    event_id=derive_id(utt, "sentence", i),
+                    conversation_id=conv,
+                    utterance_id=utt,
+                    seq=i,
+                    producer="say",
+                    text=text,
+                    index=i,
+                )
+            )
+        await bus.publish(
+            ReplyDone(
+                event_id=derive_id(utt, "reply-done"),
+                conversation_id=conv,
+                utterance_id=utt,
+                producer="say",
+                text=args.text,
+                sentences=len(texts),
+                tokens=0,
+            )
+        )
+        played = await asyncio.wait_for(done, args.timeout)
+        await sub.unsubscribe()
+    finally:
+        await bus.close()
+        for p in procs:
+            p.stop()
+    return await asyncio.to_thread(
+        finish, args.out, played, chunks, texts, conv, first_chunk_at, t0
+    )
+
+
+def finish(
+    out_arg: str,
+    played: PlaybackDone,
+    chunks: list[SpeechChunk],
+    texts: list[str],
+    conv: str,
+    first_chunk_at: list[float],
+    t0: float,
+) -> dict[str, object]:
+    out = Path(out_arg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rate = chunks[0].rate if chunks else 0
+    if played.wav and Path(played.wav).is_file():
+        shutil.copyfile(played.wav, out)
+    else:  # a speaker without a WAV sink took the reply: write what the tts sent
+        chunks.sort(key=lambda c: c.seq)
+        write_wav(out, b"".join(c.audio for c in chunks), rate or 22050)
+    with wave.open(str(out)) as w:
+        rate, frames = w.getframerate(), w.getnframes()
+    return {
+        "wav": str(out),
+        "sample_rate": rate,
+        "duration_s": round(frames / rate, 3) if rate else 0.0,
+        "first_audio_ms": round(1000 * (first_chunk_at[0] - t0), 1) if first_chunk_at else None,
+        "sentences": len(texts),
+        "chunks": len(chunks),
+        "conversation_id": conv,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="just say", description=__doc__.split("\n\n")[0])
+    p.add_argument("text", help="what to say")
+    p.add_argument("--out", required=True, help="WAV file to write")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    p.add_argument("--realtime", action="store_true", help="play at real-time pace (default: fast)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
+    args = p.parse_args(argv)
+    if not args.text.strip():
+        print("say: error: nothing to say (empty TEXT)", file=sys.stderr)
+        return 2
+    if Path(args.out).is_dir():
+        print(f"say: error: --out {args.out} is a directory; give a .wav file", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    server = None
+    try:
+        server = ensure_nats(settings)
+        result = asyncio.run(say(args, settings))
+    except (BusError, NatsServerError, RuntimeError, TimeoutError, OSError) as exc:
+        print(f"say: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['wav']}: {result['duration_s']} s at {result['sample_rate']} Hz, "
+            f"first audio after {result['first_audio_ms']} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
