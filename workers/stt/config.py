@@ -25,7 +25,7 @@ class SttSettings(BaseSettings):
     """STT_PARTIAL_INTERVAL_MS: new audio between partial decodes; 0 = no partials."""
     full_context: bool = False
     """STT_FULL_CONTEXT: encode the 30 s window Whisper was trained on instead of the
-    utterance + 1 s (about 4x slower on cpu, for comparison)."""
+    utterance + ~2.3 s of silence (several times slower on cpu; for comparison)."""
     max_concurrent: int = 4
     """STT_MAX_CONCURRENT: utterances one instance follows at once (decodes are serialised)."""
     ack_wait_s: float = 5.0

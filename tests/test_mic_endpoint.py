@@ -1,0 +1,153 @@
+"""Mic without a bus: sources and VAD end-pointing on real synthesized speech."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ops.bench.stt import PHRASES, espeak_available, synth_espeak, synth_piper, with_silence
+from workers.mic.endpoint import Chunk, EndpointConfig, Endpointer, Started, Stopped
+from workers.mic.sources import AudioSourceError, FileSource, MicSource
+from workers.mic.vad import VadError, make_vad
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+
+
+def run_endpointer(audio: np.ndarray, vad: str, **cfg: int) -> list:
+    ep = Endpointer(make_vad(vad), EndpointConfig(**cfg))
+    out = []
+    for i in range(0, len(audio), 320):  # 20 ms blocks, as the sources deliver them
+        out += ep.feed(audio[i : i + 320])
+    return out + ep.flush()
+
+
+def utterances(segments: list) -> list[tuple[Started, list[Chunk], Stopped]]:
+    utts, cur = [], None
+    for s in segments:
+        if isinstance(s, Started):
+            cur = (s, [])
+        elif isinstance(s, Chunk):
+            cur[1].append(s)
+        else:
+            utts.append((cur[0], cur[1], s))
+    return utts
+
+
+@pytest.fixture(scope="module")
+def three_phrases() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    if not espeak_available():
+        pytest.skip("apt-get install espeak-ng")
+    parts = [synth_espeak(PHRASES[0]), synth_piper(PHRASES[1]), synth_espeak(PHRASES[2])]
+    return with_silence(parts, gap_ms=1200, noise=200)
+
+
+@needs_espeak
+@pytest.mark.parametrize("vad", ["silero", "webrtc"])
+def test_each_phrase_is_one_utterance_with_preroll_and_fixed_chunks(three_phrases, vad) -> None:
+    audio, truth = three_phrases
+    utts = utterances(run_endpointer(audio, vad, chunk_ms=20, preroll_ms=300, hangover_ms=400))
+    assert len(utts) == len(truth)
+    for (started, chunks, stopped), (t_start, t_end) in zip(utts, truth, strict=True):
+        assert abs(started.stream_offset_ms - t_start) < 150
+        # Pre-roll: the utterance's audio begins before the onset, so no syllable is cut.
+        assert started.stream_offset_ms - started.preroll_ms <= t_start
+        assert started.preroll_ms >= 250
+        assert [c.seq for c in chunks] == list(range(len(chunks)))
+        assert {len(c.pcm) for c in chunks} == {640}
+        assert stopped.chunks == len(chunks) and stopped.reason == "silence"
+        end_in_stream = started.stream_offset_ms - started.preroll_ms + stopped.duration_ms
+        assert t_end - 400 < end_in_stream < t_end + 400 + 400
+        assert stopped.speech_end_offset_ms <= stopped.duration_ms - 300
+
+
+@needs_espeak
+def test_max_utterance_length_cuts_long_speech() -> None:
+    audio, _ = with_silence([synth_espeak(PHRASES[7])], gap_ms=800)
+    utts = utterances(run_endpointer(audio, "silero", max_utterance_ms=1000))
+    assert utts[0][2].reason == "max-length"
+    assert utts[0][2].duration_ms == pytest.approx(1000, abs=40)
+    assert len(utts) >= 2  # speech goes on: the next utterance starts at once
+
+
+@needs_espeak
+def test_end_of_stream_closes_an_open_utterance() -> None:
+    speech = synth_espeak(PHRASES[0])
+    utts = utterances(run_endpointer(speech[: len(speech) // 2], "silero"))
+    assert [u[2].reason for u in utts] == ["end-of-stream"]
+
+
+def test_silence_and_noise_make_no_utterance() -> None:
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 150, 16000 * 3).astype(np.int16)
+    assert run_endpointer(noise, "silero") == []
+
+
+def test_unknown_vad_is_a_clear_error() -> None:
+    with pytest.raises(VadError, match="want silero or webrtc"):
+        make_vad("energy")
+
+
+def _write(path: Path, data: np.ndarray, rate: int, channels: int, width: int) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data.tobytes())
+    return path
+
+
+def test_file_source_resamples_any_wav_to_16k_mono(tmp_path: Path) -> None:
+    t = np.arange(44100) / 44100
+    tone = (np.sin(2 * np.pi * 440 * t) * 0.5 * 2**31).astype("<i4")
+    stereo32 = np.stack([tone, tone], axis=1)
+    src = FileSource(_write(tmp_path / "s.wav", stereo32, 44100, 2, 4), realtime=False)
+    assert src.duration_ms == pytest.approx(1000, abs=1)
+    assert np.abs(src.audio).max() > 15000
+
+    async def collect() -> list[np.ndarray]:
+        return [b async for b in src.blocks()]
+
+    blocks = asyncio.run(collect())
+    assert {len(b) for b in blocks} == {320}
+    assert sum(len(b) for b in blocks) == 16000
+
+
+def test_file_source_real_time_paces_audio() -> None:
+    src = FileSource(audio=np.zeros(8000, np.int16), realtime=True)
+
+    async def drain() -> float:
+        t0 = time.monotonic()
+        async for _ in src.blocks():
+            pass
+        return time.monotonic() - t0
+
+    assert 0.4 < asyncio.run(drain()) < 0.8
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such file"), (b"", "not a readable audio file"), (b"RIFFnope", "not a readable")],
+)
+def test_unreadable_file_is_a_clear_error(tmp_path: Path, content, message) -> None:
+    path = tmp_path / "x.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioSourceError, match=message):
+        FileSource(path)
+
+
+def test_empty_wav_is_a_clear_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.wav", np.zeros(0, np.int16), 16000, 1, 2)
+    with pytest.raises(AudioSourceError, match="no audio samples"):
+        FileSource(path)
+
+
+def test_missing_input_device_is_a_clear_error() -> None:
+    # This machine has no sound card: the real PortAudio path must say so in one line.
+    with pytest.raises(AudioSourceError, match=r"no input device|PortAudio|sounddevice"):
+        MicSource("no-such-device-42")

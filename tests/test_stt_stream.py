@@ -1,0 +1,246 @@
+"""STT on the bus, in-process: real Whisper model, real nats-server, real synthesized speech."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats.js.errors
+import numpy as np
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ops.bench.stt import PHRASES, espeak_available, synth, synth_espeak, wer, with_silence
+from schemas import (
+    AudioChunk,
+    ErrorEvent,
+    Event,
+    Transcript,
+    TranscriptPartial,
+    VoiceStarted,
+    VoiceStopped,
+    decode,
+    new_id,
+)
+from workers.mic.config import MicSettings
+from workers.mic.worker import MicWorker
+from workers.runtime.audio import write_wav
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+from workers.runtime.models import ModelNotFoundError
+from workers.runtime.telemetry import add_exporter, trace_id_of
+from workers.stt.backends import SttError, WhisperBackend
+from workers.stt.config import SttSettings
+from workers.stt.worker import SttWorker
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+
+#: Corpus WER bound for the bundled Whisper tiny on synthetic speech (measured 0.02-0.08).
+WER_BOUND = 0.15
+
+
+def stt_settings(**kw: object) -> SttSettings:
+    return SttSettings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="module")
+def backend() -> WhisperBackend:
+    b = WhisperBackend(stt_settings())
+    b.load()
+    return b
+
+
+async def read_stream(bus: Bus, subject: str = "voice.>") -> list[tuple[Event, dict[str, str]]]:
+    """Everything the stream holds on `subject`, in order, with headers."""
+    sub = await bus.js.subscribe(
+        subject,
+        stream=bus.stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except TimeoutError:
+                return out
+            out.append((decode(msg.data), dict(msg.headers or {})))
+    finally:
+        await sub.unsubscribe()
+
+
+async def start_stt(bus: Bus, settings: Settings, **kw: object) -> tuple[SttWorker, asyncio.Task]:
+    w = SttWorker(bus, settings, stt=stt_settings(**kw))
+    await w.setup()
+    task = asyncio.create_task(w.run())
+    # The durable only sees what is published after it exists: wait until it pulls.
+    while True:
+        try:
+            if (await bus.js.consumer_info(bus.stream, "stt")).num_waiting:
+                return w, task
+        except nats.js.errors.NotFoundError:
+            pass
+        await asyncio.sleep(0.02)
+
+
+async def stream_file(
+    bus: Bus, settings: Settings, path: Path, conversation: str, realtime: bool = True
+) -> MicWorker:
+    mic = MicWorker(
+        bus,
+        settings,
+        MicSettings(_env_file=None, file=str(path), realtime=realtime, conversation=conversation),  # type: ignore[call-arg]
+    )
+    await mic.setup()
+    await mic.run()
+    return mic
+
+
+def test_backend_transcribes_espeak_and_piper_under_the_wer_bound(backend) -> None:
+    for engine in ("espeak", "piper"):
+        hyps = []
+        for phrase in PHRASES:
+            out = backend.transcribe(
+                synth(phrase, engine).astype(np.float32) / 32768, final=True, language=None
+            )
+            hyps.append(out.text)
+            assert out.language == "en" and 0 < out.confidence <= 1
+            starts = [w.start_s for w in out.words]
+            assert out.words and starts == sorted(starts)
+        assert wer(PHRASES, hyps) <= WER_BOUND, (engine, hyps)
+
+
+def test_model_settings_errors_are_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        WhisperBackend(stt_settings(model=str(tmp_path / "nope"))).load()
+    with pytest.raises(ModelNotFoundError, match=r"no model\.bin"):
+        WhisperBackend(stt_settings(model=str(tmp_path))).load()
+    with pytest.raises(ModelNotFoundError, match="not available offline"):
+        WhisperBackend(stt_settings(model="large-v3-no-such")).load()
+    with pytest.raises(SttError, match=r"no CUDA device|want auto"):
+        WhisperBackend(stt_settings(device="cuda")).load()
+
+
+async def test_utterances_get_partials_then_one_final_in_one_trace(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    exporter = InMemorySpanExporter()
+    add_exporter(exporter)
+    audio, _ = with_silence([synth_espeak(PHRASES[7]), synth(PHRASES[4], "piper")], gap_ms=1000)
+    path = write_wav(tmp_path / "two.wav", audio.tobytes(), 16000)
+    worker, task = await start_stt(bus, settings, partial_interval_ms=400)
+    conv = new_id()
+    try:
+        mic = await stream_file(bus, settings, path, conv)
+        assert mic.utterances == 2
+        await asyncio.wait_for(_until(lambda: worker.finals == 2), 20)
+    finally:
+        worker.stop()
+        await task
+
+    events = await read_stream(bus, f"voice.{conv}.>")
+    starts = [e for e, _ in events if isinstance(e, VoiceStarted)]
+    finals = [(e, h) for e, h in events if isinstance(e, Transcript)]
+    assert len(starts) == 2 and len(finals) == 2
+    hyps = {t.utterance_id: t.text for t, _ in finals}
+    assert wer([PHRASES[7], PHRASES[4]], [hyps[s.utterance_id] for s in starts]) <= WER_BOUND
+    for s in starts:
+        mine = [e for e, _ in events if e.utterance_id == s.utterance_id]
+        kinds = [e.type for e in mine]
+        # Partials while the user speaks, the final only after voice-stopped.
+        assert kinds.index("stt.transcript-partial") < kinds.index("mic.voice-stopped")
+        assert kinds.index("stt.transcript") > kinds.index("mic.voice-stopped")
+        partial_seqs = [e.seq for e in mine if isinstance(e, TranscriptPartial)]
+        assert partial_seqs == list(range(len(partial_seqs)))
+        final = next(e for e in mine if isinstance(e, Transcript))
+        assert final.language == "en" and final.words and 0 < final.confidence <= 1
+        assert final.audio_ms == pytest.approx(
+            next(e for e in mine if isinstance(e, VoiceStopped)).duration_ms
+        )
+        # One trace per utterance: the mic's root span, every event, the stt spans.
+        trace_ids = {trace_id_of(h.get("traceparent", "")) for e, h in events if e in mine}
+        assert len(trace_ids) == 1 and "" not in trace_ids
+        (tid,) = trace_ids
+        spans = [sp for sp in exporter.get_finished_spans() if f"{sp.context.trace_id:032x}" == tid]
+        names = {sp.name for sp in spans}
+        assert {"utterance", "stt.partial", "stt.final"} <= names
+        final_span = next(sp for sp in spans if sp.name == "stt.final")
+        assert final_span.attributes["final_latency_ms"] >= 0
+        assert final_span.attributes["audio_ms"] == final.audio_ms
+    assert trace_ids_differ(events, starts)
+
+
+def trace_ids_differ(events: list, starts: list[VoiceStarted]) -> bool:
+    ids = {
+        trace_id_of(h["traceparent"])
+        for e, h in events
+        if isinstance(e, VoiceStarted) and e in starts
+    }
+    return len(ids) == len(starts)
+
+
+async def _publish_utterance(
+    bus: Bus, conv: str, chunks: list[int], stopped_chunks: int | None
+) -> VoiceStarted:
+    utt = new_id()
+    started = VoiceStarted(conversation_id=conv, utterance_id=utt, producer="test")
+    await bus.publish(started)
+    pcm = (np.sin(np.arange(320) / 5) * 3000).astype("<i2").tobytes()
+    for seq in chunks:
+        await bus.publish(
+            AudioChunk(conversation_id=conv, utterance_id=utt, seq=seq, audio=pcm, producer="test")
+        )
+    if stopped_chunks is not None:
+        await bus.publish(
+            VoiceStopped(
+                conversation_id=conv,
+                utterance_id=utt,
+                chunks=stopped_chunks,
+                duration_ms=20.0 * stopped_chunks,
+                producer="test",
+            )
+        )
+    return started
+
+
+async def test_missing_chunks_or_voice_stopped_end_in_error_events(
+    bus: Bus, settings: Settings
+) -> None:
+    worker, task = await start_stt(bus, settings, utterance_timeout_s=1.5, partial_interval_ms=0)
+    conv = new_id()
+    try:
+        gap = await _publish_utterance(bus, conv, [0, 1, 3], 4)
+        short = await _publish_utterance(bus, conv, [0, 1], 3)
+        hung = await _publish_utterance(bus, conv, [0, 1, 2], None)
+
+        async def errors() -> dict[str, ErrorEvent]:
+            evs = await read_stream(bus, f"voice.{conv}.control.error")
+            return {e.utterance_id: e for e, _ in evs}
+
+        found = await asyncio.wait_for(_until_async(errors, 3), 20)
+    finally:
+        worker.stop()
+        await task
+    assert found[gap.utterance_id].code == "audio-gap"
+    assert found[short.utterance_id].code == "audio-gap"
+    assert found[hung.utterance_id].code == "utterance-timeout"
+    assert all(e.failed_stage == "stt" and e.cause_event_id for e in found.values())
+    transcripts = await read_stream(bus, f"voice.{conv}.stt.transcript")
+    assert transcripts == []
+
+
+async def _until(pred, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(10_000):  # polling another task's counter; bounded by wait_for
+        if pred():
+            return
+        await asyncio.sleep(interval)
+
+
+async def _until_async(fn, n: int, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    while True:
+        got = await fn()
+        if len(got) >= n:
+            return got
+        await asyncio.sleep(interval)
