@@ -171,9 +171,18 @@ class EmbeddedBackend:
         return tokens, [s for s in stop if s]
 
     async def stream(
-        self, messages: list[Message], *, seed: int, cancel: threading.Event, gen: Generation
+        self,
+        messages: list[Message],
+        *,
+        seed: int,
+        cancel: threading.Event,
+        gen: Generation,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[str]:
         await self.start()
+        max_tokens = self.max_tokens if max_tokens is None else max_tokens
+        temperature = self.temperature if temperature is None else temperature
         async with self._lock:
             tokens, stop = self.prompt_tokens(messages)
             gen.prompt_tokens = len(tokens)
@@ -193,8 +202,8 @@ class EmbeddedBackend:
             def produce() -> None:
                 chunks = self.llm.create_completion(
                     tokens,
-                    max_tokens=min(self.max_tokens, room),
-                    temperature=self.temperature,
+                    max_tokens=min(max_tokens, room),
+                    temperature=temperature,
                     repeat_penalty=self.repeat_penalty,
                     seed=seed,
                     stop=stop,
