@@ -147,3 +147,14 @@ def test_simulated_clock_waits_through_an_underrun():
 def test_device_sink_without_a_sound_card_says_what_to_do():
     with pytest.raises(SpeakerError, match="SPEAKER_SINK=wav"):
         DeviceSink()
+
+
+async def test_a_reply_without_audio_still_ends_with_nothing_heard(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
+    async with running(tts), running(SpeakerWorker(bus, settings, speaker_settings())):
+        await bus.publish(reply_done(conv, utt, []))
+        done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=10))[0]
+    assert done.played_ms == 0 and done.last_sentence_index == -1 and not done.interrupted
+    await tap.stop()

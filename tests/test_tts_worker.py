@@ -125,3 +125,45 @@ async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, setting
     assert len(tap.of(SpeechDone, utt)) == 1
     assert {c.sentence_index for c in chunks} == {0}
     await tap.stop()
+
+
+async def test_output_rate_other_than_the_voice_is_resampled_in_the_stream(bus, settings, piper):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    tts = TtsWorker(bus, settings, tts_settings(output_rate=16000, chunk_ms=40), piper)
+    async with running(tts):
+        for ev in [*sentences(conv, utt, TEXTS[:1]), reply_done(conv, utt, TEXTS[:1])]:
+            await bus.publish(ev)
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=10))[0]
+    chunks = tap.of(SpeechChunk, utt)
+    assert {c.rate for c in chunks} == {16000}
+    assert max(len(c.audio) for c in chunks) == 2 * 640
+    synthesized = tap.of(SentenceSynthesized, utt)[0]
+    assert done.audio_ms == pytest.approx(synthesized.audio_ms, abs=1)
+    assert 1500 < done.audio_ms < 5000
+    await tap.stop()
+
+
+async def test_tts_synthesize_span_joins_the_sentence_trace_with_its_timings(bus, settings, piper):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from workers.runtime.telemetry import add_exporter
+
+    exporter = InMemorySpanExporter()
+    add_exporter(exporter)
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    tracer = trace.get_tracer("test")
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        with tracer.start_as_current_span("llm.generate") as parent:
+            await bus.publish(sentences(conv, utt, TEXTS[:1])[0])
+        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "tts.synthesize"]
+    span = next(s for s in spans if s.attributes["voice.utterance_id"] == utt)
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
+    assert span.attributes["tts.first_audio_ms"] > 0
+    assert 0 < span.attributes["tts.real_time_factor"] < 1
+    assert span.attributes["tts.audio_ms"] > 1000
+    await tap.stop()

@@ -168,10 +168,13 @@ class SpeakerWorker(Worker):
             if pb is not None:
                 pb.sentence_end[event.sentence_index] = pb.samples
         elif isinstance(event, SpeechDone):
-            pb = self.playbacks.get((event.conversation_id, event.utterance_id))
+            key = (event.conversation_id, event.utterance_id)
+            pb = self.playbacks.get(key)
             if pb is not None:
                 pb.tts_done = event
                 pb.changed.set()
+            elif key not in self.ended:
+                await self._nothing_played(event)
 
     async def handle_control(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, VoiceStarted):
@@ -323,6 +326,21 @@ class SpeakerWorker(Worker):
             self.order.pop(pb.conversation_id, None)
         if self.speaker.conversation_wav:
             await asyncio.to_thread(self._tape(pb.conversation_id).save)
+
+    async def _nothing_played(self, done: SpeechDone) -> None:
+        """A reply without audio (empty, or all of it interrupted before it got here) still
+        ends: the turn's record says nothing was heard."""
+        self._mark_ended((done.conversation_id, done.utterance_id))
+        await self.bus.publish(
+            PlaybackDone(
+                event_id=derive_id(done.event_id, "playback-done"),
+                conversation_id=done.conversation_id,
+                utterance_id=done.utterance_id,
+                producer=self.worker_id,
+                played_ms=0.0,
+                interrupted=done.interrupted,
+            )
+        )
 
     def _mark_ended(self, key: tuple[str, str]) -> None:
         self.ended[key] = None
