@@ -29,6 +29,9 @@ class RecorderSettings(BaseSettings):
     """RECORDER_BATCH: most events per transaction."""
     max_ack_pending: int = 8192
     """RECORDER_MAX_ACK_PENDING: back-pressure bound on unacknowledged events."""
+    ack_wait_s: float = 5.0
+    """RECORDER_ACK_WAIT_S: after a crash, events the dead recorder held come back after this
+    long (a batch commit takes milliseconds, so it can be short)."""
 
 
 def record_of(d: Delivery) -> Record:
@@ -63,6 +66,7 @@ class Recorder(Worker):
                 batch_handler=self.write,
                 batch=self.options.batch,
                 max_ack_pending=self.options.max_ack_pending,
+                ack_wait=self.options.ack_wait_s,
                 deliver_policy=DeliverPolicy.ALL,
                 fetch_timeout=0.25,
             )
