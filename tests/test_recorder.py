@@ -69,7 +69,8 @@ async def test_kill_recorder_mid_batch_loses_nothing_and_duplicates_nothing(
         kills = 0
         for _ in range(3):
             # Kill -9 while batches are being written, then restart on the same durable.
-            await wait_for(lambda n=log.count(): log.count() > n + 100, timeout=30)
+            before = log.count()
+            await wait_for(lambda b=before: log.count() > b + 100, timeout=30)
             proc.kill()
             kills += 1
             proc.start()
