@@ -74,6 +74,7 @@ class Bus:
         self.settings = settings
         self.name = name
         self.stream = settings.stream_name
+        self._state: dict[str, bool] = {}
 
     @classmethod
     async def connect(
@@ -83,7 +84,7 @@ class Bus:
         connect_timeout: float = 2.0,
     ) -> Bus:
         settings = settings or get_settings()
-        state = {"down": False}
+        state = {"down": False, "closing": False}
 
         async def error_cb(exc: Exception) -> None:
             # Called per failed reconnect attempt; report the first of a streak only.
@@ -92,7 +93,8 @@ class Bus:
             state["down"] = True
 
         async def disconnected_cb() -> None:
-            log.warning("nats disconnected; reconnecting", extra={"worker": name})
+            if not state["closing"]:
+                log.warning("nats disconnected; reconnecting", extra={"worker": name})
             state["down"] = True
 
         async def reconnected_cb() -> None:
@@ -122,7 +124,9 @@ class Bus:
             ) from None
         except nats.errors.Error as exc:
             raise BusError(f"NATS at {settings.nats_url} refused the connection: {exc}") from None
-        return cls(nc, settings, name)
+        bus = cls(nc, settings, name)
+        bus._state = state
+        return bus
 
     async def ensure_streams(self) -> None:
         """Create or update the streams; safe to call from every worker at start."""
@@ -219,6 +223,7 @@ class Bus:
         return Consumer(self, durable, list(filter_subjects), handler, batch_handler, **options)
 
     async def close(self) -> None:
+        self._state["closing"] = True
         if self.nc.is_connected:
             try:
                 await self.flush_publishes()
