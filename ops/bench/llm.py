@@ -67,6 +67,7 @@ async def direct_turn(
         "first_token_ms": 1000 * (first_token - t0),
         "first_sentence_ms": 1000 * ((first_sentence or end) - t0),
         "tokens": tokens,
+        "tokens_per_s": (tokens - 1) / (end - first_token) if tokens > 1 else 0.0,
     }
 
 
@@ -104,6 +105,7 @@ class BusClient:
             "first_sentence_ms": 1000
             * (self.first.get((utterance_id, ReplySentence.type), end) - t0),
             "tokens": done.tokens,
+            "tokens_per_s": done.tokens_per_s,
             "worker_first_token_ms": done.first_token_ms,
         }
 
@@ -179,7 +181,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": backend.model,
     }
     for name, rows in (("direct", direct), ("bus", via_bus)):
-        report[name] = {k: summary(rows, k) for k in ("first_token_ms", "first_sentence_ms")}
+        keys = ("first_token_ms", "first_sentence_ms", "tokens_per_s")
+        report[name] = {k: summary(rows, k) for k in keys}
     report["bus"]["worker_first_token_ms"] = summary(via_bus, "worker_first_token_ms")
     for key in ("first_token_ms", "first_sentence_ms"):
         report[f"ratio_{key}_p50"] = report["bus"][key]["p50"] / report["direct"][key]["p50"]
@@ -195,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(run(args))
     d, b = report["direct"], report["bus"]
     print(f"\nLLM {report['model']}, {report['turns']} turns per path, 2 threads, same seeds")
-    print(f"{'path':34} {'first token p50/p95':>22} {'first sentence p50/p95':>25}")
+    print(f"{'path':34} {'first token p50/p95':>22} {'first sentence p50/p95':>25} {'tok/s':>6}")
     for name, r in (("direct: backend.stream()", d), ("bus: transcript -> NATS -> llm", b)):
         ft, fs = r["first_token_ms"], r["first_sentence_ms"]
         tokens = f"{ft['p50']:9.1f} / {ft['p95']:7.1f} ms"
-        print(f"{name:34} {tokens} {fs['p50']:10.1f} / {fs['p95']:7.1f} ms")
+        speed = r["tokens_per_s"]["p50"]
+        print(f"{name:34} {tokens} {fs['p50']:10.1f} / {fs['p95']:7.1f} ms {speed:6.0f}")
     w = b["worker_first_token_ms"]
     print(f"{'  (inside the worker)':34} {w['p50']:9.1f} / {w['p95']:7.1f} ms")
     print(

@@ -118,7 +118,8 @@ async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             reply = await asyncio.wait_for(done, args.timeout)
         except TimeoutError:
             raise AskError(f"no reply within {args.timeout:.0f} s") from None
-        out.write("\n")
+        if tokens:
+            out.write("\n")
         await sub.unsubscribe()
         if any(p.module == "recorder" for p in procs):
             # Stop our recorder only once the reply is in the log: the next question needs it.
