@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import statistics
 import sys
 import tempfile
@@ -170,7 +169,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         via_bus.append(await client.turn(question, utt))
                 print(f"bench llm: round {rep + 1}/{args.reps} done", file=sys.stderr)
         finally:
-            logging.getLogger("voicebus.bus").setLevel(logging.ERROR)  # closing is no news
             await backend.aclose()
             await bus.close()
             proc.stop()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import re
 import signal
 import sys
@@ -127,8 +126,6 @@ async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             await memory.wait_recorded([reply.event_id], timeout=10)
             memory.close()
     finally:
-        # Closing the connection reports a "disconnect" warning: not news to a CLI user.
-        logging.getLogger("voicebus.bus").setLevel(logging.ERROR)
         await bus.close()
         for p in procs:  # all drain at once, then each is waited for
             if p.proc is not None and p.running:
