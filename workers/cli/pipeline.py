@@ -83,7 +83,8 @@ class Pipeline:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # Producers first, the recorder last, so everything published gets recorded.
+        # In dict order (the microphone first), the recorder last, so that everything
+        # published gets recorded.
         order = sorted(self.procs, key=lambda n: n == "recorder")
         for name in order:
             await asyncio.to_thread(self.procs[name].stop)

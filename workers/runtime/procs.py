@@ -75,9 +75,14 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     async def wait_consumer(self, bus: Bus, durable: str, timeout: float = 60.0) -> None:
-        """Wait until the worker's durable consumer exists (it creates it after loading)."""
+        """Wait until this worker pulls from its durable consumer.
+
+        The durable may exist from an earlier run, so existence proves nothing: a waiting
+        pull request, or deliveries moving on, does.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        first_delivered: int | None = None
         while loop.time() < deadline:
             if not self.running:
                 code = self.proc.returncode if self.proc else "?"
@@ -87,10 +92,13 @@ class WorkerProcess:
                 )
             try:
                 info = await bus.js.consumer_info(bus.stream, durable)
-                if info.num_waiting or info.num_pending is not None:
+                delivered = info.delivered.stream_seq if info.delivered else 0
+                if first_delivered is None:
+                    first_delivered = delivered
+                if info.num_waiting or delivered != first_delivered:
                     return
             except nats.js.errors.NotFoundError:
-                pass
+                first_delivered = 0
             await asyncio.sleep(0.05)
         raise TimeoutError(f"worker {self.worker_id} not ready after {timeout}s")
 
