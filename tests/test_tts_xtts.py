@@ -204,3 +204,16 @@ def test_device_auto_prefers_cuda_then_mps_and_refuses_a_missing_gpu():
         resolve_device("cuda", False, False)
     with pytest.raises(XttsError, match="TTS_DEVICE=mps"):
         resolve_device("mps", True, False)
+
+
+async def test_tts_worker_on_xtts_without_weights_fails_at_start_with_the_reason(
+    bus, settings, reference, tmp_path
+):
+    from workers.tts.worker import TtsWorker
+
+    cfg = TtsSettings(  # type: ignore[call-arg]
+        _env_file=None, backend="xtts", speaker_wav=reference, xtts_model_dir=tmp_path / "none"
+    )
+    worker = TtsWorker(bus, settings, cfg)
+    with pytest.raises(ModelNotFoundError, match="XTTS weights not found in"):
+        await worker.setup()

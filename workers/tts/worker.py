@@ -80,12 +80,14 @@ class TtsWorker(Worker):
     ) -> None:
         super().__init__(bus, settings)
         self.tts = tts or get_tts_settings()
+        # An injected backend is loaded by whoever made it (tests share one voice).
+        self._load = backend is None
         self.backend = backend or make_backend(self.tts, settings)
         self.chunk_samples = max(1, self.tts.output_rate * self.tts.chunk_ms // 1000)
         self.replies: collections.OrderedDict[tuple[str, str], Reply] = collections.OrderedDict()
 
     async def setup(self) -> None:
-        if not self.backend.sample_rate:
+        if self._load:
             t0 = time.perf_counter()
             await asyncio.to_thread(self.backend.load)
             # The first synthesis pays one-off costs (espeak init, onnxruntime arena): here,
