@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 
 import pytest
 
-from schemas import Interrupt, SentenceSynthesized, SpeechChunk, SpeechDone, derive_id
+from schemas import ErrorEvent, Interrupt, SentenceSynthesized, SpeechChunk, SpeechDone, derive_id
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
 from workers.tts.backends import PiperBackend
@@ -166,4 +169,35 @@ async def test_tts_synthesize_span_joins_the_sentence_trace_with_its_timings(bus
     assert span.attributes["tts.first_audio_ms"] > 0
     assert 0 < span.attributes["tts.real_time_factor"] < 1
     assert span.attributes["tts.audio_ms"] > 1000
+    await tap.stop()
+
+
+@pytest.fixture
+def broken_voice(tmp_path: Path) -> Path:
+    """A real fault: a voice config that maps "z" past the model's phoneme table, so
+    onnxruntime fails on any sentence with a z (and on nothing else)."""
+    good = PiperBackend(tts_settings()).voice_path
+    bad = tmp_path / "broken.onnx"
+    os.symlink(good, bad)
+    config = json.loads(Path(f"{good}.json").read_text())
+    config["phoneme_id_map"]["z"] = [9999]
+    Path(f"{bad}.json").write_text(json.dumps(config))
+    return bad
+
+
+async def test_a_sentence_that_keeps_failing_ends_the_reply_with_an_error(
+    bus, settings, broken_voice
+):
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    texts = ["Zebras zigzag at the zoo.", "This one is fine."]
+    async with running(TtsWorker(bus, settings, tts_settings(voice=broken_voice))):
+        for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+            await bus.publish(ev)
+        error = (await wait_for(lambda: tap.of(ErrorEvent, utt), timeout=20))[0]
+        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=5))[0]
+        await asyncio.sleep(0.3)
+    assert error.failed_stage == "tts" and error.code == "synthesis-failed"
+    assert done.interrupted and done.sentences == 0
+    assert not tap.of(SpeechChunk, utt), "later sentences must not be spoken out of turn"
     await tap.stop()

@@ -20,6 +20,7 @@ import nats.js.errors
 import numpy as np
 
 from schemas import (
+    ErrorEvent,
     Event,
     Interrupt,
     ReplyDone,
@@ -42,6 +43,8 @@ from workers.tts.stream import Rechunker
 log = logging.getLogger("voicebus.tts")
 _tracer = tracer("workers.tts")
 MAX_REPLIES = 512
+SYNTH_ATTEMPTS = 3
+"""Deliveries of a sentence before its failure ends the reply with control.error."""
 
 
 class NotYet(Exception):
@@ -166,9 +169,36 @@ class TtsWorker(Worker):
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         if isinstance(event, ReplySentence):
-            await self._on_sentence(event)
+            try:
+                await self._on_sentence(event)
+            except NotYet:
+                raise
+            except Exception as exc:
+                if delivery.num_delivered < SYNTH_ATTEMPTS:
+                    raise  # retried: a passing fault (bus hiccup) heals itself
+                await self._give_up(event, exc)
         elif isinstance(event, ReplyDone):
             await self._on_reply_done(event)
+
+    async def _give_up(self, s: ReplySentence, exc: Exception) -> None:
+        """A sentence that keeps failing ends its reply with an error instead of blocking
+        every later sentence behind it."""
+        log.error("synthesis failed", extra={"index": s.index, "error": repr(exc)})
+        r = await self.reply(s.conversation_id, s.utterance_id)
+        r.cancelled = True
+        await self.bus.publish(
+            ErrorEvent(
+                event_id=derive_id(s.event_id, "tts-error"),
+                conversation_id=s.conversation_id,
+                utterance_id=s.utterance_id,
+                producer=self.worker_id,
+                failed_stage="tts",
+                code="synthesis-failed",
+                message=f"{exc.__class__.__name__}: {exc}"[:4096],
+                cause_event_id=s.event_id,
+            )
+        )
+        await self._finish(r, s, derive_id(s.event_id, "tts-done"), interrupted=True)
 
     async def handle_control(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, Interrupt):
