@@ -1,0 +1,311 @@
+"""`just bench e2e`: voice-to-voice latency of whole spoken turns, and what it is made of.
+
+For each spoken question (synthesized with the bundled voice), in one run, interleaved:
+1. the streaming pipeline: every worker as its own process over NATS, as `just demo` runs
+   them (mic file source in real time); per-stage timings come from the event log;
+2. the isolated model latencies the pipeline cannot avoid, measured in this process on the
+   same models and inputs: final Whisper decode of the utterance the stt worker saw, LLM time
+   to the first speakable sentence, Piper time to the first audio of that sentence;
+3. a sequential baseline on the same models: transcribe the whole utterance, then generate
+   the whole reply, then synthesize it all.
+Printed: per-stage p50/p95, voice-to-voice p50/p95, and two ratios: sequential / streaming
+(what streaming buys) and streaming / isolated sum (what bus, log and tracing cost; target
+<= 1.15). Voice-to-voice is measured from the VAD endpoint (mic.voice-stopped), which comes
+MIC_HANGOVER_MS of silence after the user's last word. A Markdown table and a PNG chart go to
+DATA_DIR/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import schemas as s
+from ops.bench.llm import direct_turn
+from ops.bench.stt import synth_piper
+from ops.bench.tts import direct as piper_direct
+from workers.cli.demo import LiveView, wait_recorded
+from workers.cli.pipeline import Pipeline, progress
+from workers.llm.backends import EmbeddedBackend, Generation
+from workers.llm.config import LlmSettings
+from workers.llm.worker import turn_seed
+from workers.runtime.audio import write_wav
+from workers.runtime.config import get_settings
+from workers.runtime.eventlog import EventLog, timings
+from workers.stt.backends import WhisperBackend
+from workers.stt.config import SttSettings
+from workers.tts.backends import PiperBackend
+from workers.tts.config import TtsSettings
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How do I boil an egg?",
+    "Why is the sky blue?",
+    "Give me a tip for sleeping better.",
+    "What should I cook for dinner tonight?",
+    "Tell me something interesting about octopuses.",
+    "How far away is the moon?",
+    "What is a good name for a cat?",
+]
+STAGES = ["stt_final", "llm_first_sentence", "tts_first_audio", "playback_start"]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+class Models:
+    """The same models the workers load, in this process, for the isolated measurements."""
+
+    def __init__(self) -> None:
+        self.stt = WhisperBackend(SttSettings())
+        self.llm_settings = LlmSettings()
+        self.llm = EmbeddedBackend(
+            self.llm_settings.model,
+            context_tokens=self.llm_settings.context_tokens,
+            max_tokens=self.llm_settings.max_tokens,
+            temperature=self.llm_settings.temperature,
+        )
+        self.tts = PiperBackend(TtsSettings())
+
+    async def load(self) -> None:
+        self.stt.load()
+        self.tts.load()
+        await self.llm.start()
+        system = self.llm_settings.system_prompt
+        await self.llm.warmup(
+            [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+        )
+
+    def decode_ms(self, audio: np.ndarray) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        text = self.stt.transcribe(audio, final=True, language=None).text
+        return 1000 * (time.perf_counter() - t0), text
+
+    async def reply(self, question: str, utterance_id: str) -> tuple[dict, float, str]:
+        """LLM first sentence (isolated) and whole reply time (sequential baseline)."""
+        first = await direct_turn(self.llm, self.llm_settings.system_prompt, question, utterance_id)
+        messages = [
+            {"role": "system", "content": self.llm_settings.system_prompt},
+            {"role": "user", "content": question},
+        ]
+        t0 = time.perf_counter()
+        parts = [
+            p
+            async for p in self.llm.stream(
+                messages, seed=turn_seed(utterance_id), cancel=threading.Event(), gen=Generation()
+            )
+        ]
+        return first, 1000 * (time.perf_counter() - t0), "".join(parts)
+
+    def synth_all_ms(self, text: str) -> float:
+        t0 = time.perf_counter()
+        for _ in self.tts.synthesize(text):
+            pass
+        return 1000 * (time.perf_counter() - t0)
+
+
+def utterance_audio(log: EventLog, utterance_id: str) -> np.ndarray:
+    chunks = log.events(utterance_id=utterance_id, types=["mic.audio-chunk"])
+    pcm = b"".join(c.audio for c in sorted(chunks, key=lambda c: c.seq))  # type: ignore[attr-defined]
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def first_sentence(log: EventLog, utterance_id: str) -> str:
+    ev = log.events(utterance_id=utterance_id, types=["llm.reply-sentence"])
+    ev = [e for e in ev if isinstance(e, s.ReplySentence)]
+    return min(ev, key=lambda e: e.index).text if ev else ""
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = get_settings()
+    work = settings.data_dir / "bench" / "e2e-inputs"
+    questions = (QUESTIONS * ((args.turns // len(QUESTIONS)) + 1))[: args.turns]
+    files = []
+    for i, q in enumerate(questions):
+        lead = np.zeros(4800, np.int16)
+        files.append(
+            write_wav(work / f"q{i}.wav", np.concatenate([lead, synth_piper(q)]).tobytes(), 16_000)
+        )
+    progress("loading the models in this process (isolated + sequential measurements)")
+    models = Models()
+    await models.load()
+    rows: list[dict[str, Any]] = []
+    env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
+    async with Pipeline(settings, env=env) as p:
+        log = EventLog(settings.db_url, migrate=False)
+        for i, f in enumerate(files):
+            conv = f"bench-{s.new_id()[:10]}"
+            view = LiveView(io.StringIO())  # quiet: only the timings matter here
+            sub = await p.watch(conv, view.on_event)
+            mic = p.start_mic("--file", str(f), "--conversation", conv, worker_id=f"mic-b{i}")
+            turns = await view.wait_turns_done(set(), 180)
+            await asyncio.to_thread(mic.stop)
+            await sub.unsubscribe()
+            await wait_recorded(log, [t.utterance_id for t in turns])
+            row = log.turn(turns[0].utterance_id)
+            ms = timings(row).as_dict()
+            # Isolated, on what the pipeline actually saw and said.
+            audio = utterance_audio(log, row.utterance_id)
+            decode_ms, _ = models.decode_ms(audio)
+            llm_first, llm_total_ms, reply = await models.reply(row.transcript, row.utterance_id)
+            sentence = first_sentence(log, row.utterance_id) or reply or "Okay."
+            tts_first = piper_direct(models.tts, sentence)["first_audio_ms"]
+            isolated = decode_ms + llm_first["first_sentence_ms"] + tts_first
+            sequential = decode_ms + llm_total_ms + models.synth_all_ms(reply or sentence)
+            rows.append(
+                {
+                    "question": questions[i],
+                    "transcript": row.transcript,
+                    "reply": row.reply_text,
+                    **{k: ms[k] for k in [*STAGES, "voice_to_voice"]},
+                    "isolated_decode_ms": decode_ms,
+                    "isolated_first_sentence_ms": llm_first["first_sentence_ms"],
+                    "isolated_first_audio_ms": tts_first,
+                    "isolated_sum_ms": isolated,
+                    "sequential_ms": sequential,
+                }
+            )
+            progress(
+                f"turn {i + 1}/{len(files)}: voice-to-voice {ms['voice_to_voice']:.0f} ms, "
+                f"isolated sum {isolated:.0f} ms, sequential {sequential:.0f} ms"
+            )
+        log.close()
+    await models.llm.aclose()
+    return summarize(rows)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    col = {
+        k: [r[k] for r in rows if r[k] is not None]
+        for k in rows[0]
+        if k.endswith("ms") or k in (*STAGES, "voice_to_voice")
+    }
+    stats = {k: {"p50": pct(v, 0.5), "p95": pct(v, 0.95)} for k, v in col.items()}
+    v2v = statistics.median(col["voice_to_voice"])
+    return {
+        "turns": rows,
+        "stats": stats,
+        "ratios": {
+            "sequential_over_streaming": statistics.median(col["sequential_ms"]) / v2v,
+            "streaming_over_isolated_sum": v2v / statistics.median(col["isolated_sum_ms"]),
+            "streaming_over_isolated_sum_per_turn_p50": statistics.median(
+                [r["voice_to_voice"] / r["isolated_sum_ms"] for r in rows]
+            ),
+        },
+    }
+
+
+def report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    md, png = out_dir / f"e2e-{stamp}.md", out_dir / f"e2e-{stamp}.png"
+    st, ra = res["stats"], res["ratios"]
+    lines = [
+        "# End-to-end latency (embedded models)",
+        "",
+        "| stage | p50 ms | p95 ms |",
+        "|---|---|---|",
+        *[
+            f"| {k} | {st[k]['p50']:.0f} | {st[k]['p95']:.0f} |"
+            for k in [*STAGES, "voice_to_voice", "isolated_sum_ms", "sequential_ms"]
+        ],
+        "",
+        "- sequential / streaming (what streaming buys): "
+        f"**{ra['sequential_over_streaming']:.2f}x**",
+        f"- streaming / isolated model sum (bus + log + tracing cost; target <= 1.15): "
+        f"**{ra['streaming_over_isolated_sum']:.2f}x**",
+        "",
+        "| # | transcript | voice-to-voice | isolated sum | sequential |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {i + 1} | {r['transcript'].strip()} | {r['voice_to_voice']:.0f} | "
+            f"{r['isolated_sum_ms']:.0f} | {r['sequential_ms']:.0f} |"
+            for i, r in enumerate(res["turns"])
+        ],
+    ]
+    md.write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    x = np.arange(len(res["turns"]))
+    bottom = np.zeros(len(x))
+    for stage in STAGES:
+        vals = np.array([r[stage] or 0.0 for r in res["turns"]])
+        ax.bar(x, vals, bottom=bottom, label=stage.replace("_", " "))
+        bottom += vals
+    ax.scatter(
+        x,
+        [r["isolated_sum_ms"] for r in res["turns"]],
+        color="black",
+        marker="_",
+        s=400,
+        label="isolated model sum",
+        zorder=3,
+    )
+    ax.scatter(
+        x,
+        [r["sequential_ms"] for r in res["turns"]],
+        color="red",
+        marker="x",
+        label="sequential baseline",
+        zorder=3,
+    )
+    ax.set_xticks(x, [f"turn {i + 1}" for i in x])
+    ax.set_ylabel("ms after end of speech (VAD endpoint)")
+    ax.set_title("Voice-to-voice latency by stage (streaming pipeline)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="just bench e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--turns", type=int, default=6)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    res = asyncio.run(run(args))
+    st, ra = res["stats"], res["ratios"]
+    print(f"{'stage (ms)':28}{'p50':>8}{'p95':>8}")
+    for k in [*STAGES, "voice_to_voice", "isolated_sum_ms", "sequential_ms"]:
+        print(f"{k:28}{st[k]['p50']:>8.0f}{st[k]['p95']:>8.0f}")
+    print(
+        "sequential / streaming (what streaming buys):        "
+        f"{ra['sequential_over_streaming']:.2f}x"
+    )
+    print(
+        f"streaming / isolated model sum (bus+log+tracing):    "
+        f"{ra['streaming_over_isolated_sum']:.2f}x (target <= 1.15: "
+        f"{'met' if ra['streaming_over_isolated_sum'] <= 1.15 else 'MISSED'})"
+    )
+    md, png = report(res, get_settings().data_dir / "bench")
+    print(f"report: {md}\nchart:  {png}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
