@@ -7,7 +7,7 @@ import wave
 
 import pytest
 
-from schemas import Interrupt, PlaybackDone, PlaybackStarted, SpeechChunk, derive_id
+from schemas import Interrupt, PlaybackDone, PlaybackStarted, SpeechChunk, SpeechDone, derive_id
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
 from workers.speaker.config import SpeakerSettings
@@ -54,7 +54,7 @@ async def test_wav_sink_plays_in_real_time_and_reports_the_whole_reply_heard(bus
     assert done.wav.endswith(f"{conv}/{utt}.wav")
     assert wav_ms(done.wav) == pytest.approx(audio_ms, abs=1)
     first_chunk = tap.of(SpeechChunk, utt)[0]
-    assert started.ts - first_chunk.ts < 0.05, "playback started late"
+    assert started.ts - first_chunk.ts < 0.1, "playback started late"
     await tap.stop()
 
 
@@ -120,9 +120,10 @@ async def test_batch_rendering_does_not_wait_for_the_clock(bus, settings, piper)
         for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
-    first = tap.of(SpeechChunk, utt)[0]
+    tts_done = tap.of(SpeechDone, utt)[0]
     assert done.played_ms > 5000
-    assert 1000 * (done.ts - first.ts) < done.played_ms / 3
+    # finished as soon as the last audio was in, not seconds of clock later
+    assert 1000 * (done.ts - tts_done.ts) < 200
     assert wav_ms(done.wav) == pytest.approx(done.played_ms, abs=1)
     await tap.stop()
 
