@@ -39,6 +39,10 @@ REPLY = [
     "It was founded a long time ago on the banks of a wide river.",
     "Over the centuries it grew into a busy centre of trade and learning.",
     "Today it is known for its museums, its parks and its many bridges.",
+    "Every spring a festival fills the old squares with music and food.",
+    "Visitors often take a boat trip along the river to see the sights.",
+    "The old town hall has a clock tower that you can climb for the view.",
+    "In the evening the cafes along the water are full of people talking.",
 ]
 USER = "Wait, stop, I have another question."
 SILENCE_S = 1.0
