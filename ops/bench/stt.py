@@ -15,10 +15,16 @@ by the tests too.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -166,3 +172,285 @@ def pct(xs: list[float], q: float) -> float:
         return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def trim(x: np.ndarray, rel: float = 0.01) -> np.ndarray:
+    """Cut leading/trailing near-silence (synthesizers pad their output)."""
+    idx = np.nonzero(np.abs(x) > rel * max(1, int(np.abs(x).max())))[0]
+    return x[idx[0] : idx[-1] + 1] if len(idx) else x[:0]
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+
+def make_files(out_dir: Path, n: int) -> list[tuple[Path, str]]:
+    """n single-phrase WAVs, alternating espeak-ng and Piper, 300 ms lead, 1 s tail."""
+    from workers.runtime.audio import write_wav
+
+    files = []
+    for i in range(n):
+        phrase = PHRASES[i % len(PHRASES)]
+        engine = "piper" if i % 2 else "espeak"
+        audio, _ = with_silence([trim(synth(phrase, engine))], gap_ms=1000, lead_ms=300)
+        files.append((write_wav(out_dir / f"{i:02d}-{engine}.wav", audio.tobytes(), RATE), phrase))
+    return files
+
+
+def bench_plain(files: list[tuple[Path, str]], beam: int) -> dict[str, float]:
+    """Plain faster-whisper transcribe() on each whole file: the baseline."""
+    from faster_whisper import WhisperModel
+
+    from workers.runtime.audio import read_audio
+    from workers.stt.backends import resolve_model
+
+    _, path = resolve_model(os.environ.get("STT_MODEL", ""))
+    model = WhisperModel(str(path), device="cpu", compute_type="int8")
+    audios = [read_audio(f).astype(np.float32) / 32768 for f, _ in files]
+    model.transcribe(audios[0], beam_size=beam)  # warm-up, as the worker does at load
+    hyps, times = [], []
+    cpu0 = time.process_time()
+    for a in audios:
+        t0 = time.perf_counter()
+        segs, _ = model.transcribe(a, beam_size=beam, word_timestamps=True, vad_filter=False)
+        hyps.append(" ".join(s.text.strip() for s in segs))
+        times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0
+    audio_s = sum(len(a) for a in audios) / RATE
+    return {
+        "rtf": cpu / audio_s,
+        "hyps": hyps,
+        "latency_p50_ms": 1000 * pct(times, 0.5),
+        "latency_p95_ms": 1000 * pct(times, 0.95),
+        "wer": wer([p for _, p in files], hyps),
+    }
+
+
+def bench_backend(files: list[tuple[Path, str]]) -> dict[str, float]:
+    """This project's short-context decode of the same files, no bus."""
+    from workers.runtime.audio import read_audio
+    from workers.stt.backends import WhisperBackend
+    from workers.stt.config import SttSettings
+
+    backend = WhisperBackend(SttSettings())
+    backend.load()
+    audios = [read_audio(f).astype(np.float32) / 32768 for f, _ in files]
+    hyps, times = [], []
+    cpu0 = time.process_time()
+    for a in audios:
+        t0 = time.perf_counter()
+        hyps.append(backend.transcribe(a, final=True, language=None).text)
+        times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0
+    audio_s = sum(len(a) for a in audios) / RATE
+    return {
+        "rtf": cpu / audio_s,
+        "hyps": hyps,
+        "latency_p50_ms": 1000 * pct(times, 0.5),
+        "latency_p95_ms": 1000 * pct(times, 0.95),
+        "wer": wer([p for _, p in files], hyps),
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, float]:
+    import asyncio
+
+    from schemas import Transcript, TranscriptPartial, VoiceStarted, VoiceStopped
+    from schemas import decode as decode_event
+    from workers.mic.config import MicSettings
+    from workers.mic.worker import MicWorker
+    from workers.runtime.bus import Bus
+    from workers.runtime.config import Settings
+    from workers.runtime.natsd import NatsServer, free_port
+    from workers.runtime.procs import WorkerProcess
+
+    server = NatsServer(free_port(), work / "nats").start()
+    settings = Settings(nats_url=server.url, data_dir=work / "data", _env_file=None)  # type: ignore[call-arg]
+    bus = await Bus.connect(settings, "bench")
+    await bus.ensure_streams()
+    stt = WorkerProcess("stt", settings, "stt-1", log_file=work / "stt.log").start()
+    seen: dict[str, dict[str, object]] = {}
+
+    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+        ev = decode_event(msg.data)
+        now = time.perf_counter()
+        u = seen.setdefault(ev.utterance_id, {"partials": []})
+        if isinstance(ev, VoiceStarted):
+            u["started"] = now
+        elif isinstance(ev, VoiceStopped):
+            u["stopped"] = now
+            u["hangover_ms"] = ev.duration_ms - ev.speech_end_offset_ms
+        elif isinstance(ev, TranscriptPartial):
+            u["partials"].append(now)  # type: ignore[union-attr]
+        elif isinstance(ev, Transcript):
+            u["final"] = now
+            u["text"] = ev.text
+
+    try:
+        sub = await bus.nc.subscribe("voice.>", cb=on_msg)
+        from workers.cli.transcribe import wait_pulling
+
+        await wait_pulling(bus, "stt", [stt], 120)
+        cpu0 = _cpu_seconds(stt.proc.pid)  # type: ignore[union-attr]
+        hyps, audio_s = [], 0.0
+        for i, (f, _) in enumerate(files):
+            conv = f"bench{i}"
+            mic = MicWorker(bus, settings, MicSettings(file=str(f), conversation=conv))
+            await mic.setup()
+            audio_s += mic.source.duration_ms / 1000  # type: ignore[union-attr]
+            await mic.run()
+            for _ in range(300):
+                done = [u for u in seen.values() if "stopped" in u and "final" not in u]
+                if not done:
+                    break
+                await asyncio.sleep(0.02)
+        cpu = _cpu_seconds(stt.proc.pid) - cpu0  # type: ignore[union-attr]
+        await sub.unsubscribe()
+    finally:
+        stt.stop()
+        logging.getLogger("voicebus.bus").setLevel(logging.ERROR)  # the close is no outage
+        await bus.close()
+        server.stop()
+    utts = [u for u in seen.values() if "final" in u]
+    hyps = [str(u["text"]) for u in sorted(utts, key=lambda u: u["started"])]  # type: ignore[arg-type, return-value]
+    lat = [1000 * (u["final"] - u["stopped"]) for u in utts]  # type: ignore[operator]
+    after_speech = [
+        1000 * (u["final"] - u["stopped"]) + u["hangover_ms"]  # type: ignore[operator]
+        for u in utts
+    ]
+    cadence = [
+        1000 * (b - a)
+        for u in utts
+        for a, b in zip(u["partials"], u["partials"][1:], strict=False)  # type: ignore[index, call-overload]
+    ]
+    first = [1000 * (u["partials"][0] - u["started"]) for u in utts if u["partials"]]  # type: ignore[index, operator]
+    return {
+        "rtf": cpu / audio_s,
+        "latency_p50_ms": pct(lat, 0.5),
+        "latency_p95_ms": pct(lat, 0.95),
+        "after_speech_p50_ms": pct(after_speech, 0.5),
+        "partial_cadence_p50_ms": pct(cadence, 0.5),
+        "first_partial_p50_ms": pct(first, 0.5),
+        "partials_per_utterance": sum(len(u["partials"]) for u in utts) / max(1, len(utts)),  # type: ignore[arg-type, misc]
+        "utterances": float(len(utts)),
+        "wer": wer([p for _, p in files], hyps) if len(hyps) == len(files) else float("nan"),
+        "hyps": hyps,
+    }
+
+
+def bench_vad(noises: tuple[int, ...] = (0, 300, 1000, 3000)) -> list[dict[str, object]]:
+    """Both VADs on the same speech: utterances found, onset/offset error, CPU per audio s."""
+    from workers.mic.endpoint import EndpointConfig, Endpointer, Started, Stopped
+    from workers.mic.vad import make_vad
+
+    parts = [trim(synth(p, "piper" if i % 2 else "espeak")) for i, p in enumerate(PHRASES)]
+    rows = []
+    for noise in noises:
+        audio, truth = with_silence(parts, gap_ms=1200, noise=noise)
+        for name in ("silero", "webrtc"):
+            ep = Endpointer(make_vad(name), EndpointConfig())
+            t0 = time.process_time()
+            segs = []
+            for i in range(0, len(audio), 320):
+                segs += ep.feed(audio[i : i + 320])
+            segs += ep.flush()
+            cpu = time.process_time() - t0
+            found, start = [], None
+            for s in segs:
+                if isinstance(s, Started):
+                    start = s
+                elif isinstance(s, Stopped) and start is not None:
+                    base = start.stream_offset_ms - start.preroll_ms
+                    found.append((start.stream_offset_ms, base + s.speech_end_offset_ms))
+            on_err, off_err, hits = [], [], 0
+            for t_on, t_off in truth:
+                near = [f for f in found if f[0] < t_off and f[1] > t_on]
+                if len(near) == 1:
+                    hits += 1
+                    on_err.append(near[0][0] - t_on)
+                    off_err.append(near[0][1] - t_off)
+            rows.append(
+                {
+                    "vad": name,
+                    "noise_rms": noise,
+                    "phrases": len(truth),
+                    "found": len(found),
+                    "matched": hits,
+                    "onset_err_ms": float(np.mean(on_err)) if on_err else float("nan"),
+                    "offset_err_ms": float(np.mean(off_err)) if off_err else float("nan"),
+                    "cpu_ms_per_s": 1000 * cpu / (len(audio) / RATE),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import asyncio
+
+    ap = argparse.ArgumentParser(prog="bench stt", description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=8, help="synthesized files (default 8)")
+    ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    ap.add_argument("--no-bus", action="store_true", help="skip the end-to-end bus run")
+    args = ap.parse_args(argv)
+    if not espeak_available():
+        print("bench stt: error: espeak-ng not found: apt-get install espeak-ng", file=sys.stderr)
+        return 2
+    beam = int(os.environ.get("STT_BEAM_SIZE", "1"))
+    with tempfile.TemporaryDirectory(prefix="bench-stt-") as tmp:
+        work = Path(tmp)
+        print(f"bench stt: synthesizing {args.n} files ...", file=sys.stderr)
+        files = make_files(work, args.n)
+        report: dict[str, object] = {"files": len(files), "beam_size": beam}
+        print("bench stt: plain faster-whisper transcribe() ...", file=sys.stderr)
+        report["plain"] = plain = bench_plain(files, beam)
+        print("bench stt: short-context backend ...", file=sys.stderr)
+        report["backend"] = backend = bench_backend(files)
+        if not args.no_bus:
+            print("bench stt: mic -> NATS -> stt worker, real time ...", file=sys.stderr)
+            report["bus"] = asyncio.run(_bench_bus(files, work))
+        print("bench stt: VADs ...", file=sys.stderr)
+        report["vad"] = bench_vad()
+    rows = [("plain transcribe()", plain), ("short-context backend", backend)]
+    if "bus" in report:
+        rows.append(("bus: mic->NATS->stt", report["bus"]))  # type: ignore[arg-type]
+    print(f"\nSTT on {len(files)} synthesized phrases (espeak-ng + Piper), beam {beam}, cpu int8")
+    print("RTF = process CPU seconds / audio seconds (bus: the stt process, partials included)")
+    print(f"{'path':24} {'RTF':>6} {'final p50':>10} {'final p95':>10} {'WER':>6}  vs plain")
+    for name, r in rows:
+        ratio = r["latency_p50_ms"] / plain["latency_p50_ms"]
+        print(
+            f"{name:24} {r['rtf']:6.3f} {r['latency_p50_ms']:8.0f}ms {r['latency_p95_ms']:8.0f}ms"
+            f" {r['wer']:6.3f}  latency x{ratio:.2f}, RTF x{r['rtf'] / plain['rtf']:.2f}"
+        )
+    if "bus" in report:
+        b = report["bus"]
+        print(
+            "  bus: final latency is measured from voice-stopped (plain/backend: the whole "
+            f"decode after speech end); + hangover = {b['after_speech_p50_ms']:.0f} ms p50 after "  # type: ignore[index]
+            f"speech end. Partials: first after {b['first_partial_p50_ms']:.0f} ms, then every "  # type: ignore[index]
+            f"{b['partial_cadence_p50_ms']:.0f} ms (p50), {b['partials_per_utterance']:.1f} per "  # type: ignore[index]
+            "utterance."
+        )
+    print(f"\nVAD on {len(PHRASES)} phrases with 1.2 s gaps (errors: detected - true, ms)")
+    print(f"{'vad':7} {'noise':>5} {'found':>5} {'match':>5} {'onset':>7} {'offset':>7}  cpu/s")
+    for v in report["vad"]:  # type: ignore[attr-defined]
+        print(
+            f"{v['vad']:7} {v['noise_rms']:5} {v['found']:5} {v['matched']:5}"
+            f" {v['onset_err_ms']:7.0f} {v['offset_err_ms']:7.0f} {v['cpu_ms_per_s']:6.1f}ms"
+        )
+    refs = [p for _, p in files]
+    for name, r in rows:
+        for ref, hyp in zip(refs, r.get("hyps", []), strict=False):  # type: ignore[call-overload]
+            if normalize(ref) != normalize(hyp):
+                print(f"  {name}: {ref!r} -> {hyp!r}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ from functools import partial
 from workers.mic.config import MicSettings
 from workers.mic.sources import AudioSourceError
 from workers.mic.vad import VadError
-from workers.mic.worker import MicWorker
+from workers.mic.worker import MicWorker, make_endpointer, make_source
 from workers.runtime.audio import AudioFileError
 from workers.runtime.models import ModelNotFoundError
 from workers.runtime.service import run_worker
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     mic = MicSettings(**overrides)
     try:
-        return run_worker(partial(MicWorker, mic=mic), "mic")
+        # Bad input fails here, in one line, before anything waits for the bus.
+        source = make_source(mic)
+        endpointer = make_endpointer(mic)
+        return run_worker(partial(MicWorker, mic=mic, source=source, endpointer=endpointer), "mic")
     except (AudioSourceError, AudioFileError, VadError, ModelNotFoundError, ValueError) as exc:
         print(f"mic: error: {exc}", file=sys.stderr)
         return 2

@@ -86,9 +86,9 @@ class MicSource:
         try:
             info = self.sd.query_devices(self.device, "input")
         except (ValueError, self.sd.PortAudioError) as exc:
+            which = "no default input device" if self.device is None else f"no input {device!r}"
             raise AudioSourceError(
-                f"no input device {device!r} ({exc}); list them with "
-                "`python -m sounddevice` and set MIC_DEVICE"
+                f"{which} ({exc}); list devices with `python -m sounddevice`, set MIC_DEVICE"
             ) from None
         self.name = f"mic:{info['name']}"[:256]
         self.rate = RATE

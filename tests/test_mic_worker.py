@@ -1,0 +1,78 @@
+"""The mic worker on a real bus: what it publishes, and its command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.bench.stt import PHRASES, espeak_available, synth_espeak, with_silence
+from schemas import AudioChunk, VoiceStarted, VoiceStopped, new_id
+from workers.mic.config import MicSettings
+from workers.mic.worker import MicWorker
+from workers.runtime.audio import write_wav
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+from workers.runtime.telemetry import add_exporter, trace_id_of
+
+from .test_stt_stream import read_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+async def test_mic_publishes_only_utterances_with_gapless_chunks_and_one_trace_each(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    add_exporter(exporter)
+    audio, _ = with_silence([synth_espeak(PHRASES[0]), synth_espeak(PHRASES[2])], gap_ms=1000)
+    path = write_wav(tmp_path / "two.wav", audio.tobytes(), 16000)
+    conv = new_id()
+    mic = MicWorker(
+        bus,
+        settings,
+        MicSettings(_env_file=None, file=str(path), realtime=False, conversation=conv),  # type: ignore[call-arg]
+    )
+    await mic.setup()
+    await mic.run()
+    events = await read_stream(bus, f"voice.{conv}.>")
+    assert mic.utterances == 2
+    utterances: dict[str, list] = {}
+    for ev, headers in events:
+        utterances.setdefault(ev.utterance_id, []).append((ev, headers))
+    assert len(utterances) == 2
+    roots = {
+        f"{s.context.trace_id:032x}" for s in exporter.get_finished_spans() if s.name == "utterance"
+    }
+    for evs in utterances.values():
+        kinds = [type(e) for e, _ in evs]
+        n = len(evs) - 2
+        assert kinds == [VoiceStarted] + [AudioChunk] * n + [VoiceStopped]
+        assert [e.seq for e, _ in evs[1:-1]] == list(range(n))
+        stopped = evs[-1][0]
+        assert stopped.chunks == n and stopped.reason == "silence"
+        assert all(len(e.audio) == 640 for e, _ in evs[1:-1])  # 20 ms of 16 kHz int16
+        assert evs[0][0].preroll_ms > 0 and evs[0][0].source == "two.wav"
+        traces = {trace_id_of(h["traceparent"]) for _, h in evs}
+        assert len(traces) == 1 and traces <= roots
+    assert {e.producer for e, _ in events} == {mic.worker_id}
+
+
+def test_mic_command_bad_file_is_one_line_error_without_a_bus(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.mic", "--file", str(tmp_path / "none.wav")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "NATS_URL": "nats://127.0.0.1:1"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mic: error: {tmp_path / 'none.wav'}: no such file"
+    ]
