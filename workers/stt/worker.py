@@ -159,18 +159,24 @@ class SttWorker(Worker):
         utt = UtteranceAudio(self.stt.partial_interval_ms)
         state: dict[str, Any] = {"language": self.stt.language or None, "partials": 0}
         decoding: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        last_event = loop.time()
         try:
             while True:
+                if self.stopping.is_set():
+                    # Not acked: JetStream hands the utterance to another instance now.
+                    raise RuntimeError("stt shutting down; utterance handed back")
                 try:
-                    msg = await sub.next_msg(timeout=self.stt.utterance_timeout_s)
+                    msg = await sub.next_msg(timeout=0.5)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if loop.time() - last_event < self.stt.utterance_timeout_s:
+                        continue
                     raise UtteranceFailed(
                         "utterance-timeout",
                         f"no audio or voice-stopped for {self.stt.utterance_timeout_s:.0f} s "
                         f"after chunk {utt.next_chunk_seq - 1}",
                     ) from None
-                if self.stopping.is_set():
-                    raise RuntimeError("stt shutting down; utterance handed back")
+                last_event = loop.time()
                 ev = _decode(msg.data)
                 if ev is None or ev.utterance_id != started.utterance_id:
                     continue

@@ -1,0 +1,50 @@
+"""The streaming policy on its own: stable prefixes, loop cutting, when a decode is reused."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.stt.backends import Decoded, cut_repeat
+from workers.stt.streaming import Coverage, UtteranceAudio, stable_prefix
+
+
+def test_stable_prefix_is_word_aligned_common_prefix() -> None:
+    assert stable_prefix("", "Please") == 0
+    assert stable_prefix("Please turn on the", "Please turn on the kitchen") == 18
+    assert stable_prefix("Please turn on the key", "Please turn on the kitchen") == 18
+    assert stable_prefix("Please turn", "Please turned") == 6
+
+
+def test_a_decode_that_restarts_the_phrase_is_cut() -> None:
+    assert cut_repeat([9, 1, 2, 3, 4, 8, 1, 2, 3]) == [9, 1, 2, 3, 4]
+    assert cut_repeat([1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
+    assert cut_repeat([1, 2, 1, 2]) == [1, 2, 1, 2]  # too short to call it a loop
+
+
+def _utterance(speech_ms: int, silence_ms: int) -> UtteranceAudio:
+    u = UtteranceAudio(partial_interval_ms=600)
+    rng = np.random.default_rng(0)
+    for _ in range(speech_ms // 20):
+        u.add((rng.normal(0, 3000, 320)).astype("<i2").tobytes())
+    for _ in range(silence_ms // 20):
+        u.add(np.zeros(320, "<i2").tobytes())
+    return u
+
+
+def test_trailing_quiet_asks_for_a_speculative_final_once() -> None:
+    u = _utterance(1000, 100)
+    assert u.want_decode() != "quiet"
+    u = _utterance(1000, 200)
+    assert u.want_decode() == "quiet"
+    u.quiet_decode_done = True
+    assert u.want_decode() in (None, "partial")
+
+
+def test_final_reuses_only_a_final_quality_decode_that_saw_the_speech_end() -> None:
+    u = _utterance(1000, 400)
+    d = Decoded(text="hi", audio_ms=1200, decode_ms=100)
+    u.best = Coverage(d, samples=16000 * 12 // 10, final_quality=False)
+    assert u.reusable(speech_end_ms=1000) is None
+    u.best = Coverage(d, samples=16000 * 12 // 10, final_quality=True)
+    assert u.reusable(speech_end_ms=1000) is d
+    assert u.reusable(speech_end_ms=1300) is None
