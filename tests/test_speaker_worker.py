@@ -48,8 +48,9 @@ async def test_wav_sink_plays_in_real_time_and_reports_the_whole_reply_heard(bus
     audio_ms = sum(len(c.audio) for c in tap.of(SpeechChunk, utt)) / 2 / 22.05
     assert not done.interrupted
     assert done.played_ms == pytest.approx(audio_ms, abs=1)
-    # paced by the clock: playback took as long as the audio lasts
-    assert 1000 * (done.ts - started.ts) == pytest.approx(audio_ms, abs=80)
+    # Paced by the clock: never faster than the audio lasts. It may take longer when
+    # synthesis falls behind playback (an underrun pauses the clock, as a device would).
+    assert 1000 * (done.ts - started.ts) >= audio_ms - 20
     assert done.sentences_heard == 2 and done.last_sentence_index == 1
     assert done.wav.endswith(f"{conv}/{utt}.wav")
     assert wav_ms(done.wav) == pytest.approx(audio_ms, abs=1)
