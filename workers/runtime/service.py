@@ -15,12 +15,27 @@ import signal
 import sys
 from collections.abc import Callable
 
+from workers.runtime.audio import AudioFileError
 from workers.runtime.bus import Bus, BusError, Consumer
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.logs import setup_logging
+from workers.runtime.models import ModelNotFoundError
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("voicebus.service")
+
+
+class StartupError(RuntimeError):
+    """A worker cannot start (missing device, bad configuration); the message says why."""
+
+
+#: Errors that end a worker with one line on stderr and exit code 2, not a traceback.
+STARTUP_ERRORS: tuple[type[BaseException], ...] = (
+    BusError,
+    StartupError,
+    ModelNotFoundError,
+    AudioFileError,
+)
 
 
 class Worker:
@@ -102,7 +117,7 @@ def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
     setup_telemetry(name)
     try:
         return asyncio.run(serve(factory, settings))
-    except BusError as exc:
+    except STARTUP_ERRORS as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
