@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 import wave
 from pathlib import Path
@@ -47,7 +48,18 @@ def three_phrases() -> tuple[np.ndarray, list[tuple[float, float]]]:
 
 
 @needs_espeak
-@pytest.mark.parametrize("vad", ["silero", "webrtc"])
+@pytest.mark.parametrize(
+    "vad",
+    [
+        "silero",
+        pytest.param(
+            "webrtc",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("webrtcvad") is None, reason="pip install webrtcvad-wheels"
+            ),
+        ),
+    ],
+)
 def test_each_phrase_is_one_utterance_with_preroll_and_fixed_chunks(three_phrases, vad) -> None:
     audio, truth = three_phrases
     utts = utterances(run_endpointer(audio, vad, chunk_ms=20, preroll_ms=300, hangover_ms=400))

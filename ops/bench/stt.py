@@ -288,6 +288,7 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
         elif isinstance(ev, Transcript):
             u["final"] = now
             u["text"] = ev.text
+            u["reused"] = ev.decode_ms == 0.0
 
     try:
         sub = await bus.nc.subscribe("voice.>", cb=on_msg)
@@ -335,6 +336,7 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
         "first_partial_p50_ms": pct(first, 0.5),
         "partials_per_utterance": sum(len(u["partials"]) for u in utts) / max(1, len(utts)),  # type: ignore[arg-type, misc]
         "utterances": float(len(utts)),
+        "finals_from_speculative_decode": float(sum(1 for u in utts if u.get("reused"))),
         "wer": wer([p for _, p in files], hyps) if len(hyps) == len(files) else float("nan"),
         "hyps": hyps,
     }
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["latency_p50_ms"] / plain["latency_p50_ms"]
         print(
             f"{name:24} {r['rtf']:6.3f} {r['latency_p50_ms']:8.0f}ms {r['latency_p95_ms']:8.0f}ms"
-            f" {r['wer']:6.3f}  latency x{ratio:.2f}, RTF x{r['rtf'] / plain['rtf']:.2f}"
+            f" {r['wer']:6.3f}  latency x{ratio:.2g}, RTF x{r['rtf'] / plain['rtf']:.2f}"
         )
     if "bus" in report:
         b = report["bus"]
@@ -431,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             f"decode after speech end); + hangover = {b['after_speech_p50_ms']:.0f} ms p50 after "  # type: ignore[index]
             f"speech end. Partials: first after {b['first_partial_p50_ms']:.0f} ms, then every "  # type: ignore[index]
             f"{b['partial_cadence_p50_ms']:.0f} ms (p50), {b['partials_per_utterance']:.1f} per "  # type: ignore[index]
-            "utterance."
+            f"utterance. {b['finals_from_speculative_decode']:.0f}/{b['utterances']:.0f} finals "  # type: ignore[index]
+            "came from the decode started when the audio went quiet (no decode after stop)."
         )
     print(f"\nVAD on {len(PHRASES)} phrases with 1.2 s gaps (errors: detected - true, ms)")
     print(f"{'vad':7} {'noise':>5} {'found':>5} {'match':>5} {'onset':>7} {'offset':>7}  cpu/s")
