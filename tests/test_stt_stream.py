@@ -278,10 +278,15 @@ async def test_stopping_mid_utterance_hands_it_to_another_instance_at_once(
     conv = new_id()
     speaking = asyncio.create_task(stream_file(bus, settings, path, conv))
     second = None
+    partial = asyncio.Event()
+
+    async def on_partial(msg) -> None:  # type: ignore[no-untyped-def]
+        partial.set()
+
+    sub = await bus.nc.subscribe(f"voice.{conv}.stt.transcript-partial", cb=on_partial)
     try:
-        await asyncio.wait_for(
-            _until_async(lambda: read_stream(bus, f"voice.{conv}.stt.transcript-partial"), 1), 20
-        )
+        await asyncio.wait_for(partial.wait(), 20)
+        await sub.unsubscribe()
         first.stop()  # SIGTERM does this
         await first_task
         assert not speaking.done()
@@ -298,4 +303,5 @@ async def test_stopping_mid_utterance_hands_it_to_another_instance_at_once(
     assert len(finals) == 1
     final = finals[0][0]
     assert final.producer == "stt-second"
+    assert first.finals == 0
     assert wer([PHRASES[7]], [final.text]) <= WER_BOUND
