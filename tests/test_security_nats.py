@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import subprocess
@@ -39,7 +38,9 @@ def auth_settings(tmp_path: Path) -> Iterator[Settings]:
         database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
         _env_file=None,  # type: ignore[call-arg]
     )
-    server = NatsServer(port, tmp_path / "nats", "1s", extra_config=auth_config(base))
+    server = NatsServer(
+        port, tmp_path / "nats", "1s", extra_config=auth_config(base), log_file=tmp_path / "n.log"
+    )
     server.start()
     try:
         yield base
@@ -137,11 +138,7 @@ async def test_each_role_does_its_own_job_under_auth(
     finally:
         assert recorder.stop() == 0, (tmp_path / "recorder.log").read_text()[-2000:]
         await admin.close()
-    assert (
-        "Violation" not in (tmp_path / "nats" / "nats-server.log").read_text()
-        if (tmp_path / "nats" / "nats-server.log").exists()
-        else True
-    )
+    assert "Violation" not in (tmp_path / "n.log").read_text()
 
 
 def test_workers_spawned_by_a_cli_get_their_own_role(tmp_path: Path) -> None:
@@ -208,11 +205,3 @@ def test_the_shipped_config_is_the_permission_table_and_nats_accepts_it(tmp_path
         timeout=30,
     )
     assert ok.returncode == 0 and "valid" in (ok.stdout + ok.stderr), ok.stderr
-
-
-async def test_a_bus_with_no_credentials_is_refused(auth_settings: Settings) -> None:
-    anon = auth_settings.model_copy(update={"nats_user": None, "nats_password": None})
-    with pytest.raises(Exception):  # noqa: B017
-        await asyncio.wait_for(
-            nats.connect(anon.nats_url, allow_reconnect=False, error_cb=_quiet), 5
-        )
