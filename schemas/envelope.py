@@ -158,6 +158,8 @@ def decode(body: bytes) -> Event:
         data = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventDecodeError(f"envelope is not JSON: {exc}") from None
+    except RecursionError:  # nested thousands deep: would escape and kill the consumer loop
+        raise EventDecodeError("envelope is not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise EventDecodeError("envelope is not a JSON object")
     type_name = data.pop("type", None)
