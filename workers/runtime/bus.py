@@ -75,6 +75,8 @@ class Bus:
         self.name = name
         self.stream = settings.stream_name
         self._state: dict[str, bool] = {}
+        # Pipelined publishes awaiting their ack: what to send again if the ack never comes.
+        self._unacked: dict[asyncio.Future[PubAck], tuple[str, bytes, dict[str, str]]] = {}
 
     @classmethod
     async def connect(
@@ -185,13 +187,29 @@ class Bus:
         self, event: Event, ctx: otel_context.Context | None = None
     ) -> asyncio.Future[PubAck]:
         """Pipelined publish: returns the ack future (await `flush_publishes` before exit)."""
-        return await self.js.publish_async(
-            event.subject(), encode(event), headers=self.headers_for(event, ctx)
-        )
+        subject, data, headers = event.subject(), encode(event), self.headers_for(event, ctx)
+        future = await self.js.publish_async(subject, data, headers=headers)
+        self._unacked[future] = (subject, data, headers)
+        future.add_done_callback(lambda f: self._unacked.pop(f, None))
+        return future
 
-    async def flush_publishes(self) -> None:
-        if self.js.publish_async_pending():
-            await self.js.publish_async_completed()
+    async def flush_publishes(self, timeout: float = 5.0) -> None:
+        """Wait for the acks of pipelined publishes.
+
+        The ack of a message in flight when the server died never comes (nats-py would wait
+        forever, and the message may not be stored): after `timeout` such messages are
+        published again with their Msg-Id, so the stream keeps each exactly once. Raises if
+        the server still does not ack them.
+        """
+        if not self._unacked:
+            return
+        _, late = await asyncio.wait(list(self._unacked), timeout=timeout)
+        for future in late:
+            resend = self._unacked.pop(future, None)
+            future.cancel()  # frees nats-py's pending slot
+            if resend is not None:
+                subject, data, headers = resend
+                await self.js.publish(subject, data, headers=headers, timeout=timeout)
 
     async def dead_letter(self, consumer: str, msg: Msg, reason: str) -> None:
         headers = dict(msg.headers or {})

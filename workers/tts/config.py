@@ -29,6 +29,9 @@ class TtsSettings(BaseSettings):
     one the user waits for (later sentences are synthesized while earlier ones play)."""
     length_scale: float | None = None
     """TTS_LENGTH_SCALE: Piper speaking rate (>1 slower); default: the voice's own."""
+    ack_wait_s: float = 60.0
+    """TTS_ACK_WAIT_S: a sentence whose worker died is redelivered after this long (must
+    exceed the synthesis of the longest sentence)."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     """TTS_DEVICE: where XTTS runs."""

@@ -111,7 +111,7 @@ class TtsWorker(Worker):
                 ],
                 handler=self.handle,
                 batch=4,
-                ack_wait=60.0,
+                ack_wait=self.tts.ack_wait_s,
                 max_deliver=50,
                 retry_delay=0.05,
             ),
@@ -163,6 +163,12 @@ class TtsWorker(Worker):
         if isinstance(chunk, SpeechChunk) and chunk.utterance_id == utterance_id:
             r.seq = chunk.seq + 1
             r.audio_ms = r.seq * self.tts.chunk_ms  # close enough for the done summary
+            if chunk.sentence_index >= r.next_index:
+                # Killed mid-sentence: the redelivered sentence is spoken again from its first
+                # chunk, which must get the seq it had (the re-published ids are dropped as
+                # duplicates; the rest continue the sequence without a gap).
+                first = chunk.seq - round(chunk.offset_ms * chunk.rate / 1000 / self.chunk_samples)
+                r.sentence_start[chunk.sentence_index] = (first, first * self.tts.chunk_ms)
         return r
 
     # -- handlers ------------------------------------------------------------------------
