@@ -1,0 +1,323 @@
+"""`just bench load [N ...] [--max 16] [--fast]`: N conversations at once through one pipeline.
+
+For each load level N (default 1, 4, 8; `--max 16` adds 16), N mic processes start together,
+each streaming one spoken question (synthesized with the bundled voice) into its own
+conversation, in real time unless --fast; one set of workers (embedded models) serves them
+all. Reported per level, from the event log:
+- events/s through the bus (published, by event ts) and into the log (by recorded_at);
+- recorder lag (recorded_at - ts) p50/p99;
+- per-stage queueing delay: time a turn waited at a stage beyond the stage's own work
+  (stt: final latency - decode_ms; llm: transcript->first token - the worker's own
+  first_token_ms; tts: first sentence->first audio - its first_audio_ms; speaker: first audio
+  -> first played sample);
+- voice-to-voice p50/p95 (VAD endpoint -> first reply audio played);
+- audio chunks published (mic's voice-stopped counts; JetStream's stored count) vs recorded;
+- back-pressure: each durable's max_ack_pending (the bound) and the most pending/unacked seen;
+- peak RSS (VmHWM) of each worker process.
+The llm generates one reply at a time: at N > 1 its queue is the expected bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import schemas as s
+from ops.bench.e2e import QUESTIONS, pct
+from ops.chaos import audit, consumer_states, quiescent
+from workers.cli.pipeline import Pipeline, progress
+from workers.runtime.audio import write_wav
+from workers.runtime.config import get_settings
+from workers.runtime.eventlog import EventLog, row_event, timings
+
+LEVEL_TIMEOUT_S = 600.0
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def question_files(folder: Path) -> list[Path]:
+    from ops.bench.stt import synth_piper
+
+    lead = np.zeros(4800, np.int16)
+    return [
+        write_wav(folder / f"q{i}.wav", np.concatenate([lead, synth_piper(q)]).tobytes(), 16_000)
+        for i, q in enumerate(QUESTIONS)
+    ]
+
+
+class Sampler:
+    """Polls the consumers while a level runs: the most pending / unacked per durable."""
+
+    def __init__(self) -> None:
+        self.peak: dict[str, dict[str, int]] = {}
+
+    async def run(self, p: Pipeline) -> None:
+        assert p.bus is not None
+        while True:
+            for name, c in (await consumer_states(p.bus)).items():
+                pk = self.peak.setdefault(name, {"pending": 0, "ack_pending": 0})
+                pk["pending"] = max(pk["pending"], c.pending)
+                pk["ack_pending"] = max(pk["ack_pending"], c.ack_pending)
+            await asyncio.sleep(0.25)
+
+
+async def turns_ended(log: EventLog, conversations: list[str], timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = []
+        for c in conversations:
+            rows.extend(await asyncio.to_thread(log.turns, c))
+        if len(rows) >= len(conversations) and all(
+            r.playback_done_at or r.error_code for r in rows
+        ):
+            return rows
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"turns of {len(conversations)} conversations not done in {timeout:.0f} s")
+
+
+def queueing(log: EventLog, turn: Any) -> dict[str, float | None]:
+    ms = timings(turn).as_dict()
+    evs = {
+        e.type: e
+        for e in log.events(
+            utterance_id=turn.utterance_id,
+            types=["stt.transcript", "llm.reply-done", "tts.sentence-done"],
+            with_payload=False,
+        )
+        if not isinstance(e, s.SentenceSynthesized) or e.sentence_index == 0
+    }
+
+    def minus(total: float | None, own: float | None) -> float | None:
+        return None if total is None or own is None else max(0.0, total - own)
+
+    tr, done, sent = (
+        evs.get("stt.transcript"),
+        evs.get("llm.reply-done"),
+        evs.get("tts.sentence-done"),
+    )
+    return {
+        "stt": minus(ms["stt_final"], getattr(tr, "decode_ms", None)),
+        "llm": minus(ms["llm_first_token"], getattr(done, "first_token_ms", None)),
+        "tts": minus(ms["tts_first_audio"], getattr(sent, "first_audio_ms", None)),
+        "speaker": ms["playback_start"],
+    }
+
+
+async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: bool) -> dict:
+    assert p.bus is not None
+    conversations = [f"load{n}-{i}-{s.new_id()[:8]}" for i in range(n)]
+    sampler = Sampler()
+    sampling = asyncio.create_task(sampler.run(p))
+    t0 = time.monotonic()
+    mics = [
+        p.start_mic(
+            "--file",
+            str(files[i % len(files)]),
+            "--conversation",
+            c,
+            *(["--fast"] if fast else []),
+            worker_id=f"mic-l{n}-{i}",
+        )
+        for i, c in enumerate(conversations)
+    ]
+    try:
+        turns = await turns_ended(log, conversations, LEVEL_TIMEOUT_S)
+        await quiescent(p.bus, timeout=60)
+    finally:
+        sampling.cancel()
+        for m in mics:
+            await asyncio.to_thread(m.stop)
+    wall = time.monotonic() - t0
+    rows = []
+    for c in conversations:
+        rows.extend(await asyncio.to_thread(log.event_rows, c, None, None, False))
+    ts = [r.ts for r in rows]
+    rec = [r.recorded_at for r in rows]
+    lag = [1000.0 * (r.recorded_at - r.ts) for r in rows]
+    mic_recorded = sum(1 for r in rows if r.type == "mic.audio-chunk")
+    mic_declared = sum(
+        row_event(r).chunks  # type: ignore[attr-defined]
+        for r in rows
+        if r.type == "mic.voice-stopped"
+    )
+    mic_stored = 0
+    for c in conversations:
+        info = await p.bus.js.stream_info(
+            p.bus.stream, subjects_filter=s.subject_filter(c, "mic.audio-chunk")
+        )
+        mic_stored += sum((info.state.subjects or {}).values())
+    tts_recorded = sum(1 for r in rows if r.type == "tts.audio-chunk")
+    tts_declared = sum(
+        row_event(r).chunks  # type: ignore[attr-defined]
+        for r in rows
+        if r.type == "tts.done"
+    )
+    q = [queueing(log, t) for t in turns]
+    v2v = [timings(t).voice_to_voice for t in turns]
+    v2v = [x for x in v2v if x is not None]
+    problems = []
+    for c in conversations:
+        problems += audit(log, c).problems
+    configs = {
+        i.name: i.config.max_ack_pending for i in await p.bus.js.consumers_info(p.bus.stream)
+    }
+    return {
+        "n": n,
+        "mode": "fast" if fast else "real time",
+        "wall_s": wall,
+        "turns": len(turns),
+        "errors": [t.error_code for t in turns if t.error_code],
+        "events": len(rows),
+        "bus_events_per_s": len(rows) / max(1e-9, max(ts) - min(ts)),
+        "log_events_per_s": len(rows) / max(1e-9, max(rec) - min(rec)),
+        "recorder_lag_ms": {"p50": pct(lag, 0.5), "p99": pct(lag, 0.99)},
+        "queueing_ms": {
+            stage: {
+                "p50": pct([x[stage] for x in q if x[stage] is not None], 0.5),
+                "p95": pct([x[stage] for x in q if x[stage] is not None], 0.95),
+            }
+            for stage in ("stt", "llm", "tts", "speaker")
+        },
+        "voice_to_voice_ms": {
+            "p50": pct(v2v, 0.5),
+            "p95": pct(v2v, 0.95),
+            "mean": statistics.fmean(v2v) if v2v else float("nan"),
+        },
+        "mic_chunks": {"declared": mic_declared, "stored": mic_stored, "recorded": mic_recorded},
+        "tts_chunks": {"declared": tts_declared, "recorded": tts_recorded},
+        "backpressure": {
+            name: {"max_ack_pending": configs.get(name), **pk}
+            for name, pk in sorted(sampler.peak.items())
+        },
+        "peak_rss_mb": {
+            name: vm_hwm_mb(wp.proc.pid)
+            for name, wp in p.procs.items()
+            if wp.proc is not None and not name.startswith("mic")
+        },
+        "problems": problems,
+    }
+
+
+async def run(levels: list[int], fast: bool) -> list[dict]:
+    settings = get_settings()
+    files = await asyncio.to_thread(question_files, settings.data_dir / "bench" / "load-inputs")
+    env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
+    results = []
+    async with Pipeline(settings, env=env) as p:
+        log = EventLog(settings.db_url, migrate=False)
+        for n in levels:
+            progress(f"load level N={n}: {n} conversation(s) at once ...")
+            res = await level(p, log, files, n, fast)
+            progress(
+                f"  N={n}: {res['turns']} turns in {res['wall_s']:.1f} s, voice-to-voice p50 "
+                f"{res['voice_to_voice_ms']['p50']:.0f} ms"
+            )
+            results.append(res)
+        log.close()
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    def row(label: str, f) -> None:  # type: ignore[no-untyped-def]
+        print(f"{label:34}" + "".join(f"{f(r):>12}" for r in results))
+
+    row("conversations at once (N)", lambda r: r["n"])
+    row("turns ended / errors", lambda r: f"{r['turns']}/{len(r['errors'])}")
+    row("wall time s", lambda r: f"{r['wall_s']:.1f}")
+    row("events", lambda r: r["events"])
+    row("events/s through the bus", lambda r: f"{r['bus_events_per_s']:.0f}")
+    row("events/s into the log", lambda r: f"{r['log_events_per_s']:.0f}")
+    row("recorder lag p50 ms", lambda r: f"{r['recorder_lag_ms']['p50']:.0f}")
+    row("recorder lag p99 ms", lambda r: f"{r['recorder_lag_ms']['p99']:.0f}")
+    for stage in ("stt", "llm", "tts", "speaker"):
+        row(
+            f"queueing {stage} p50/p95 ms",
+            lambda r, st=stage: "{:.0f}/{:.0f}".format(
+                r["queueing_ms"][st]["p50"], r["queueing_ms"][st]["p95"]
+            ),
+        )
+    row("voice-to-voice p50 ms", lambda r: f"{r['voice_to_voice_ms']['p50']:.0f}")
+    row("voice-to-voice p95 ms", lambda r: f"{r['voice_to_voice_ms']['p95']:.0f}")
+    row(
+        "mic chunks declared/stored/rec",
+        lambda r: "{declared}/{stored}/{recorded}".format(**r["mic_chunks"]),
+    )
+    row("tts chunks declared/recorded", lambda r: "{declared}/{recorded}".format(**r["tts_chunks"]))
+    names = sorted({k for r in results for k in r["peak_rss_mb"]})
+    for name in names:
+        row(f"peak RSS {name} MB", lambda r, n=name: f"{r['peak_rss_mb'].get(n) or 0:.0f}")
+    durables = sorted({k for r in results for k in r["backpressure"]})
+    for d in durables:
+        row(
+            f"{d} max unacked (bound)",
+            lambda r, d=d: "{} ({})".format(
+                r["backpressure"].get(d, {}).get("ack_pending", "-"),
+                r["backpressure"].get(d, {}).get("max_ack_pending", "-"),
+            ),
+        )
+    base = results[0]["voice_to_voice_ms"]["p50"]
+    row("voice-to-voice p50 / N=first", lambda r: f"{r['voice_to_voice_ms']['p50'] / base:.2f}x")
+    dropped = [
+        r["n"]
+        for r in results
+        if len(
+            {r["mic_chunks"]["declared"], r["mic_chunks"]["stored"], r["mic_chunks"]["recorded"]}
+        )
+        > 1
+        or r["tts_chunks"]["declared"] != r["tts_chunks"]["recorded"]
+    ]
+    print("audio chunks dropped: " + (f"YES at N={dropped}" if dropped else "none"))
+    for r in results:
+        for prob in r["problems"]:
+            print(f"problem at N={r['n']}: {prob}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="just bench load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("levels", nargs="*", type=int, help="conversations at once (default 1 4 8)")
+    ap.add_argument("--max", type=int, default=8, help="add 16 (and beyond) when >= 16")
+    ap.add_argument("--fast", action="store_true", help="mics stream as fast as possible")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    levels = args.levels or [n for n in (1, 4, 8, 16, 32) if n <= max(8, args.max)]
+    if any(n < 1 for n in levels):
+        print("bench load: error: N must be >= 1", file=sys.stderr)
+        return 2
+    mode = "fast (as fast as possible)" if args.fast else "real time"
+    progress(f"running N in {levels}, mics in {mode}, embedded models, one worker each")
+    t0 = time.monotonic()
+    try:
+        results = asyncio.run(run(levels, args.fast))
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"bench load: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ran N in {levels}, mics in {mode}, in {time.monotonic() - t0:.0f} s")
+    print_table(results)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
