@@ -44,6 +44,8 @@ log = logging.getLogger("voicebus.bus")
 DLQ_STREAM = "VOICE_DLQ"
 MSG_ID = "Nats-Msg-Id"
 TYPE_HEADER = "Voice-Type"
+#: Tries of the first connection before Bus.connect gives up with a BusError.
+CONNECT_ATTEMPTS = 3
 
 
 class BusError(RuntimeError):
@@ -86,13 +88,14 @@ class Bus:
         connect_timeout: float = 2.0,
     ) -> Bus:
         settings = settings or get_settings()
-        state = {"down": False, "closing": False}
+        state: dict[str, Any] = {"down": False, "closing": False, "connected": False}
 
         async def error_cb(exc: Exception) -> None:
             # Called per failed reconnect attempt; report the first of a streak only.
-            if not state["down"]:
+            state["last_error"] = exc
+            if state["connected"] and not state["down"]:
                 log.warning("nats error", extra={"error": repr(exc), "worker": name})
-            state["down"] = True
+            state["down"] = state["connected"]
 
         async def disconnected_cb() -> None:
             if not state["closing"]:
@@ -111,7 +114,9 @@ class Bus:
                 password=settings.nats_password,
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # The first connection gives up after a few tries (a clear error instead
+                # of hanging forever on a wrong URL or password); reconnects never do.
+                max_reconnect_attempts=CONNECT_ATTEMPTS,
                 reconnect_time_wait=0.25,
                 error_cb=error_cb,
                 disconnected_cb=disconnected_cb,
@@ -120,12 +125,21 @@ class Bus:
                 drain_timeout=5,
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+            last = repr(state.get("last_error")).lower()
+            if "authorization" in last or "authentication" in last:
+                raise BusError(
+                    f"NATS at {settings.nats_url} refused user {settings.nats_user!r}: wrong "
+                    "or missing credentials (NATS_USER/NATS_PASSWORD, NATS_PASSWORD_<ROLE> "
+                    "or DATA_DIR/nats/credentials.env)"
+                ) from None
             raise BusError(
                 f"cannot reach NATS at {settings.nats_url} ({exc.__class__.__name__}): "
                 "start it with `just nats` or set NATS_URL"
             ) from None
         except nats.errors.Error as exc:
             raise BusError(f"NATS at {settings.nats_url} refused the connection: {exc}") from None
+        nc.options["max_reconnect_attempts"] = -1
+        state["connected"] = True
         bus = cls(nc, settings, name)
         bus._state = state
         return bus
