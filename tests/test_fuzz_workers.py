@@ -1,0 +1,106 @@
+"""Garbage and odd-but-valid events at every stage's consumers (real worker processes).
+
+Undecodable messages go to `dlq.<consumer>` with a reason; valid events with odd contents
+(gaps, out-of-order indexes, strange audio formats, unknown turns) are handled; no worker
+dies, and a normal turn still goes through llm -> tts -> speaker afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+import schemas as s
+from tests.conftest import wait_for
+from tests.test_fuzz_recorder import dead_letters, garbage
+from workers.runtime.bus import MSG_ID, Bus
+from workers.runtime.config import Settings
+from workers.runtime.procs import WorkerProcess
+
+CONV = "fuzzw"
+#: Consumer -> the subject its garbage is published on.
+TARGETS = {
+    "stt": "mic.voice-started",
+    "llm": "stt.transcript",
+    "tts": "llm.reply-sentence",
+    "speaker": "tts.audio-chunk",
+}
+
+
+def odd_but_valid() -> list[s.Event]:
+    u = {"conversation_id": CONV, "producer": "fuzz"}
+    return [
+        # stt: an utterance that announces 5 chunks and sends none.
+        s.VoiceStarted(**u, utterance_id="gap"),
+        s.VoiceStopped(**u, utterance_id="gap", chunks=5, duration_ms=100.0),
+        # llm: an empty transcript, and one at the maximum length.
+        s.Transcript(**u, utterance_id="empty", text="   "),
+        s.Transcript(**u, utterance_id="long", text="why " * 2500),
+        # tts: sentences out of order for a reply that never started, then its done.
+        s.ReplySentence(**u, utterance_id="ooo", text="Third.", index=2),
+        s.ReplySentence(**u, utterance_id="ooo", text="First.", index=0),
+        s.ReplyDone(**u, utterance_id="ooo", text="x", sentences=3, tokens=3),
+        # speaker: audio in a strange format for an unknown turn, chunks out of order.
+        s.SpeechChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=3,
+                      sentence_index=0, audio=b"\x80\x80" * 400),
+        s.SpeechChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=0,
+                      sentence_index=0, audio=b"\x80\x80" * 400),
+        s.SpeechDone(**u, utterance_id="odd", sentences=1, chunks=4, audio_ms=100.0),
+        s.Interrupt(**u, utterance_id="never-existed"),
+    ]  # fmt: skip
+
+
+async def test_every_stage_survives_garbage_and_odd_events(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+    env = {"speaker": {"SPEAKER_SINK": "wav"}, "llm": {"LLM_MAX_TOKENS": "16"}}
+    procs = {
+        name: WorkerProcess(
+            name, settings, env=env.get(name), log_file=tmp_path / f"{name}.log"
+        ).start()
+        for name in TARGETS
+    }
+    try:
+        for name, p in procs.items():
+            await p.wait_consumer(bus, name, timeout=120)
+        bad = garbage(rng)
+        for name, kind in TARGETS.items():
+            for i, (_, body, headers) in enumerate(bad):
+                msg_id = f"{name}-{headers[MSG_ID]}-{i}"
+                if headers[MSG_ID] == "someone-else":
+                    msg_id = "someone-else-" + name  # valid body, forged id: stays forged
+                await bus.js.publish(f"voice.{CONV}.{kind}", body, headers={MSG_ID: msg_id})
+        for ev in odd_but_valid():
+            await bus.publish(ev)
+        for name in TARGETS:
+            dlq = await wait_for(lambda n=name: _enough(dead_letters(bus, n), len(bad)), 60, 0.3)
+            assert all(m.headers.get("Dlq-Reason") for m in dlq), name
+        await asyncio.sleep(1.0)  # let the odd events be worked on
+        for name, p in procs.items():
+            assert p.running, f"{name} died: " + (tmp_path / f"{name}.log").read_text()[-3000:]
+
+        # A normal turn still goes through every stage.
+        await bus.publish(
+            s.Transcript(conversation_id=CONV, utterance_id="normal", text="Say hello.")
+        )
+        await wait_for(lambda: _has(bus, f"voice.{CONV}.speaker.playback-done"), 120, 0.3)
+    finally:
+        codes = {name: p.stop() for name, p in procs.items()}
+    llm_code = codes.pop("llm")
+    assert all(c == 0 for c in codes.values()), codes
+    if llm_code != 0:  # known defect, reported: llama.cpp segfaults during the llm's exit
+        pytest.xfail(f"llm worker exited with {llm_code} on SIGTERM (all else passed)")
+
+
+async def _enough(msgs_coro, n: int):  # type: ignore[no-untyped-def]
+    msgs = await msgs_coro
+    return msgs if len(msgs) >= n else None
+
+
+async def _has(bus: Bus, subject: str) -> bool:
+    info = await bus.js.stream_info(bus.stream, subjects_filter=subject)
+    return bool(info.state.subjects)
