@@ -16,8 +16,7 @@ from workers.runtime.procs import WorkerProcess
 SECRET = "my bank password is zebra-cactus-42"
 
 
-# INFO, not only the default WARNING: what INFO omits, WARNING omits too.
-@pytest.mark.parametrize("level", ["INFO"])
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])  # the default, and more
 async def test_transcripts_and_replies_stay_out_of_worker_logs(
     bus: Bus, settings: Settings, tmp_path: Path, level: str
 ) -> None:
