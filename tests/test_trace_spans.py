@@ -110,6 +110,13 @@ def test_a_spoken_turn_is_one_trace_through_all_five_workers(recorded: Recorded)
     for sp in spans:
         if sp.parent_span_id:
             assert sp.parent_span_id in ids, f"{sp.service}/{sp.name} has a foreign parent"
+    # Each stage's span is a child of the span that published the event it consumed.
+    by_id = {sp.span_id: sp for sp in spans}
+    parent = {sp.name: by_id[sp.parent_span_id].name for sp in spans if sp.parent_span_id in by_id}
+    assert parent["stt.final"] == "utterance"
+    assert parent["llm.generate"] == "stt.final"
+    assert parent["tts.synthesize"] == "llm.generate"
+    assert parent["speaker.playback"] == "tts.synthesize"
     # The stage spans carry the latency attributes.
     by_name = {sp.name: sp for sp in spans}
     assert by_name["utterance"].attributes["utterance_id"] == recorded.utterance_id
