@@ -13,7 +13,10 @@ all. Reported per level, from the event log:
 - voice-to-voice p50/p95 (VAD endpoint -> first reply audio played);
 - audio chunks published (mic's voice-stopped counts; JetStream's stored count) vs recorded;
 - back-pressure: each durable's max_ack_pending (the bound) and the most pending/unacked seen;
-- peak RSS (VmHWM) of each worker process.
+- peak RSS (VmHWM) of each worker process; CPU seconds of each worker and of all mics, and
+  the load average (other processes on the machine distort every figure above).
+The speaker's WAV sink runs without its real-time clock (voice-to-voice ends at the first
+played sample, so this changes no latency, only how long a level takes).
 The llm generates one reply at a time: at N > 1 its queue is the expected bottleneck.
 """
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import time
@@ -50,6 +55,24 @@ def vm_hwm_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live (or not yet reaped) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu(p: Pipeline) -> dict[str, float]:
+    return {
+        name: cpu_s(wp.proc.pid)
+        for name, wp in p.procs.items()
+        if wp.proc is not None and not name.startswith("mic")
+    }
 
 
 def question_files(folder: Path) -> list[Path]:
@@ -126,6 +149,9 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     sampler = Sampler()
     sampling = asyncio.create_task(sampler.run(p))
     t0 = time.monotonic()
+    cpu0 = workers_cpu(p)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load0 = os.getloadavg()[0]
     mics = [
         p.start_mic(
             "--file",
@@ -145,6 +171,13 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
         for m in mics:
             await asyncio.to_thread(m.stop)
     wall = time.monotonic() - t0
+    cpu1 = workers_cpu(p)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {n: cpu1[n] - cpu0.get(n, 0.0) for n in cpu1}
+    # The mics have exited and been reaped: their CPU is in RUSAGE_CHILDREN.
+    cpu["mics"] = (children.ru_utime + children.ru_stime) - (
+        children0.ru_utime + children0.ru_stime
+    )
     rows = []
     for c in conversations:
         rows.extend(await asyncio.to_thread(log.event_rows, c, None, None, False))
@@ -211,14 +244,18 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
             for name, wp in p.procs.items()
             if wp.proc is not None and not name.startswith("mic")
         },
+        "cpu_s": cpu,
+        "load_average": {"start": load0, "end": os.getloadavg()[0]},
         "problems": problems,
     }
 
 
-async def run(levels: list[int], fast: bool) -> list[dict]:
+async def run(levels: list[int], fast: bool, llm_threads: int | None = None) -> list[dict]:
     settings = get_settings()
     files = await asyncio.to_thread(question_files, settings.data_dir / "bench" / "load-inputs")
     env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
+    if llm_threads:
+        env["llm"] = {"LLM_THREADS": str(llm_threads)}
     results = []
     async with Pipeline(settings, env=env) as p:
         log = EventLog(settings.db_url, migrate=False)
@@ -263,6 +300,13 @@ def print_table(results: list[dict]) -> None:
     names = sorted({k for r in results for k in r["peak_rss_mb"]})
     for name in names:
         row(f"peak RSS {name} MB", lambda r, n=name: f"{r['peak_rss_mb'].get(n) or 0:.0f}")
+    for name in sorted({k for r in results for k in r["cpu_s"]}):
+        row(f"CPU s {name}", lambda r, n=name: f"{r['cpu_s'].get(n, 0.0):.1f}")
+    row("CPU s total / wall s (2 cores)", lambda r: f"{sum(r['cpu_s'].values()) / r['wall_s']:.2f}")
+    row(
+        "load average start/end",
+        lambda r: "{:.1f}/{:.1f}".format(r["load_average"]["start"], r["load_average"]["end"]),
+    )
     durables = sorted({k for r in results for k in r["backpressure"]})
     for d in durables:
         row(
@@ -298,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("levels", nargs="*", type=int, help="conversations at once (default 1 4 8)")
     ap.add_argument("--max", type=int, default=8, help="add 16 (and beyond) when >= 16")
     ap.add_argument("--fast", action="store_true", help="mics stream as fast as possible")
+    ap.add_argument("--llm-threads", type=int, help="LLM_THREADS for the llm worker")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     levels = args.levels or [n for n in (1, 4, 8, 16, 32) if n <= max(8, args.max)]
@@ -308,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"running N in {levels}, mics in {mode}, embedded models, one worker each")
     t0 = time.monotonic()
     try:
-        results = asyncio.run(run(levels, args.fast))
+        results = asyncio.run(run(levels, args.fast, args.llm_threads))
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench load: error: {exc}", file=sys.stderr)
         return 1
