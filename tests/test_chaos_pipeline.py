@@ -26,6 +26,7 @@ from workers.cli.pipeline import SERVICES, Pipeline
 from workers.runtime.audio import write_wav
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog
+from workers.runtime.eventlog.verify import verify
 from workers.runtime.natsd import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -180,11 +181,13 @@ async def test_kill_every_worker_and_nats_mid_turn_loses_and_doubles_nothing(
         for sub in subs:
             await sub.unsubscribe()
         result = await asyncio.to_thread(audit, log)
+        verified = await asyncio.to_thread(verify, log, conversations)
         log.close()
     elapsed = time.monotonic() - t_start
     print(f"chaos: {result.as_dict()} redelivered={redelivered} dlq={dlq} in {elapsed:.0f} s")
 
     assert result.problems == []
+    assert [p.line() for p in verified] == []  # `just verify`: sequences, lifecycle, projections
     assert result.turns == len(ROUNDS)
     # The killed mic's utterance is cut short: stt names it, after STT_UTTERANCE_TIMEOUT_S.
     assert result.errors == {"utterance-timeout": 1}

@@ -42,6 +42,7 @@ from workers.cli.pipeline import Pipeline, progress
 from workers.runtime.audio import write_wav
 from workers.runtime.config import get_settings
 from workers.runtime.eventlog import EventLog, row_event, timings
+from workers.runtime.eventlog.verify import verify
 
 LEVEL_TIMEOUT_S = 600.0
 
@@ -208,6 +209,7 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     problems = []
     for c in conversations:
         problems += audit(log, c).problems
+    problems += [p.line() for p in verify(log, conversations)]
     configs = {
         i.name: i.config.max_ack_pending for i in await p.bus.js.consumers_info(p.bus.stream)
     }
