@@ -33,6 +33,9 @@ CLOCK_SLACK_S = 0.05
 """Spans and events are stamped by separate calls to the same host clock: a span opens a
 little before the event it leads to is stamped, and closes a little after. 50 ms is far
 above that (sub-millisecond) and far below any stage's duration worth asserting on."""
+NEAR_S = 1.0
+"""Upper bound for "stamped right next to each other" in one process, even with an awaited
+JetStream ack in between on a loaded 2-core CI machine (typically < 5 ms)."""
 
 
 @dataclass
@@ -145,9 +148,10 @@ def test_span_times_agree_with_the_event_log(recorded: Recorded) -> None:
         return ns / 1e9
 
     root = by_name["utterance"]
-    # The mic opens its span, then stamps voice-started; stamps voice-stopped, then ends it.
-    assert abs(sec(root.start_ns) - t.speech_started_at) < eps
-    assert abs(sec(root.end_ns) - t.speech_ended_at) < eps
+    # The mic opens its span, then stamps voice-started; stamps voice-stopped, publishes it
+    # (awaiting the ack), then ends it. Both in one process: ordered, and close.
+    assert 0 <= t.speech_started_at - sec(root.start_ns) < NEAR_S
+    assert 0 <= sec(root.end_ns) - t.speech_ended_at < NEAR_S
     stt = by_name["stt.final"]
     assert t.speech_ended_at - eps <= sec(stt.start_ns)
     assert sec(stt.start_ns) - eps <= t.stt_final_at <= sec(stt.end_ns) + eps

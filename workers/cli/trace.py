@@ -3,7 +3,9 @@
 Prints an ASCII waterfall per turn of conversation ID, read from the event log (no Jaeger
 needed): the user speaking, stt (end of speech to final transcript), llm (transcript to
 reply done; `*` = first token), tts (first sentence to synthesis done; `*` = first audio)
-and playback, with millisecond offsets from the start of speech.
+and playback, with millisecond offsets from the start of speech. When
+OTEL_EXPORTER_OTLP_ENDPOINT is set, each turn also gets a link to its trace in the Jaeger UI
+(JAEGER_UI_URL, default http://127.0.0.1:16686).
 
 --export-jaeger writes the turns (or only turn N) as a JSON file that Jaeger's UI opens under
 "Search -> JSON File", for machines without a running Jaeger. The event log holds events,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from workers.runtime.config import get_settings
 from workers.runtime.eventlog import EventLog, timings
 from workers.runtime.otlp_receiver import ReceivedSpan, jaeger_json
 
+JAEGER_UI = os.environ.get("JAEGER_UI_URL", "http://127.0.0.1:16686")
 WIDTH = 100
 LABEL = 10
 NUMBERS = 24
@@ -106,6 +110,8 @@ def waterfall(turn: Any, index: int) -> list[str]:
     if turn.trace_id:
         head += f"  trace {turn.trace_id}"
     lines = [head[:WIDTH]]
+    if turn.trace_id and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        lines.append(f"  in Jaeger: {JAEGER_UI}/trace/{turn.trace_id}"[:WIDTH])
     words = (turn.transcript or "").strip()
     if words:
         lines.append(f"  you: {words}"[:WIDTH])
