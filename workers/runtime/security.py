@@ -185,8 +185,11 @@ def credentials_of(settings: Any) -> tuple[str, str] | None:
     data_dir = Path(settings.data_dir)
     role = settings.nats_role or role_of(settings.worker_id)
     if settings.nats_user is not None:
-        inherited = read_credentials(credentials_file(data_dir)).get(settings.nats_user)
-        if inherited is None or inherited != settings.nats_password:
+        user = settings.nats_user
+        ours = {read_credentials(credentials_file(data_dir)).get(user)}
+        if user in ROLES:
+            ours.add(os.environ.get(password_env(user)))
+        if settings.nats_password is None or settings.nats_password not in ours:
             return None
         if settings.nats_user == role:
             return None
