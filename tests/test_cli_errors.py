@@ -66,6 +66,8 @@ CASES = [
     Case(["transcribe", "{tmp}/missing.wav"], "missing.wav: no such file"),
     Case(["transcribe", "{tmp}/notes.wav"], "not a readable audio file", setup=not_a_wav),
     Case(["ask", "hello?"], "nothing listens at", env={"NATS_URL": UNREACHABLE_NATS}),
+    Case(["trace", "nope"], "no conversation 'nope'", setup=one_old_conversation),
+    Case(["replay", "nope"], "no conversation 'nope'", setup=one_old_conversation),
 ]
 
 
