@@ -76,7 +76,7 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
         speaker.kill()
         speaker.start()
         await speaker.wait_consumer(bus, "speaker", timeout=60)
-        await wait_for(lambda: ended, timeout=15)
+        await wait_for(lambda: ended, timeout=8)
     finally:
         await sub.unsubscribe()
         speaker.stop()
