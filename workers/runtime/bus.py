@@ -63,6 +63,25 @@ class Delivery:
     stream_seq: int
     context: otel_context.Context
     msg: Msg = field(repr=False)
+    _deferred: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
+
+    def defer(self) -> None:
+        """Do not ack when the handler returns: the handler acks later with `ack()` (and keeps
+        the message alive with `in_progress()` meanwhile), e.g. once audio has been heard."""
+        self._deferred[0] = True
+
+    @property
+    def deferred(self) -> bool:
+        return self._deferred[0]
+
+    async def ack(self) -> None:
+        await _ack(self.msg)
+
+    async def in_progress(self) -> None:
+        try:
+            await self.msg.in_progress()
+        except nats.errors.Error:
+            pass  # reconnecting: if the ack wait runs out, the message comes back
 
 
 Handler = Callable[[Event, Delivery], Awaitable[None]]
@@ -453,8 +472,10 @@ class Consumer:
             return
         finally:
             otel_context.detach(token)
-        self._remember(d.event.event_id)
         self.processed += 1
+        if d.deferred:
+            return  # the handler acks it when the work is really done
+        self._remember(d.event.event_id)
         await _ack(d.msg)
 
     async def _run_batch(self, deliveries: list[Delivery]) -> None:

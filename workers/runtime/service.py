@@ -112,7 +112,7 @@ def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
     """Entry point of `python -m workers.<name>`: returns the process exit code."""
     settings = get_settings()
     if not settings.worker_id:
-        settings = settings.model_copy(update={"worker_id": name})
+        settings = settings.for_worker(name)
     setup_logging(settings.log_level, settings.log_json)
     setup_telemetry(name)
     try:

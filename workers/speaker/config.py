@@ -25,6 +25,9 @@ class SpeakerSettings(BaseSettings):
     to DATA_DIR/replies/<conversation>/conversation.wav."""
     barge_in: bool = True
     """SPEAKER_BARGE_IN: interrupt the reply when the user starts speaking over it."""
+    ack_wait_s: float = 5.0
+    """SPEAKER_ACK_WAIT_S: a reply's tts.done stays unacked until it has been heard (kept
+    alive meanwhile); if the speaker dies, it comes back to the restarted one after this."""
 
 
 def get_speaker_settings() -> SpeakerSettings:

@@ -23,7 +23,9 @@ from opentelemetry import trace
 
 from schemas import (
     AudioChunk,
+    ErrorEvent,
     Event,
+    EventDecodeError,
     Interrupt,
     PlaybackDone,
     PlaybackStarted,
@@ -32,6 +34,7 @@ from schemas import (
     SpeechDone,
     VoiceStarted,
     VoiceStopped,
+    decode,
     derive_id,
     subject_filter,
 )
@@ -68,6 +71,9 @@ class Playback:
     """(sentence_index, first sample) in play order."""
     sentence_end: dict[int, int] = field(default_factory=dict)
     tts_done: SpeechDone | None = None
+    done_delivery: Delivery | None = None
+    keep_alive: asyncio.Task[None] | None = None
+    """The tts.done message, acked only once playback-done is published."""
     started: bool = False
     started_at: float = 0.0
     """Monotonic time playback began (for the conversation tape)."""
@@ -125,6 +131,7 @@ class SpeakerWorker(Worker):
                     subject_filter(event_type=SpeechDone.type),
                 ],
                 handler=self.handle,
+                ack_wait=self.speaker.ack_wait_s,
             ),
             self.bus.consumer(
                 "speaker-control",
@@ -171,8 +178,13 @@ class SpeakerWorker(Worker):
             key = (event.conversation_id, event.utterance_id)
             pb = self.playbacks.get(key)
             if pb is not None:
+                # Acked when the reply has been heard: a speaker that dies mid-playback gets
+                # it back after restart, and the turn still ends (see _nothing_played).
+                delivery.defer()
+                pb.done_delivery = delivery
                 pb.tts_done = event
                 pb.changed.set()
+                pb.keep_alive = asyncio.create_task(self._keep_alive(pb, delivery))
             elif key not in self.ended:
                 await self._nothing_played(event)
 
@@ -302,6 +314,8 @@ class SpeakerWorker(Worker):
             # The reply's WAV exists before anyone reads its path from playback-done.
             await asyncio.to_thread(pb.output.close)
         await self.bus.publish(ended)
+        if pb.done_delivery is not None:
+            await pb.done_delivery.ack()
         if pb.span is not None:
             pb.span.set_attribute("speaker.played_ms", round(played_ms, 3))
             pb.span.set_attribute("speaker.interrupted", interrupted)
@@ -327,10 +341,43 @@ class SpeakerWorker(Worker):
         if self.speaker.conversation_wav:
             await asyncio.to_thread(self._tape(pb.conversation_id).save)
 
+    async def _keep_alive(self, pb: Playback, delivery: Delivery) -> None:
+        while not pb.finished and not self.stopping.is_set():
+            await delivery.in_progress()
+            await asyncio.sleep(self.speaker.ack_wait_s / 3)
+
+    async def _was_playing(self, done: SpeechDone) -> bool:
+        """Whether an earlier speaker process had started playing this reply (and died)."""
+        subject = subject_filter(done.conversation_id, PlaybackStarted.type)
+        try:
+            last = await self.bus.js.get_last_msg(self.bus.stream, subject)
+        except Exception:  # not found, or the stream is unreachable: assume not
+            return False
+        try:
+            return decode(last.data).utterance_id == done.utterance_id
+        except EventDecodeError:
+            return False
+
     async def _nothing_played(self, done: SpeechDone) -> None:
-        """A reply without audio (empty, or all of it interrupted before it got here) still
-        ends: the turn's record says nothing was heard."""
+        """A reply this process has no audio for still ends. Either there was none (empty, or
+        all of it interrupted before it got here): the record says nothing was heard. Or an
+        earlier speaker process was playing it when it died: how much was heard is unknown,
+        and the turn ends with an error that says so."""
         self._mark_ended((done.conversation_id, done.utterance_id))
+        if await self._was_playing(done):
+            await self.bus.publish(
+                ErrorEvent(
+                    event_id=derive_id(done.event_id, "speaker-restarted"),
+                    conversation_id=done.conversation_id,
+                    utterance_id=done.utterance_id,
+                    producer=self.worker_id,
+                    failed_stage="speaker",
+                    code="speaker-restarted",
+                    message="the speaker stopped while this reply was playing; how much of "
+                    "it was heard is unknown",
+                )
+            )
+            return
         await self.bus.publish(
             PlaybackDone(
                 event_id=derive_id(done.event_id, "playback-done"),
