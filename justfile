@@ -27,6 +27,10 @@ test *ARGS:
 nats:
     {{python}} -m workers.runtime.natsd
 
+# Create the NATS credentials file (DATA_DIR/nats/credentials.env, mode 0600) if missing
+nats-credentials:
+    {{python}} -m workers.runtime.security
+
 # Create or upgrade the event log's tables (Alembic) at DATABASE_URL
 migrate *ARGS:
     {{python}} -m workers.runtime.eventlog.migrate upgrade "$@"
