@@ -12,7 +12,7 @@ from schemas.envelope import Event
 class Word(BaseModel):
     """One recognised word with its timing inside the utterance."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     word: str
     start_s: float

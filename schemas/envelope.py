@@ -56,7 +56,7 @@ def derive_id(parent: str, *parts: object) -> str:
 class Event(BaseModel):
     """Base of every event: the envelope. Subclasses add the stage-specific fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     #: "<stage>.<kind>", e.g. "mic.audio-chunk"; the registry key.
     type: ClassVar[str] = ""

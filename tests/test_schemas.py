@@ -105,6 +105,11 @@ def test_derived_ids_are_deterministic_and_distinct() -> None:
             b' "rate": 44100}\n',
             "invalid rate",
         ),
+        (
+            b'{"type": "mic.voice-started", "conversation_id": "c", "utterance_id": "u",'
+            b' "stream_offset_ms": Infinity}',
+            "finite",
+        ),
     ],
 )
 def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
