@@ -35,6 +35,10 @@ class LlmSettings(BaseSettings):
     """LLM_CONTEXT_TOKENS: prompt + reply budget; oldest turns are dropped to fit."""
     threads: int = Field(default=0, ge=0)
     """LLM_THREADS: llama.cpp threads (0: all cores)."""
+    nice: int = Field(default=10, ge=0, le=19)
+    """LLM_NICE: CPU niceness added to the embedded llm worker. While it generates the rest
+    of a reply, the tts is synthesizing the first sentence on the same cores; the reply is
+    generated far faster than it is spoken, so the tts should win (0: equal footing)."""
     ollama_host: str = Field(
         default="http://127.0.0.1:11434",
         validation_alias=AliasChoices("OLLAMA_HOST", "LLM_OLLAMA_HOST", "ollama_host"),

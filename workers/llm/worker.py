@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 import time
 import uuid
@@ -87,6 +88,8 @@ class LlmWorker(Worker):
         self.turns = 0
 
     async def setup(self) -> None:
+        if self.options.nice and self.options.backend == "embedded":
+            os.nice(self.options.nice)
         await self.backend.start()
         await self.backend.warmup(
             [
