@@ -292,7 +292,7 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
 
     try:
         sub = await bus.nc.subscribe("voice.>", cb=on_msg)
-        from workers.cli.transcribe import wait_pulling
+        from workers.runtime.procs import wait_pulling
 
         await wait_pulling(bus, "stt", [stt], 120)
         cpu0 = _cpu_seconds(stt.proc.pid)  # type: ignore[union-attr]

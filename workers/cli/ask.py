@@ -28,7 +28,7 @@ from workers.llm.memory import EventLogMemory
 from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.natsd import NatsServerError, ensure_nats
-from workers.runtime.procs import WorkerProcess
+from workers.runtime.procs import WorkerProcess, wait_pulling
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -46,16 +46,6 @@ async def pulling(bus: Bus, durable: str) -> bool:
     return bool(info.num_waiting)
 
 
-async def wait_pulling(bus: Bus, durable: str, proc: WorkerProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pulling(bus, durable):
-        if not proc.running:
-            raise AskError(f"the {proc.module} worker exited; see {proc.log_file}")
-        if time.monotonic() > deadline:
-            raise AskError(f"the {proc.module} worker is not ready after {timeout:.0f} s")
-        await asyncio.sleep(0.05)
-
-
 async def start_workers(bus: Bus, settings: Settings, timeout: float) -> list[WorkerProcess]:
     """Start the llm worker and the recorder unless some instance already pulls."""
     logs = settings.data_dir / "logs"
@@ -68,7 +58,10 @@ async def start_workers(bus: Bus, settings: Settings, timeout: float) -> list[Wo
     if started:
         print("ask: loading the model ...", file=sys.stderr, flush=True)
     for proc in started:
-        await wait_pulling(bus, proc.module, proc, timeout)
+        try:
+            await wait_pulling(bus, proc.module, [proc], timeout)
+        except RuntimeError as exc:
+            raise AskError(str(exc)) from None
     return started
 
 

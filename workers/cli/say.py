@@ -21,8 +21,6 @@ import time
 import wave
 from pathlib import Path
 
-import nats.js.errors
-
 from schemas import (
     ErrorEvent,
     PlaybackDone,
@@ -37,30 +35,13 @@ from workers.runtime.audio import write_wav
 from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.natsd import NatsServerError, ensure_nats
-from workers.runtime.procs import WorkerProcess
+from workers.runtime.procs import WorkerProcess, wait_pulling
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
 def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-
-
-async def wait_pulling(bus: Bus, durable: str, procs: list[WorkerProcess], timeout: float) -> None:
-    """Until someone pulls from `durable` (its worker has loaded), or a worker died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if not p.running:
-                raise RuntimeError(f"{p.worker_id} worker exited; see {p.log_file}")
-        try:
-            info = await bus.js.consumer_info(bus.stream, durable)
-            if info.num_waiting:
-                return
-        except nats.js.errors.NotFoundError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{durable} worker not ready after {timeout:.0f} s")
 
 
 async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]:

@@ -18,15 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats.js.errors
-
 from schemas import ErrorEvent, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
 from schemas import decode as decode_event
 from workers.runtime.audio import AudioFileError, read_audio
 from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.natsd import NatsServerError, ensure_nats
-from workers.runtime.procs import WorkerProcess
+from workers.runtime.procs import WorkerProcess, wait_pulling
 
 
 @dataclass
@@ -68,23 +66,6 @@ class FileRun:
             "final_latency_ms": utts[-1]["final_latency_ms"] if utts else None,
             "utterances": utts,
         }
-
-
-async def wait_pulling(bus: Bus, durable: str, procs: list[WorkerProcess], timeout: float) -> None:
-    """Until someone pulls from `durable` (its model is loaded), or a worker died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if not p.running:
-                raise RuntimeError(f"{p.worker_id} exited; see {p.log_file}")
-        try:
-            info = await bus.js.consumer_info(bus.stream, durable)
-            if info.num_waiting:
-                return
-        except nats.js.errors.NotFoundError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{durable} not ready after {timeout:.0f} s")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, object]]:

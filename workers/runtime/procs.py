@@ -75,32 +75,8 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     async def wait_consumer(self, bus: Bus, durable: str, timeout: float = 60.0) -> None:
-        """Wait until this worker pulls from its durable consumer.
-
-        The durable may exist from an earlier run, so existence proves nothing: a waiting
-        pull request, or deliveries moving on, does.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        first_delivered: int | None = None
-        while loop.time() < deadline:
-            if not self.running:
-                code = self.proc.returncode if self.proc else "?"
-                raise RuntimeError(
-                    f"worker {self.worker_id} exited with code {code}"
-                    + (f"; see {self.log_file}" if self.log_file else "")
-                )
-            try:
-                info = await bus.js.consumer_info(bus.stream, durable)
-                delivered = info.delivered.stream_seq if info.delivered else 0
-                if first_delivered is None:
-                    first_delivered = delivered
-                if info.num_waiting or delivered != first_delivered:
-                    return
-            except nats.js.errors.NotFoundError:
-                first_delivered = 0
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"worker {self.worker_id} not ready after {timeout}s")
+        """Wait until this worker pulls from its durable consumer (see `wait_pulling`)."""
+        await wait_pulling(bus, durable, [self], timeout)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -117,3 +93,36 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+async def wait_pulling(
+    bus: Bus, durable: str, procs: list[WorkerProcess], timeout: float = 60.0
+) -> None:
+    """Wait until a worker pulls from `durable` (it has loaded its models), failing at once
+    if one of `procs` exits.
+
+    The durable may exist from an earlier run, so existence proves nothing: a waiting pull
+    request, or deliveries moving on, does.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    first_delivered: int | None = None
+    while loop.time() < deadline:
+        for p in procs:
+            if not p.running:
+                code = p.proc.returncode if p.proc else "?"
+                raise RuntimeError(
+                    f"the {p.worker_id} worker exited with code {code}"
+                    + (f"; see {p.log_file}" if p.log_file else "")
+                )
+        try:
+            info = await bus.js.consumer_info(bus.stream, durable)
+            delivered = info.delivered.stream_seq if info.delivered else 0
+            if first_delivered is None:
+                first_delivered = delivered
+            if info.num_waiting or delivered != first_delivered:
+                return
+        except nats.js.errors.NotFoundError:
+            first_delivered = 0
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the {durable} worker is not ready after {timeout:.0f} s")
