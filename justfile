@@ -12,74 +12,74 @@ default:
 
 # Install everything into .venv (llama-cpp-python compiles: about 3 minutes the first time)
 install:
-    sh ops/install.sh
+    @sh ops/install.sh
 
 # One spoken turn (or one per FILE.wav) through every worker on the embedded models [--json]
 demo *ARGS:
-    {{python}} -m workers.cli.demo "$@"
+    @{{python}} -m workers.cli.demo "$@"
 
 # Run the test suite (ruff, then pytest; extra args go to pytest)
 test *ARGS:
-    {{python}} -m ruff check .
-    {{python}} -m pytest "$@"
+    @{{python}} -m ruff check .
+    @{{python}} -m pytest "$@"
 
 # Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL
 nats:
-    {{python}} -m workers.runtime.natsd
+    @{{python}} -m workers.runtime.natsd
 
 # Create the NATS credentials file (DATA_DIR/nats/credentials.env, mode 0600) if missing
 nats-credentials:
-    {{python}} -m workers.runtime.security
+    @{{python}} -m workers.runtime.security
 
 # Create or upgrade the event log's tables (Alembic) at DATABASE_URL
 migrate *ARGS:
-    {{python}} -m workers.runtime.eventlog.migrate upgrade "$@"
+    @{{python}} -m workers.runtime.eventlog.migrate upgrade "$@"
 
 # Run one worker: mic, stt, llm, tts, speaker or recorder (extra args go to it)
 worker NAME *ARGS:
-    {{python}} -m workers.{{NAME}} "${@:2}"
+    @{{python}} -m workers.{{NAME}} "${@:2}"
 
 # Run all workers as services on the live microphone and speakers (Ctrl-C stops them cleanly)
 up *ARGS:
-    {{python}} -m workers.cli.up "$@"
+    @{{python}} -m workers.cli.up "$@"
 
 # Benchmarks: bus, stt, llm, tts, e2e, load N (ratios measured side by side in one run)
 bench NAME *ARGS:
-    {{python}} -m ops.bench "$@"
+    @{{python}} -m ops.bench "$@"
 
 # Transcribe WAV files through the mic (file source) and stt workers [--json] [--fast]
 transcribe +ARGS:
-    {{python}} -m workers.cli.transcribe "$@"
+    @{{python}} -m workers.cli.transcribe "$@"
 
 # Ask the llm worker a question over the bus [--conversation ID] [--json]
 ask +ARGS:
-    {{python}} -m workers.cli.ask "$@"
+    @{{python}} -m workers.cli.ask "$@"
 
 # Speak TEXT through the tts worker into a WAV: just say "Hello." --out hello.wav [--json]
 say +ARGS:
-    {{python}} -m workers.cli.say "$@"
+    @{{python}} -m workers.cli.say "$@"
 
 # List recorded conversations (when, turns, first words, latency)
 conversations *ARGS:
-    {{python}} -m workers.cli.conversations "$@"
+    @{{python}} -m workers.cli.conversations "$@"
 
 # Replay conversation ID through the current pipeline and compare [--speed fast] [--listen]
 replay +ARGS:
-    {{python}} -m workers.cli.replay "$@"
+    @{{python}} -m workers.cli.replay "$@"
 
 # Terminal waterfall of a conversation's turns [--export-jaeger FILE.json]
 trace +ARGS:
-    {{python}} -m workers.cli.trace "$@"
+    @{{python}} -m workers.cli.trace "$@"
 
 # Check the event log's integrity (all conversations, or one ID)
 verify *ARGS:
-    {{python}} -m workers.cli.verify "$@"
+    @{{python}} -m workers.cli.verify "$@"
 
 # Delete old conversations: just purge --older-than 30d [--dry-run]
 purge +ARGS:
-    {{python}} -m workers.cli.purge "$@"
+    @{{python}} -m workers.cli.purge "$@"
 
 # ruff check and format check
 lint:
-    {{python}} -m ruff check .
-    {{python}} -m ruff format --check .
+    @{{python}} -m ruff check .
+    @{{python}} -m ruff format --check .
