@@ -243,9 +243,20 @@ class EmbeddedBackend:
                 await worker
 
     async def aclose(self) -> None:
-        if self.llm is not None:
+        if self.llm is None:
+            return
+        # A cancelled generation stops at its next token, but its thread may still be inside
+        # llama.cpp: freeing the model under it crashed the process (-11) on SIGTERM. The
+        # stream holds the lock until its thread has returned.
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout=10)
+        except TimeoutError:
+            return  # still generating: leave the memory to the process exit
+        try:
             llm, self.llm = self.llm, None
             await asyncio.to_thread(llm.close)
+        finally:
+            self._lock.release()
 
 
 class OllamaBackend:
