@@ -116,8 +116,10 @@ def assemble_split_model(cache_dir: Path) -> Path:
     return out
 
 
-def resolve_model(model: str, cache_dir: Path | None = None) -> tuple[str, Path]:
-    """(display name, folder) of STT_MODEL; never downloads."""
+def resolve_model(
+    model: str, cache_dir: Path | None = None, download: bool = False
+) -> tuple[str, Path]:
+    """(display name, folder) of STT_MODEL; downloads a named model only if `download`."""
     if not model:
         path = bundled_path(BUNDLED_DIST, BUNDLED_PATH, hint="the default Whisper tiny")
         return f"whisper-tiny ({BUNDLED_DIST})", path
@@ -138,11 +140,13 @@ def resolve_model(model: str, cache_dir: Path | None = None) -> tuple[str, Path]
     from faster_whisper.utils import download_model
 
     try:
-        return model, Path(download_model(model, local_files_only=True))
+        return model, Path(download_model(model, local_files_only=not download))
     except Exception as exc:
+        how = "could not be downloaded" if download else "is not available offline"
         raise ModelNotFoundError(
-            f"STT_MODEL={model}: not available offline ({exc.__class__.__name__}); put the "
-            "CTranslate2 model in the Hugging Face cache or set STT_MODEL to its folder"
+            f"STT_MODEL={model} {how} ({exc.__class__.__name__}); set STT_DOWNLOAD=1 to fetch "
+            "it once, put the CTranslate2 model in the Hugging Face cache, or set STT_MODEL "
+            "to its folder"
         ) from None
 
 
@@ -173,7 +177,7 @@ class WhisperBackend:
     def load(self) -> None:
         from faster_whisper import WhisperModel
 
-        name, path = resolve_model(self.settings.model)
+        name, path = resolve_model(self.settings.model, download=self.settings.download)
         device, compute_type = resolve_device(self.settings.device, self.settings.compute_type)
         print(f"stt: loading {name} on {device} ({compute_type}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()

