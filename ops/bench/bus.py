@@ -27,6 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import schemas as s
+from ops.bench.stats import pct
 from workers.recorder.worker import record_of
 from workers.runtime.bus import Bus, Delivery
 from workers.runtime.config import Settings
@@ -46,11 +47,6 @@ class _CountingExporter(SpanExporter):
     def export(self, spans):  # type: ignore[no-untyped-def]
         self.spans += len(spans)
         return SpanExportResult.SUCCESS
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def chunks(n: int, conv: str) -> list[s.AudioChunk]:

@@ -32,6 +32,7 @@ import numpy as np
 
 import schemas as s
 from ops.bench.llm import direct_turn
+from ops.bench.stats import pct
 from ops.bench.stt import synth_piper
 from ops.bench.tts import direct as piper_direct
 from workers.cli.demo import LiveView, wait_recorded
@@ -58,13 +59,6 @@ QUESTIONS = [
     "What is a good name for a cat?",
 ]
 STAGES = ["stt_final", "llm_first_sentence", "tts_first_audio", "playback_start"]
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(x for x in xs if x is not None)
-    if not xs:
-        return float("nan")
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 class Models:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ops.bench.stats import pct
 from schemas import ReplyDone, ReplySentence, ReplyToken, Transcript, decode, new_id
 from workers.llm.backends import EmbeddedBackend, Generation
 from workers.llm.config import LlmSettings
@@ -110,9 +111,12 @@ class BusClient:
 
 
 def summary(rows: list[dict[str, float]], key: str) -> dict[str, float]:
-    values = sorted(r[key] for r in rows)
-    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-    return {"p50": statistics.median(values), "p95": p95, "mean": statistics.fmean(values)}
+    values = [r[key] for r in rows]
+    return {
+        "p50": statistics.median(values),
+        "p95": pct(values, 0.95),
+        "mean": statistics.fmean(values),
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 import schemas as s
-from ops.bench.e2e import QUESTIONS, pct
+from ops.bench.e2e import QUESTIONS
+from ops.bench.stats import pct
 from ops.chaos import audit, consumer_states, quiescent
 from workers.cli.pipeline import Pipeline, progress
 from workers.runtime.audio import write_wav

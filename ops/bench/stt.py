@@ -24,10 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ops.bench.stats import pct
 
 RATE = 16_000
 
@@ -166,13 +170,6 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return sum(e for e, _ in errs) / max(1, sum(n for _, n in errs))
 
 
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
 def trim(x: np.ndarray, rel: float = 0.01) -> np.ndarray:
     """Cut leading/trailing near-silence (synthesizers pad their output)."""
     idx = np.nonzero(np.abs(x) > rel * max(1, int(np.abs(x).max())))[0]
@@ -206,22 +203,12 @@ def bench_plain(files: list[tuple[Path, str]], beam: int) -> dict[str, float]:
     model = WhisperModel(str(path), device="cpu", compute_type="int8")
     audios = [read_audio(f).astype(np.float32) / 32768 for f, _ in files]
     model.transcribe(audios[0], beam_size=beam)  # warm-up, as the worker does at load
-    hyps, times = [], []
-    cpu0 = time.process_time()
-    for a in audios:
-        t0 = time.perf_counter()
+
+    def decode(a: np.ndarray) -> str:
         segs, _ = model.transcribe(a, beam_size=beam, word_timestamps=True, vad_filter=False)
-        hyps.append(" ".join(s.text.strip() for s in segs))
-        times.append(time.perf_counter() - t0)
-    cpu = time.process_time() - cpu0
-    audio_s = sum(len(a) for a in audios) / RATE
-    return {
-        "rtf": cpu / audio_s,
-        "hyps": hyps,
-        "latency_p50_ms": 1000 * pct(times, 0.5),
-        "latency_p95_ms": 1000 * pct(times, 0.95),
-        "wer": wer([p for _, p in files], hyps),
-    }
+        return " ".join(s.text.strip() for s in segs)
+
+    return timed_decodes(files, audios, decode)
 
 
 def bench_backend(files: list[tuple[Path, str]]) -> dict[str, float]:
@@ -233,11 +220,20 @@ def bench_backend(files: list[tuple[Path, str]]) -> dict[str, float]:
     backend = WhisperBackend(SttSettings())
     backend.load()
     audios = [read_audio(f).astype(np.float32) / 32768 for f, _ in files]
+    return timed_decodes(
+        files, audios, lambda a: backend.transcribe(a, final=True, language=None).text
+    )
+
+
+def timed_decodes(
+    files: list[tuple[Path, str]], audios: list[np.ndarray], decode: Callable[[np.ndarray], str]
+) -> dict[str, Any]:
+    """Decode each file once: CPU real-time factor, latency percentiles and WER."""
     hyps, times = [], []
     cpu0 = time.process_time()
     for a in audios:
         t0 = time.perf_counter()
-        hyps.append(backend.transcribe(a, final=True, language=None).text)
+        hyps.append(decode(a))
         times.append(time.perf_counter() - t0)
     cpu = time.process_time() - cpu0
     audio_s = sum(len(a) for a in audios) / RATE
