@@ -113,3 +113,19 @@ def test_interrupt_and_error_are_recorded_on_the_turn(eventlog: EventLog) -> Non
         "error",
         "model-missing",
     )
+
+
+def test_workers_starting_together_migrate_a_fresh_database_once(db_url: str) -> None:
+    # Every worker that opens the log migrates it at start; `just up` starts them together.
+    # Unserialized, two see an empty version table and the second CREATE TABLE fails.
+    import subprocess
+    import sys
+
+    code = "import sys; from workers.runtime.eventlog.migrate import upgrade; upgrade(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [err for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode]
+    assert not errors, errors[0]
+    check(db_url)
