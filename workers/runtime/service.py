@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -110,6 +111,9 @@ async def serve(factory: Callable[[Bus, Settings], Worker], settings: Settings) 
 
 def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
     """Entry point of `python -m workers.<name>`: returns the process exit code."""
+    # A crash inside a native library (llama.cpp, CTranslate2, onnxruntime) then leaves the
+    # Python stack of every thread in the worker's log instead of a bare exit code.
+    faulthandler.enable()
     settings = get_settings()
     if not settings.worker_id:
         settings = settings.for_worker(name)
