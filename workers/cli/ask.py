@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import signal
 import sys
@@ -24,16 +23,16 @@ import nats.js.errors
 
 from schemas import ErrorEvent, ReplyDone, ReplySentence, ReplyToken, Transcript, new_id
 from schemas import decode as decode_event
+from workers.cli.command import CommandError, run_command, usage_error
 from workers.llm.memory import EventLogMemory
-from workers.runtime.bus import Bus, BusError
+from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.natsd import NatsServerError, ensure_nats
 from workers.runtime.procs import WorkerProcess, wait_pulling
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class AskError(RuntimeError):
+class AskError(CommandError):
     pass
 
 
@@ -153,33 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
     args = p.parse_args(argv)
     if not args.question.strip():
-        print("ask: error: empty QUESTION", file=sys.stderr)
-        return 2
+        return usage_error("ask", "empty QUESTION")
     if args.conversation and not _ID.match(args.conversation):
-        print(
-            f"ask: error: bad --conversation {args.conversation!r}: "
-            "1-64 letters, digits, '-' or '_'",
-            file=sys.stderr,
+        return usage_error(
+            "ask", f"bad --conversation {args.conversation!r}: 1-64 letters, digits, '-' or '_'"
         )
-        return 2
     settings = get_settings()
-    server = None
-    try:
-        server = ensure_nats(settings)
-        result = asyncio.run(ask(args, settings))
-    except (AskError, BusError, NatsServerError, OSError) as exc:
-        print(f"ask: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if server is not None:
-            server.stop()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"(conversation {result['conversation_id']})", file=sys.stderr)
-    return 0
+    return run_command(
+        "ask",
+        lambda: asyncio.run(ask(args, settings)),
+        json_out=args.json,
+        nats=settings,
+        show=lambda r: print(f"(conversation {r['conversation_id']})", file=sys.stderr),
+    )
 
 
 if __name__ == "__main__":

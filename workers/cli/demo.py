@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import schemas as s
+from workers.cli.command import run_command
 from workers.cli.pipeline import Pipeline, progress
-from workers.runtime.audio import AudioFileError, read_audio, write_wav
-from workers.runtime.bus import BusError
+from workers.runtime.audio import read_audio, write_wav
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog, timings
-from workers.runtime.models import ModelNotFoundError, bundled_path
-from workers.runtime.natsd import NatsServerError
+from workers.runtime.models import bundled_path
 
 DEFAULT_QUESTION = "What is the capital of France?"
 TURN_TIMEOUT_S = 180.0
@@ -228,23 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conversation", help="continue this conversation id")
     args = p.parse_args(argv)
     settings = get_settings()
-    try:
-        result = asyncio.run(run(args, settings))
-    except (
-        AudioFileError,
-        ModelNotFoundError,
-        BusError,
-        NatsServerError,
-        RuntimeError,
-        TimeoutError,
-    ) as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return run_command("demo", lambda: asyncio.run(run(args, settings)), json_out=args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import textwrap
 import wave
@@ -28,13 +27,11 @@ from typing import Any
 import numpy as np
 
 import schemas as s
+from workers.cli.command import CommandError, run_command
 from workers.cli.demo import TURN_TIMEOUT_S, LiveView, TurnView, wait_recorded
 from workers.cli.pipeline import Pipeline, progress
-from workers.runtime.bus import BusError
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog, timings
-from workers.runtime.models import ModelNotFoundError
-from workers.runtime.natsd import NatsServerError
 
 RATE = s.PIPELINE_RATE
 LEAD_S = 0.3
@@ -51,7 +48,7 @@ TIMINGS = [
 ]
 
 
-class ReplayError(Exception):
+class ReplayError(CommandError):
     """Bad input (unknown conversation, nothing to replay): one line, exit 1."""
 
 
@@ -333,27 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast:
         args.speed = "fast"
     settings = get_settings()
-    try:
-        if args.listen:
-            result = listen(args, settings)
-        else:
-            result = asyncio.run(replay(args, settings))
-    except (
-        ReplayError,
-        ModelNotFoundError,
-        BusError,
-        NatsServerError,
-        RuntimeError,
-        TimeoutError,
-        OSError,
-    ) as exc:
-        print(f"replay: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    if args.listen:
+        return run_command("replay", lambda: listen(args, settings), json_out=args.json)
+    return run_command("replay", lambda: asyncio.run(replay(args, settings)), json_out=args.json)
 
 
 if __name__ == "__main__":

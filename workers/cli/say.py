@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import shutil
 import sys
@@ -31,10 +30,10 @@ from schemas import (
     new_id,
 )
 from schemas import decode as decode_event
+from workers.cli.command import run_command, usage_error
 from workers.runtime.audio import write_wav
-from workers.runtime.bus import Bus, BusError
+from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.natsd import NatsServerError, ensure_nats
 from workers.runtime.procs import WorkerProcess, wait_pulling
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
@@ -157,32 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
     args = p.parse_args(argv)
     if not args.text.strip():
-        print("say: error: nothing to say (empty TEXT)", file=sys.stderr)
-        return 2
+        return usage_error("say", "nothing to say (empty TEXT)")
     if Path(args.out).is_dir():
-        print(f"say: error: --out {args.out} is a directory; give a .wav file", file=sys.stderr)
-        return 2
+        return usage_error("say", f"--out {args.out} is a directory; give a .wav file")
     settings = get_settings()
-    server = None
-    try:
-        server = ensure_nats(settings)
-        result = asyncio.run(say(args, settings))
-    except (BusError, NatsServerError, RuntimeError, TimeoutError, OSError) as exc:
-        print(f"say: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if server is not None:
-            server.stop()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{result['wav']}: {result['duration_s']} s at {result['sample_rate']} Hz, "
-            f"first audio after {result['first_audio_ms']} ms"
-        )
-    return 0
+    return run_command(
+        "say",
+        lambda: asyncio.run(say(args, settings)),
+        json_out=args.json,
+        nats=settings,
+        show=lambda r: print(
+            f"{r['wav']}: {r['duration_s']} s at {r['sample_rate']} Hz, "
+            f"first audio after {r['first_audio_ms']} ms"
+        ),
+    )
 
 
 if __name__ == "__main__":

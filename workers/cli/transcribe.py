@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,10 +19,10 @@ from pathlib import Path
 
 from schemas import ErrorEvent, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
 from schemas import decode as decode_event
+from workers.cli.command import run_command, usage_error
 from workers.runtime.audio import AudioFileError, read_audio
-from workers.runtime.bus import Bus, BusError
+from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.natsd import NatsServerError, ensure_nats
 from workers.runtime.procs import WorkerProcess, wait_pulling
 
 
@@ -168,27 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             read_audio(f)
         except AudioFileError as exc:
-            print(f"transcribe: error: {exc}", file=sys.stderr)
-            return 2
+            return usage_error("transcribe", str(exc))
     settings = get_settings()
-    try:
-        server = ensure_nats(settings)
-    except NatsServerError as exc:
-        print(f"transcribe: error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        results = asyncio.run(run(args, settings))
-    except (BusError, RuntimeError, TimeoutError) as exc:
-        print(f"transcribe: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if server is not None:
-            server.stop()
-    if args.json:
-        print(json.dumps({"results": results}))
-    return 0
+    return run_command(
+        "transcribe",
+        lambda: {"results": asyncio.run(run(args, settings))},
+        json_out=args.json,
+        nats=settings,
+    )
 
 
 if __name__ == "__main__":
