@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import threading
 import time
 import uuid
@@ -40,7 +39,7 @@ from workers.llm.memory import EventLogMemory, build_messages
 from workers.llm.sentences import SentenceSplitter
 from workers.runtime.bus import MSG_ID, Bus, Consumer, Delivery
 from workers.runtime.config import Settings
-from workers.runtime.service import Worker
+from workers.runtime.service import Worker, lower_cpu_priority
 from workers.runtime.telemetry import tracer
 
 log = logging.getLogger("voicebus.llm")
@@ -89,7 +88,7 @@ class LlmWorker(Worker):
 
     async def setup(self) -> None:
         if self.options.nice and self.options.backend == "embedded":
-            os.nice(self.options.nice)
+            lower_cpu_priority(self.options.nice)
         await self.backend.start()
         await self.backend.warmup(
             [

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -24,6 +25,24 @@ from workers.runtime.models import ModelNotFoundError
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("voicebus.service")
+
+
+def lower_cpu_priority(nice: int) -> None:
+    """Make this process yield the CPU to the other workers (add `nice` to its niceness).
+
+    With autogroup scheduling (the Linux default on desktops), niceness only ranks processes
+    of one session: a worker started in its own session (`just up`, the demo) kept an equal
+    share against the others whatever its niceness, so its autogroup is niced as well. Only
+    when this process leads its session: otherwise the group is the user's terminal.
+    """
+    os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(min(19, nice)))
+    except OSError:  # no autogroup (kernel option off, not Linux): plain niceness is enough
+        pass
 
 
 class StartupError(RuntimeError):

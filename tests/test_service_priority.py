@@ -1,0 +1,43 @@
+"""The llm worker's lower priority must hold against workers in other sessions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here"
+)
+
+PROBE = (
+    "import os; from workers.runtime.service import lower_cpu_priority; lower_cpu_priority(7); "
+    "print(os.nice(0), open('/proc/self/autogroup').read().split()[-1])"
+)
+
+
+def _probe(new_session: bool) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=new_session,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_a_session_leader_nices_its_autogroup_too() -> None:
+    # How `just up` and the demo start workers: each in its own session, so its own
+    # autogroup, where niceness alone ranked nothing against the tts.
+    assert _probe(new_session=True) == (7, 7)
+
+
+def test_a_worker_sharing_the_terminal_session_leaves_its_autogroup_alone() -> None:
+    ours = int(open("/proc/self/autogroup").read().split()[-1])
+    niceness, group = _probe(new_session=False)
+    assert niceness == os.nice(0) + 7
+    assert group == ours  # the user's shell and everything in it are not slowed
