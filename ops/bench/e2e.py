@@ -45,7 +45,7 @@ from workers.runtime.config import get_settings
 from workers.runtime.eventlog import EventLog, timings
 from workers.stt.backends import WhisperBackend
 from workers.stt.config import SttSettings
-from workers.tts.backends import PiperBackend
+from workers.tts.backends import PiperBackend, split_clauses
 from workers.tts.config import TtsSettings
 
 QUESTIONS = [
@@ -177,7 +177,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             decode_ms, _ = models.decode_ms(audio)
             llm_first, llm_total_ms, reply = await models.reply(row.transcript, row.utterance_id)
             sentence = first_sentence(log, row.utterance_id) or reply or "Okay."
-            tts_first = piper_direct(models.tts, sentence)["first_audio_ms"]
+            # The worker's first audio is that of the sentence's first clause.
+            clause = split_clauses(sentence, TtsSettings().first_clause_chars)[0]
+            tts_first = piper_direct(models.tts, clause)["first_audio_ms"]
             isolated = decode_ms + llm_first["first_sentence_ms"] + tts_first
             sequential = decode_ms + llm_total_ms + models.synth_all_ms(reply or sentence)
             rows.append(
@@ -251,11 +253,18 @@ def report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         "- bus + log + tracing on the critical path (transport_ms): "
         f"**{100 * ra['transport_share_of_voice_to_voice']:.1f}%** of voice-to-voice",
         "",
-        "| # | transcript | voice-to-voice | isolated sum | sequential |",
-        "|---|---|---|---|---|",
+        "Per turn, each stage in the pipeline / the same model alone on the same input:",
+        "",
+        "| # | transcript | stt final | llm first sentence | tts first audio | "
+        "voice-to-voice / isolated sum | sequential |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {i + 1} | {r['transcript'].strip()} | {r['voice_to_voice']:.0f} | "
-            f"{r['isolated_sum_ms']:.0f} | {r['sequential_ms']:.0f} |"
+            f"| {i + 1} | {r['transcript'].strip()} | "
+            f"{r['stt_final']:.0f} / {r['isolated_decode_ms']:.0f} | "
+            f"{r['llm_first_sentence']:.0f} / {r['isolated_first_sentence_ms']:.0f} | "
+            f"{r['tts_first_audio']:.0f} / {r['isolated_first_audio_ms']:.0f} | "
+            f"{r['voice_to_voice']:.0f} / {r['isolated_sum_ms']:.0f} | "
+            f"{r['sequential_ms']:.0f} |"
             for i, r in enumerate(res["turns"])
         ],
     ]

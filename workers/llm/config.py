@@ -34,7 +34,7 @@ class LlmSettings(BaseSettings):
     context_tokens: int = Field(default=2048, ge=256, le=131_072)
     """LLM_CONTEXT_TOKENS: prompt + reply budget; oldest turns are dropped to fit."""
     threads: int = Field(default=0, ge=0)
-    """LLM_THREADS: llama.cpp threads (0: all cores)."""
+    """LLM_THREADS: llama.cpp threads (0: all cores but one, left to the tts and stt)."""
     nice: int = Field(default=10, ge=0, le=19)
     """LLM_NICE: CPU niceness added to the embedded llm worker. While it generates the rest
     of a reply, the tts is synthesizing the first sentence on the same cores; the reply is
