@@ -12,7 +12,8 @@ Printed: per-stage p50/p95, voice-to-voice p50/p95, and two ratios: sequential /
 (what streaming buys) and streaming / isolated sum (what bus, log and tracing cost; target
 <= 1.15). Voice-to-voice is measured from the VAD endpoint (mic.voice-stopped), which comes
 MIC_HANGOVER_MS of silence after the user's last word. A Markdown table and a PNG chart go to
-DATA_DIR/bench/.
+DATA_DIR/bench/. Replies are greedy (LLM_TEMPERATURE=0 unless set) so two runs, e.g. with
+different settings, speak the same sentences and can be compared.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import sys
 import threading
@@ -317,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    # Sampled replies differ run to run, and the first sentence's length moves every stage
+    # after it; the workers inherit this environment.
+    os.environ.setdefault("LLM_TEMPERATURE", "0")
     res = asyncio.run(run(args))
     st, ra = res["stats"], res["ratios"]
     print(f"{'stage (ms)':28}{'p50':>8}{'p95':>8}")
