@@ -14,6 +14,8 @@ __all__ = ["Tap", "llm_settings", "running", "transcript"]
 def llm_settings(**kw: Any) -> LlmSettings:
     kw.setdefault("max_tokens", 48)
     kw.setdefault("memory_wait_s", 2.0)
+    # In-process workers: the niceness would stay with pytest and every worker it starts.
+    kw.setdefault("nice", 0)
     return LlmSettings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 
