@@ -6,11 +6,14 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 import schemas as s
 from tests.conftest import wait_for
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog
+from workers.runtime.eventlog.verify import check_projections
 from workers.runtime.procs import WorkerProcess
 
 
@@ -96,3 +99,64 @@ async def test_kill_recorder_mid_batch_loses_nothing_and_duplicates_nothing(
         for turn in log.turns(f"k{c}"):
             assert turn.chunks == 300  # projections counted each chunk once
     log.close()
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_delays_the_log_and_loses_nothing(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    # A real outage of our own test database: connections refused and the open ones cut,
+    # while events keep coming. They must wait in the stream, not go to the dead letters.
+    import psycopg
+
+    from tests.conftest import PG_ADMIN_URL, _pg_database
+
+    pg = _pg_database()
+    db_url = next(pg)
+    name = db_url.rsplit("/", 1)[1]
+    admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+    def outage(on: bool) -> None:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if on else "true"}')
+        if on:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+
+    settings = settings.model_copy(update={"database_url": db_url})
+    before = conversation_events("pre", turns=1, chunks=20)
+    during = conversation_events("out", turns=3, chunks=40)
+    proc = recorder(settings, tmp_path).start()
+    log = EventLog(db_url, migrate=False)
+    try:
+        await proc.wait_consumer(bus, "recorder")
+        await publish_all(bus, before)
+        await wait_for(lambda: log.count() >= len(before), timeout=30)
+        log.close()
+        outage(True)
+        await publish_all(bus, during)
+        await asyncio.sleep(8)  # failed commits and retries (the old recorder gave up by then)
+        assert proc.running, (tmp_path / "recorder.log").read_text()[-2000:]
+        outage(False)
+        log = EventLog(db_url, migrate=False)
+        await wait_for(lambda: log.count() >= len(before) + len(during), timeout=60)
+        assert proc.stop() == 0
+        # Retried batches land in another order; the projections must not care.
+        stored = log.events(conversation_id="out")
+        assert sorted(stored, key=_key) == sorted(during, key=_key)
+        assert check_projections(log, "out") == []
+        assert [t.transcript for t in log.turns("out")] == [f"question {i}" for i in range(3)]
+        dlq = await bus.js.stream_info("VOICE_DLQ")
+        assert dlq.state.messages == 0
+        assert "will retry" in (tmp_path / "recorder.log").read_text()  # it did fail
+    finally:
+        proc.stop()
+        log.close()
+        outage(False)
+        admin.close()
+        pg.close()  # drops the database
+
+
+def _key(e: s.Event) -> tuple[str, str, int]:
+    return (e.utterance_id, e.type, e.seq)

@@ -3,6 +3,9 @@
 Acks only after the commit, so a crash before it means redelivery; the log ignores event ids
 it already has, so redelivery never duplicates. Run a single instance: projections are
 updated read-modify-write inside the batch transaction.
+
+A failed commit (database down, disk full) is not the events' fault: they are nak'd with a
+growing delay and tried again for as long as it takes, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from workers.runtime.eventlog import EventLog, Record
 from workers.runtime.service import Worker
 
 log = logging.getLogger("voicebus.recorder")
+RETRY_S = 0.5
+RETRY_MAX_S = 10.0
 
 
 class RecorderSettings(BaseSettings):
@@ -54,6 +59,9 @@ class Recorder(Worker):
         self.options = RecorderSettings()
         self.eventlog: EventLog | None = None
         self.written = 0
+        """Events new to the log."""
+        self.committed = 0
+        """Deliveries committed and acked (redeliveries and repeats included)."""
 
     async def setup(self) -> None:
         self.eventlog = await asyncio.to_thread(EventLog, self.settings.db_url)
@@ -73,9 +81,21 @@ class Recorder(Worker):
         ]
 
     async def write(self, deliveries: list[Delivery]) -> None:
+        """The consumer's batch handler: one transaction; the consumer acks after it."""
         assert self.eventlog is not None
-        new = await asyncio.to_thread(self.eventlog.append, [record_of(d) for d in deliveries])
+        try:
+            new = await asyncio.to_thread(self.eventlog.append, [record_of(d) for d in deliveries])
+        except Exception as exc:
+            log.error(
+                "batch commit failed; will retry",
+                extra={"events": len(deliveries), "error": repr(exc)},
+            )
+            for d in deliveries:
+                d.defer()  # not acked, and not counted as failed by the consumer
+                await d.nak(delay=min(RETRY_MAX_S, RETRY_S * d.num_delivered))
+            return
         self.written += new
+        self.committed += len(deliveries)
         log.debug("batch committed", extra={"events": len(deliveries), "new": new})
 
     async def aclose(self) -> None:

@@ -77,6 +77,13 @@ class Delivery:
     async def ack(self) -> None:
         await _ack(self.msg)
 
+    async def nak(self, delay: float) -> None:
+        """Have it redelivered after `delay` seconds (work deferred by the handler failed)."""
+        try:
+            await self.msg.nak(delay=delay)
+        except nats.errors.Error:
+            pass  # the ack wait runs out and it comes back anyway
+
     async def in_progress(self) -> None:
         try:
             await self.msg.in_progress()
@@ -489,6 +496,8 @@ class Consumer:
                 await self._failed(d, exc)
             return
         for d in deliveries:
+            if d.deferred:
+                continue  # the handler acks it once its work is durable
             self._remember(d.event.event_id)
             await _ack(d.msg)
         self.processed += len(deliveries)
