@@ -80,8 +80,8 @@ class Backend(Protocol):
 def default_threads() -> int:
     """All cores but one. The tts synthesizes the first sentence while llama.cpp generates
     the rest; with every core, both thread pools stalled each other at their barriers
-    (`just bench e2e`, 2 cores: tts first audio up to 4x its time alone, voice-to-voice
-    p50 646 ms with 2 threads vs 411 ms with 1; the first sentence came no later)."""
+    (`just bench e2e` on 2 cores, two alternated runs each: voice-to-voice p50 505/650 ms
+    with 2 threads vs 452/575 ms with 1, p95 965/1564 vs 802/929; first sentence no later)."""
     return max(1, (os.cpu_count() or 2) - 1)
 
 
