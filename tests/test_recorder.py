@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from pathlib import Path
 
@@ -114,7 +115,7 @@ async def test_a_database_outage_delays_the_log_and_loses_nothing(
     pg = _pg_database()
     db_url = next(pg)
     name = db_url.rsplit("/", 1)[1]
-    admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+    admin = psycopg.connect(os.environ.get("PG_ADMIN_URL", PG_ADMIN_URL), autocommit=True)
 
     def outage(on: bool) -> None:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if on else "true"}')
