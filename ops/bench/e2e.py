@@ -180,7 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             llm_first, llm_total_ms, reply = await models.reply(row.transcript, row.utterance_id)
             sentence = first_sentence(log, row.utterance_id) or reply or "Okay."
             # The worker's first audio is that of the sentence's first clause.
-            clause = split_clauses(sentence, TtsSettings().first_clause_chars)[0]
+            clause = split_clauses(sentence, models.tts.tts.first_clause_chars)[0]
             tts_first = piper_direct(models.tts, clause)["first_audio_ms"]
             isolated = decode_ms + llm_first["first_sentence_ms"] + tts_first
             sequential = decode_ms + llm_total_ms + models.synth_all_ms(reply or sentence)
