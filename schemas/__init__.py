@@ -1,15 +1,6 @@
 """The event catalogue: the only contract between workers."""
 
-from schemas.asr import Transcript, TranscriptPartial, Word
-from schemas.audio import (
-    PIPELINE_CHANNELS,
-    PIPELINE_RATE,
-    PIPELINE_WIDTH,
-    AudioChunk,
-    VoiceStarted,
-    VoiceStopped,
-)
-from schemas.control import ErrorEvent, Interrupt
+from schemas.control import ControlError, Interrupt
 from schemas.envelope import (
     DLQ_ROOT,
     MAX_PAYLOAD_BYTES,
@@ -27,8 +18,17 @@ from schemas.envelope import (
     subject_for,
 )
 from schemas.llm import ReplyDone, ReplySentence, ReplyToken
-from schemas.playback import PlaybackDone, PlaybackStarted
-from schemas.tts import SentenceSynthesized, SpeechChunk, SpeechDone
+from schemas.mic import (
+    PIPELINE_CHANNELS,
+    PIPELINE_RATE,
+    PIPELINE_WIDTH,
+    MicAudioChunk,
+    VoiceStarted,
+    VoiceStopped,
+)
+from schemas.speaker import PlaybackDone, PlaybackStarted
+from schemas.stt import Transcript, TranscriptPartial, Word
+from schemas.tts import SentenceDone, TtsAudioChunk, TtsDone
 
 __all__ = [
     "DLQ_ROOT",
@@ -37,22 +37,22 @@ __all__ = [
     "PIPELINE_RATE",
     "PIPELINE_WIDTH",
     "SUBJECT_ROOT",
-    "AudioChunk",
-    "ErrorEvent",
+    "ControlError",
     "Event",
     "EventDecodeError",
     "Interrupt",
+    "MicAudioChunk",
     "PayloadEvent",
     "PlaybackDone",
     "PlaybackStarted",
     "ReplyDone",
     "ReplySentence",
     "ReplyToken",
-    "SentenceSynthesized",
-    "SpeechChunk",
-    "SpeechDone",
+    "SentenceDone",
     "Transcript",
     "TranscriptPartial",
+    "TtsAudioChunk",
+    "TtsDone",
     "VoiceStarted",
     "VoiceStopped",
     "Word",

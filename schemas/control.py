@@ -19,7 +19,7 @@ class Interrupt(Event):
     """The new user utterance that caused a barge-in."""
 
 
-class ErrorEvent(Event):
+class ControlError(Event):
     """A stage failed for this turn; the turn ends here unless `retryable`."""
 
     type: ClassVar[str] = "control.error"

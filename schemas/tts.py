@@ -6,11 +6,11 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.audio import PcmFormat
 from schemas.envelope import Event, PayloadEvent
+from schemas.mic import PcmFormat
 
 
-class SpeechChunk(PcmFormat, PayloadEvent):
+class TtsAudioChunk(PcmFormat, PayloadEvent):
     """A slice of synthesized reply audio; `seq` orders the chunks of one reply."""
 
     type: ClassVar[str] = "tts.audio-chunk"
@@ -26,7 +26,7 @@ class SpeechChunk(PcmFormat, PayloadEvent):
     """Position of the first sample inside its sentence, milliseconds."""
 
 
-class SentenceSynthesized(Event):
+class SentenceDone(Event):
     """One sentence has been fully synthesized."""
 
     type: ClassVar[str] = "tts.sentence-done"
@@ -39,7 +39,7 @@ class SentenceSynthesized(Event):
     real_time_factor: float = Field(default=0.0, ge=0)
 
 
-class SpeechDone(Event):
+class TtsDone(Event):
     """All sentences of the reply are synthesized (or synthesis was interrupted)."""
 
     type: ClassVar[str] = "tts.done"

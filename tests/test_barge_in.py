@@ -21,8 +21,8 @@ from schemas import (
     PlaybackDone,
     PlaybackStarted,
     ReplyDone,
-    SpeechChunk,
-    SpeechDone,
+    TtsAudioChunk,
+    TtsDone,
     VoiceStarted,
     derive_id,
 )
@@ -118,7 +118,7 @@ async def test_barge_in_stops_tts_and_speaker_within_100ms_and_logs_what_was_hea
         mic.start()  # the user starts talking over the reply
         voice = (await wait_for(lambda: tap.of(VoiceStarted), timeout=20))[0]
         done = (await wait_for(lambda: tap.of(PlaybackDone, reply_utt), timeout=5))[0]
-        tts_done = (await wait_for(lambda: tap.of(SpeechDone, reply_utt), timeout=5))[0]
+        tts_done = (await wait_for(lambda: tap.of(TtsDone, reply_utt), timeout=5))[0]
         await llm
         log = EventLog(settings.db_url)
         try:
@@ -153,13 +153,13 @@ async def test_barge_in_stops_tts_and_speaker_within_100ms_and_logs_what_was_hea
     # How much was heard: the time from the first sample to the user's voice, to a few ms.
     heard_ms = 1000 * (voice.ts - started.ts)
     assert done.played_ms == pytest.approx(heard_ms, abs=50)
-    assert 0 < done.played_ms < sum(len(c.audio) for c in tap.of(SpeechChunk, reply_utt)) / 44.1
+    assert 0 < done.played_ms < sum(len(c.audio) for c in tap.of(TtsAudioChunk, reply_utt)) / 44.1
     assert done.last_sentence_index >= 0 and done.last_sentence_played_ms > 0
     with wave.open(done.wav) as w:
         assert 1000 * w.getnframes() / w.getframerate() == pytest.approx(done.played_ms, abs=1)
 
     # Nothing of the reply was synthesized after tts.done; the llm stood down.
-    chunks = tap.of(SpeechChunk, reply_utt)
+    chunks = tap.of(TtsAudioChunk, reply_utt)
     assert tts_done.chunks == len(chunks)
     assert all(c.ts <= tts_done.ts for c in chunks)
     reply_done = tap.of(ReplyDone, reply_utt)[0]

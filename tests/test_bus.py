@@ -12,8 +12,8 @@ from workers.runtime.bus import Bus, Delivery
 from workers.runtime.natsd import NatsServer
 
 
-def chunk(i: int, utt: str = "u1") -> s.AudioChunk:
-    return s.AudioChunk(conversation_id="c1", utterance_id=utt, seq=i, audio=b"\x00\x01" * 320)
+def chunk(i: int, utt: str = "u1") -> s.MicAudioChunk:
+    return s.MicAudioChunk(conversation_id="c1", utterance_id=utt, seq=i, audio=b"\x00\x01" * 320)
 
 
 async def test_published_events_reach_the_handler_typed_and_in_order(bus: Bus) -> None:
@@ -30,7 +30,7 @@ async def test_published_events_reach_the_handler_typed_and_in_order(bus: Bus) -
     while len(got) < 20:
         await consumer.run_once()
     assert got == sent
-    assert all(isinstance(e, s.AudioChunk) for e in got)
+    assert all(isinstance(e, s.MicAudioChunk) for e in got)
 
 
 async def test_republishing_an_event_id_is_deduplicated_by_jetstream(bus: Bus) -> None:

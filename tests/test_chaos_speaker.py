@@ -32,7 +32,7 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
 
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         e = s.decode(msg.data)
-        if isinstance(e, s.PlaybackDone | s.ErrorEvent):
+        if isinstance(e, s.PlaybackDone | s.ControlError):
             ended.append(e)
         elif isinstance(e, s.PlaybackStarted):
             started.set()
@@ -51,7 +51,7 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
         n = 38  # about 3 s of audio
         for i in range(n):
             await bus.publish(
-                s.SpeechChunk(
+                s.TtsAudioChunk(
                     seq=i,
                     rate=RATE,
                     sentence_index=0,
@@ -61,11 +61,9 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
                 )
             )
         await bus.publish(
-            s.SentenceSynthesized(
-                seq=0, sentence_index=0, text="Hello.", audio_ms=n * 80.0, **common
-            )
+            s.SentenceDone(seq=0, sentence_index=0, text="Hello.", audio_ms=n * 80.0, **common)
         )
-        await bus.publish(s.SpeechDone(sentences=1, chunks=n, audio_ms=n * 80.0, **common))
+        await bus.publish(s.TtsDone(sentences=1, chunks=n, audio_ms=n * 80.0, **common))
         await asyncio.wait_for(started.wait(), 30)
         await asyncio.sleep(0.8)  # the chunks are acked by now; about a quarter is heard
         speaker.kill()
@@ -78,5 +76,5 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
         speaker.stop()
     assert len(ended) == 1, ended
     (end,) = ended
-    assert isinstance(end, s.ErrorEvent)
+    assert isinstance(end, s.ControlError)
     assert (end.failed_stage, end.code) == ("speaker", "speaker-restarted")

@@ -29,14 +29,14 @@ async def test_tts_killed_mid_sentence_resumes_without_gap_or_double(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
     conv, utt = "chaos-tts", s.new_id()
-    chunks: dict[str, s.SpeechChunk] = {}
-    done: list[s.SpeechDone] = []
+    chunks: dict[str, s.TtsAudioChunk] = {}
+    done: list[s.TtsDone] = []
 
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         e = s.decode(msg.data)
-        if isinstance(e, s.SpeechChunk):
+        if isinstance(e, s.TtsAudioChunk):
             chunks[e.event_id] = e
-        elif isinstance(e, s.SpeechDone):
+        elif isinstance(e, s.TtsDone):
             done.append(e)
 
     sub = await bus.nc.subscribe(s.subject_filter(conv), cb=on_msg)
@@ -58,7 +58,7 @@ async def test_tts_killed_mid_sentence_resumes_without_gap_or_double(
         tts.stop()
     # What the stream stored (a core subscriber also sees re-publishes JetStream dropped).
     stored = await bus.js.subscribe(
-        s.subject_filter(conv, s.SpeechChunk.type), stream=bus.stream, ordered_consumer=True
+        s.subject_filter(conv, s.TtsAudioChunk.type), stream=bus.stream, ordered_consumer=True
     )
     seqs: dict[int, set[str]] = {}
     with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):

@@ -17,14 +17,14 @@ def turn_events(conv: str = "c1", utt: str = "u1", t0: float = 1000.0) -> list[s
     pcm = b"\x05\x00" * 320
     return [
         s.VoiceStarted(**b, ts=t0),
-        *[s.AudioChunk(**b, seq=i, audio=pcm, ts=t0 + 0.02 * i) for i in range(3)],
+        *[s.MicAudioChunk(**b, seq=i, audio=pcm, ts=t0 + 0.02 * i) for i in range(3)],
         s.VoiceStopped(**b, chunks=3, duration_ms=60, ts=t0 + 0.5),
         s.Transcript(**b, text="what time is it", language="en", ts=t0 + 0.6),
         s.ReplyToken(**b, text="It", index=0, ts=t0 + 0.65),
         s.ReplySentence(**b, text="It is noon.", index=0, ts=t0 + 0.7),
-        s.SpeechChunk(**b, rate=22050, audio=pcm, sentence_index=0, ts=t0 + 0.75),
+        s.TtsAudioChunk(**b, rate=22050, audio=pcm, sentence_index=0, ts=t0 + 0.75),
         s.ReplyDone(**b, text="It is noon.", sentences=1, tokens=3, ts=t0 + 0.8),
-        s.SpeechDone(**b, sentences=1, chunks=1, audio_ms=900, ts=t0 + 0.85),
+        s.TtsDone(**b, sentences=1, chunks=1, audio_ms=900, ts=t0 + 0.85),
         s.PlaybackStarted(**b, ts=t0 + 0.78),
         s.PlaybackDone(**b, played_ms=900, sentences_heard=1, ts=t0 + 1.7),
     ]
@@ -107,7 +107,7 @@ def test_interrupt_and_error_are_recorded_on_the_turn(eventlog: EventLog) -> Non
     t = eventlog.turn("u9")
     assert (t.status, t.interrupted, t.played_ms) == ("interrupted", True, 450)
     eventlog.append(
-        [Record.of(s.ErrorEvent(**b, failed_stage="tts", code="model-missing", message="x"))]
+        [Record.of(s.ControlError(**b, failed_stage="tts", code="model-missing", message="x"))]
     )
     assert (eventlog.turn("u9").status, eventlog.turn("u9").error_code) == (
         "error",

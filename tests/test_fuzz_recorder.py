@@ -26,7 +26,7 @@ def valid_events(rng: random.Random, n: int) -> list[s.Event]:
     rng.shuffle(order)
     for i in order:
         pcm = bytes(rng.getrandbits(8) for _ in range(2 * rng.randint(0, 400)))
-        out.append(s.AudioChunk(conversation_id=CONV, utterance_id="u1", seq=i, audio=pcm))
+        out.append(s.MicAudioChunk(conversation_id=CONV, utterance_id="u1", seq=i, audio=pcm))
     for i in range(n - len(out)):
         out.append(
             s.Transcript(
@@ -41,7 +41,7 @@ def valid_events(rng: random.Random, n: int) -> list[s.Event]:
 
 def garbage(rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
     """(subject, body, headers) that no consumer may accept."""
-    chunk = s.AudioChunk(conversation_id=CONV, utterance_id="g", audio=b"\0\0" * 8)
+    chunk = s.MicAudioChunk(conversation_id=CONV, utterance_id="g", audio=b"\0\0" * 8)
     head = s.encode(chunk).partition(b"\n")[0]
     doc = json.loads(head)
     tx = json.loads(s.encode(s.Transcript(conversation_id=CONV, utterance_id="g", text="t")))

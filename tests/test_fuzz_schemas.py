@@ -39,12 +39,16 @@ def valid_events() -> st.SearchStrategy[s.Event]:
     }
     return st.one_of(
         st.builds(s.VoiceStarted, **base),
-        st.builds(s.AudioChunk, **base, audio=pcm),
+        st.builds(s.MicAudioChunk, **base, audio=pcm),
         st.builds(s.VoiceStopped, **base, chunks=st.integers(0, 99), duration_ms=st.just(1.0)),
         st.builds(s.Transcript, **base, text=st.text(max_size=50)),
         st.builds(s.ReplySentence, **base, text=st.text(min_size=1, max_size=50), index=st.just(0)),
         st.builds(
-            s.SpeechChunk, **base, audio=pcm, rate=st.integers(1, 48_000), sentence_index=st.just(0)
+            s.TtsAudioChunk,
+            **base,
+            audio=pcm,
+            rate=st.integers(1, 48_000),
+            sentence_index=st.just(0),
         ),
         st.builds(s.Interrupt, **base),
     )
@@ -125,7 +129,7 @@ def test_unknown_schema_version_and_type_are_named_in_the_reason() -> None:
 
 
 def test_oversized_odd_and_wrong_rate_audio_is_refused() -> None:
-    chunk = s.AudioChunk(conversation_id="c", utterance_id="u", audio=b"\0\0" * 10)
+    chunk = s.MicAudioChunk(conversation_id="c", utterance_id="u", audio=b"\0\0" * 10)
     head = s.encode(chunk).partition(b"\n")[0]
     for body, reason in (
         (head + b"\n" + b"\0" * (s.MAX_PAYLOAD_BYTES + 2), "too large"),

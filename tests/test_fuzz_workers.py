@@ -44,11 +44,11 @@ def odd_but_valid() -> list[s.Event]:
         s.ReplySentence(**u, utterance_id="ooo", text="First.", index=0),
         s.ReplyDone(**u, utterance_id="ooo", text="x", sentences=3, tokens=3),
         # speaker: audio in a strange format for an unknown turn, chunks out of order.
-        s.SpeechChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=3,
+        s.TtsAudioChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=3,
                       sentence_index=0, audio=b"\x80\x80" * 400),
-        s.SpeechChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=0,
+        s.TtsAudioChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=0,
                       sentence_index=0, audio=b"\x80\x80" * 400),
-        s.SpeechDone(**u, utterance_id="odd", sentences=1, chunks=4, audio_ms=100.0),
+        s.TtsDone(**u, utterance_id="odd", sentences=1, chunks=4, audio_ms=100.0),
         s.Interrupt(**u, utterance_id="never-existed"),
     ]  # fmt: skip
 

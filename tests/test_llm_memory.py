@@ -9,7 +9,7 @@ from schemas import (
     PlaybackDone,
     ReplyDone,
     ReplySentence,
-    SentenceSynthesized,
+    SentenceDone,
     Transcript,
     derive_id,
 )
@@ -30,7 +30,7 @@ def turn_events(
             ReplySentence(**b, event_id=derive_id(t.event_id, "sentence", i), text=text, index=i)
         )
         out.append(
-            SentenceSynthesized(
+            SentenceDone(
                 **b,
                 event_id=f"{utt}-tts-{i}",
                 sentence_index=i,

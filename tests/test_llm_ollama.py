@@ -12,7 +12,7 @@ import ollama
 import pytest
 
 from ops.ollama_compat import OllamaCompatServer
-from schemas import ErrorEvent, Interrupt, ReplyDone, ReplySentence, ReplyToken
+from schemas import ControlError, Interrupt, ReplyDone, ReplySentence, ReplyToken
 from tests.conftest import ROOT, wait_for
 from tests.test_llm_support import Tap, llm_settings, running, transcript
 from workers.llm.backends import EmbeddedBackend, OllamaBackend
@@ -100,7 +100,7 @@ async def test_ollama_down_is_an_error_event_and_the_worker_goes_on(
     async with running(ollama_worker(bus, settings, host)):
         await bus.publish(first)
         done = await tap.done(first.utterance_id)
-        (error,) = tap.of(ErrorEvent, first.utterance_id)
+        (error,) = tap.of(ControlError, first.utterance_id)
         assert done.finish_reason == "error" and done.tokens == 0
         assert error.code == "llm-unavailable" and error.failed_stage == "llm" and error.retryable
         assert host in error.message and "ollama serve" in error.message
@@ -123,7 +123,7 @@ async def test_model_not_pulled_says_which_pull_to_run(
     async with running(ollama_worker(bus, settings, compat.url, model="mistral:7b-instruct")):
         await bus.publish(t)
         done = await tap.done(t.utterance_id)
-    (error,) = tap.of(ErrorEvent, t.utterance_id)
+    (error,) = tap.of(ControlError, t.utterance_id)
     assert done.finish_reason == "error"
     assert error.code == "model-missing" and "ollama pull mistral:7b-instruct" in error.message
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ops.bench.stt import PHRASES, espeak_available, synth_espeak, with_silence
-from schemas import AudioChunk, VoiceStarted, VoiceStopped, new_id
+from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, new_id
 from workers.mic.config import MicSettings
 from workers.mic.worker import MicWorker
 from workers.runtime.audio import write_wav
@@ -52,7 +52,7 @@ async def test_mic_publishes_only_utterances_with_gapless_chunks_and_one_trace_e
     for evs in utterances.values():
         kinds = [type(e) for e, _ in evs]
         n = len(evs) - 2
-        assert kinds == [VoiceStarted] + [AudioChunk] * n + [VoiceStopped]
+        assert kinds == [VoiceStarted] + [MicAudioChunk] * n + [VoiceStopped]
         assert [e.seq for e, _ in evs[1:-1]] == list(range(n))
         stopped = evs[-1][0]
         assert stopped.chunks == n and stopped.reason == "silence"

@@ -21,7 +21,7 @@ def turn(conv: str, ts: float) -> list[s.Event]:
     base = {"conversation_id": conv, "utterance_id": f"{conv}-u", "ts": ts}
     return [
         s.VoiceStarted(**base, producer="mic"),
-        s.AudioChunk(**base, producer="mic", audio=b"\x01\x00" * 80),
+        s.MicAudioChunk(**base, producer="mic", audio=b"\x01\x00" * 80),
         s.VoiceStopped(**base, producer="mic", chunks=1, duration_ms=5.0),
         s.Transcript(**base, producer="stt", text="secret words"),
     ]

@@ -24,7 +24,7 @@ def conversation_events(conv: str, turns: int, chunks: int) -> list[s.Event]:
         b = {"conversation_id": conv, "utterance_id": f"{conv}-t{t}"}
         out.append(s.VoiceStarted(**b))
         pcm = random.randbytes(640)
-        out += [s.AudioChunk(**b, seq=i, audio=pcm) for i in range(chunks)]
+        out += [s.MicAudioChunk(**b, seq=i, audio=pcm) for i in range(chunks)]
         out.append(s.VoiceStopped(**b, chunks=chunks, duration_ms=20.0 * chunks))
         out.append(s.Transcript(**b, text=f"question {t}"))
     return out

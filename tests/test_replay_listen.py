@@ -30,7 +30,7 @@ def spoken_turn(
     audio = tone(s.PIPELINE_RATE, 0.1, user_level)
     ev: list[s.Event] = [s.VoiceStarted(conversation_id=conv, utterance_id=u, ts=t0)]
     ev += [
-        s.AudioChunk(conversation_id=conv, utterance_id=u, seq=i, audio=audio, ts=t0 + 0.1 * i)
+        s.MicAudioChunk(conversation_id=conv, utterance_id=u, seq=i, audio=audio, ts=t0 + 0.1 * i)
         for i in range(5)
     ]
     ev.append(
@@ -39,7 +39,7 @@ def spoken_turn(
     ev.append(s.Transcript(conversation_id=conv, utterance_id=u, text="hello", ts=t0 + 0.8))
     reply = tone(TTS_RATE, 0.5, reply_level)
     ev += [
-        s.SpeechChunk(
+        s.TtsAudioChunk(
             conversation_id=conv,
             utterance_id=u,
             seq=i,

@@ -17,7 +17,7 @@ def samples() -> list[s.Event]:
     base = {"conversation_id": CONV, "utterance_id": UTT}
     return [
         s.VoiceStarted(**base, source="q.wav", preroll_ms=200),
-        s.AudioChunk(**base, seq=3, audio=pcm, offset_ms=60),
+        s.MicAudioChunk(**base, seq=3, audio=pcm, offset_ms=60),
         s.VoiceStopped(**base, chunks=4, duration_ms=80),
         s.TranscriptPartial(**base, text="what is", audio_ms=500),
         s.Transcript(
@@ -29,13 +29,13 @@ def samples() -> list[s.Event]:
         s.ReplyToken(**base, text=" It", index=0),
         s.ReplySentence(**base, text="It is noon.", index=0),
         s.ReplyDone(**base, text="It is noon.", sentences=1, tokens=4),
-        s.SpeechChunk(**base, rate=22050, audio=pcm, sentence_index=0),
-        s.SentenceSynthesized(**base, sentence_index=0, text="It is noon.", audio_ms=900),
-        s.SpeechDone(**base, sentences=1, chunks=1, audio_ms=900),
+        s.TtsAudioChunk(**base, rate=22050, audio=pcm, sentence_index=0),
+        s.SentenceDone(**base, sentence_index=0, text="It is noon.", audio_ms=900),
+        s.TtsDone(**base, sentences=1, chunks=1, audio_ms=900),
         s.PlaybackStarted(**base, sink="device"),
         s.PlaybackDone(**base, played_ms=900),
         s.Interrupt(**base, by_utterance_id="utt-2"),
-        s.ErrorEvent(**base, failed_stage="stt", code="audio-gap", message="chunk 2 missing"),
+        s.ControlError(**base, failed_stage="stt", code="audio-gap", message="chunk 2 missing"),
     ]
 
 
@@ -55,7 +55,7 @@ def test_every_event_round_trips_through_the_wire_format(event: s.Event) -> None
 
 def test_audio_travels_as_raw_bytes_not_base64() -> None:
     pcm = bytes(range(256)) * 5  # 1280 bytes, every byte value
-    chunk = s.AudioChunk(conversation_id=CONV, utterance_id=UTT, audio=pcm)
+    chunk = s.MicAudioChunk(conversation_id=CONV, utterance_id=UTT, audio=pcm)
     body = s.encode(chunk)
     head, sep, payload = body.partition(b"\n")
     assert sep and payload == pcm
@@ -116,3 +116,16 @@ def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
     with pytest.raises(s.EventDecodeError) as exc:
         s.decode(body)
     assert reason in exc.value.reason
+
+
+def _camel(words: str) -> str:
+    return "".join(w.capitalize() for w in words.replace(".", "-").split("-"))
+
+
+def test_names_match_the_wire() -> None:
+    """An event's class, module and type say the same thing: module = stage, class =
+    the kind (or stage + kind where the kind alone is ambiguous)."""
+    for type_name, cls in s.event_types().items():
+        stage, kind = type_name.split(".", 1)
+        assert cls.__module__ == f"schemas.{stage}", (type_name, cls.__module__)
+        assert cls.__name__ in (_camel(kind), _camel(f"{stage}-{kind}")), (type_name, cls)

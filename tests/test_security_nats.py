@@ -86,7 +86,7 @@ async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Se
     try:
         await tts.ensure_streams()
         # Its own events go through ...
-        done = s.SpeechDone(
+        done = s.TtsDone(
             conversation_id="c1", utterance_id="u1", sentences=0, chunks=0, audio_ms=0.0
         )
         assert (await tts.publish(done)).seq >= 1

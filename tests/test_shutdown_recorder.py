@@ -26,7 +26,9 @@ async def test_sigterm_while_publishing_exits_0_with_everything_it_acked_in_the_
     async def publisher() -> None:
         i = 0
         while not stop.is_set():
-            ev = s.AudioChunk(conversation_id="shut", utterance_id="u", seq=i, audio=b"\1\0" * 320)
+            ev = s.MicAudioChunk(
+                conversation_id="shut", utterance_id="u", seq=i, audio=b"\1\0" * 320
+            )
             await bus.publish_nowait(ev)
             published.append(ev)
             i += 1

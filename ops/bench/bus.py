@@ -51,9 +51,9 @@ class _CountingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def chunks(n: int, conv: str) -> list[s.AudioChunk]:
+def chunks(n: int, conv: str) -> list[s.MicAudioChunk]:
     return [
-        s.AudioChunk(
+        s.MicAudioChunk(
             conversation_id=conv, utterance_id=f"{conv}-u{i // 500}", seq=i % 500, audio=PCM_20MS
         )
         for i in range(n)

@@ -133,7 +133,7 @@ def transport_ms(log: EventLog, utterance_id: str) -> float | None:
     ev = log.events(utterance_id=utterance_id, with_payload=False)
     get = lambda cls: [e for e in ev if isinstance(e, cls)]  # noqa: E731
     tr, tok, done = get(s.Transcript), get(s.ReplyToken), get(s.ReplyDone)
-    sent, chunk, sdone = get(s.ReplySentence), get(s.SpeechChunk), get(s.SentenceSynthesized)
+    sent, chunk, sdone = get(s.ReplySentence), get(s.TtsAudioChunk), get(s.SentenceDone)
     started = get(s.PlaybackStarted)
     if not (tr and tok and done and sent and chunk and sdone and started):
         return None

@@ -126,7 +126,7 @@ def queueing(log: EventLog, turn: Any) -> dict[str, float | None]:
             types=["stt.transcript", "llm.reply-done", "tts.sentence-done"],
             with_payload=False,
         )
-        if not isinstance(e, s.SentenceSynthesized) or e.sentence_index == 0
+        if not isinstance(e, s.SentenceDone) or e.sentence_index == 0
     }
 
     def minus(total: float | None, own: float | None) -> float | None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from schemas import ReplySentence, SentenceSynthesized, SpeechChunk, decode, new_id
+from schemas import ReplySentence, SentenceDone, TtsAudioChunk, decode, new_id
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, free_port
@@ -68,9 +68,9 @@ async def through_bus(bus: Bus, text: str) -> dict[str, float]:
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         now = time.perf_counter()
         ev = decode(msg.data)
-        if isinstance(ev, SpeechChunk) and not first.done():
+        if isinstance(ev, TtsAudioChunk) and not first.done():
             first.set_result(now)
-        elif isinstance(ev, SentenceSynthesized) and not done.done():
+        elif isinstance(ev, SentenceDone) and not done.done():
             done.set_result((now, ev.audio_ms))
 
     sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg)

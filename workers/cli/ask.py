@@ -21,7 +21,7 @@ from typing import Any
 
 import nats.js.errors
 
-from schemas import ErrorEvent, ReplyDone, ReplySentence, ReplyToken, Transcript, new_id
+from schemas import ControlError, ReplyDone, ReplySentence, ReplyToken, Transcript, new_id
 from schemas import decode as decode_event
 from workers.cli.command import CommandError, run_command, usage_error
 from workers.llm.memory import EventLogMemory
@@ -81,7 +81,7 @@ async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         tokens: list[ReplyToken] = []
         sentences: list[ReplySentence] = []
         first: dict[str, float] = {}
-        errors: list[ErrorEvent] = []
+        errors: list[ControlError] = []
         done: asyncio.Future[ReplyDone] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Any) -> None:
@@ -96,7 +96,7 @@ async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             elif isinstance(ev, ReplySentence) and ev.index == len(sentences):
                 first.setdefault("sentence", time.perf_counter())
                 sentences.append(ev)
-            elif isinstance(ev, ErrorEvent):
+            elif isinstance(ev, ControlError):
                 errors.append(ev)
             elif isinstance(ev, ReplyDone) and not done.done():
                 done.set_result(ev)

@@ -94,7 +94,7 @@ class LiveView:
                 self._p("  [reply playing]")
             case s.PlaybackDone():
                 t.done = True
-            case s.ErrorEvent() if not e.retryable:
+            case s.ControlError() if not e.retryable:
                 t.error = f"{e.failed_stage}: {e.code}: {e.message}"
                 t.done = True
                 self._p(f"  error in {t.error}")

@@ -61,8 +61,8 @@ class RecordedTurn:
 
 
 def user_audio(log: EventLog, utterance_id: str) -> bytes:
-    chunks = log.events(utterance_id=utterance_id, types=[s.AudioChunk.type])
-    chunks = [c for c in chunks if isinstance(c, s.AudioChunk)]
+    chunks = log.events(utterance_id=utterance_id, types=[s.MicAudioChunk.type])
+    chunks = [c for c in chunks if isinstance(c, s.MicAudioChunk)]
     return b"".join(c.audio for c in sorted(chunks, key=lambda c: c.seq))
 
 
@@ -236,8 +236,8 @@ def reply_audio(log: EventLog, row: Any) -> tuple[np.ndarray, int]:
                 return pcm[:: w.getnchannels()].copy(), w.getframerate()
     chunks = [
         c
-        for c in log.events(utterance_id=row.utterance_id, types=[s.SpeechChunk.type])
-        if isinstance(c, s.SpeechChunk) and c.width == 2 and c.channels == 1
+        for c in log.events(utterance_id=row.utterance_id, types=[s.TtsAudioChunk.type])
+        if isinstance(c, s.TtsAudioChunk) and c.width == 2 and c.channels == 1
     ]
     if not chunks:
         return np.zeros(0, dtype=np.int16), RATE

@@ -21,11 +21,11 @@ import wave
 from pathlib import Path
 
 from schemas import (
-    ErrorEvent,
+    ControlError,
     PlaybackDone,
     ReplyDone,
     ReplySentence,
-    SpeechChunk,
+    TtsAudioChunk,
     derive_id,
     new_id,
 )
@@ -61,19 +61,19 @@ async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]
     bus = await Bus.connect(settings, name="say")
     try:
         await bus.ensure_streams()
-        chunks: list[SpeechChunk] = []
+        chunks: list[TtsAudioChunk] = []
         first_chunk_at: list[float] = []
         done: asyncio.Future[PlaybackDone] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
             ev = decode_event(msg.data)
-            if isinstance(ev, SpeechChunk):
+            if isinstance(ev, TtsAudioChunk):
                 if not first_chunk_at:
                     first_chunk_at.append(time.perf_counter())
                 chunks.append(ev)
             elif isinstance(ev, PlaybackDone) and not done.done():
                 done.set_result(ev)
-            elif isinstance(ev, ErrorEvent) and not done.done():
+            elif isinstance(ev, ControlError) and not done.done():
                 done.set_exception(RuntimeError(f"{ev.failed_stage}: {ev.message}"))
 
         sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg, pending_bytes_limit=-1)
@@ -120,7 +120,7 @@ async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]
 def finish(
     out_arg: str,
     played: PlaybackDone,
-    chunks: list[SpeechChunk],
+    chunks: list[TtsAudioChunk],
     texts: list[str],
     conv: str,
     first_chunk_at: list[float],

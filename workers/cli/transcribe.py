@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ErrorEvent, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
+from schemas import ControlError, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
 from schemas import decode as decode_event
 from workers.cli.command import run_command, usage_error
 from workers.runtime.audio import AudioFileError, read_audio
@@ -34,7 +34,7 @@ class FileRun:
     started: dict[str, float] = field(default_factory=dict)  # utterance -> onset ms
     stopped: dict[str, float] = field(default_factory=dict)  # utterance -> voice-stopped ts
     finals: dict[str, Transcript] = field(default_factory=dict)
-    errors: dict[str, ErrorEvent] = field(default_factory=dict)
+    errors: dict[str, ControlError] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -95,7 +95,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, ob
             elif isinstance(ev, Transcript) and ev.utterance_id not in r.finals:
                 r.finals[ev.utterance_id] = ev
                 print(f"[{name}] {ev.text}", flush=True)
-            elif isinstance(ev, ErrorEvent):
+            elif isinstance(ev, ControlError):
                 r.errors[ev.utterance_id] = ev
                 print(f"[{name}] error {ev.code}: {ev.message}", file=sys.stderr, flush=True)
             changed.set()

@@ -25,7 +25,7 @@ from schemas import (
     PlaybackDone,
     ReplyDone,
     ReplySentence,
-    SentenceSynthesized,
+    SentenceDone,
     Transcript,
 )
 from workers.llm.sentences import speakable
@@ -45,7 +45,7 @@ _REPLY_TYPES = (
     ReplySentence.type,
     ReplyDone.type,
     PlaybackDone.type,
-    SentenceSynthesized.type,
+    SentenceDone.type,
 )
 
 
@@ -242,7 +242,7 @@ def _reply_of(events: list[Any]) -> tuple[str, bool]:
     for e in events:
         if isinstance(e, ReplySentence):
             sentences.setdefault(e.index, e.text)
-        elif isinstance(e, SentenceSynthesized):
+        elif isinstance(e, SentenceDone):
             sentence_ms[e.sentence_index] = e.audio_ms
         elif isinstance(e, ReplyDone):
             done = done or e

@@ -23,7 +23,7 @@ import nats.js.errors
 from opentelemetry.trace import Status, StatusCode
 
 from schemas import (
-    ErrorEvent,
+    ControlError,
     Event,
     Interrupt,
     ReplyDone,
@@ -304,7 +304,7 @@ class LlmWorker(Worker):
         if error is not None:
             log.warning("llm turn failed: %s", error)
             await self.bus.publish_nowait(
-                ErrorEvent(
+                ControlError(
                     event_id=derive_id(t.event_id, "error"),
                     failed_stage="llm",
                     code=error.code,

@@ -13,7 +13,7 @@ import logging
 
 from opentelemetry import trace
 
-from schemas import AudioChunk, VoiceStarted, VoiceStopped, new_id
+from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, new_id
 from workers.mic.config import MicSettings
 from workers.mic.endpoint import Chunk, EndpointConfig, Endpointer, Started, Stopped
 from workers.mic.sources import AudioSource, FileSource, MicSource
@@ -127,7 +127,7 @@ class MicWorker(Worker):
             )
             await self.bus.publish(ev, ctx=self._ctx)
         elif isinstance(seg, Chunk):
-            chunk = AudioChunk(
+            chunk = MicAudioChunk(
                 **base,
                 utterance_id=self._utterance_id,
                 seq=seg.seq,

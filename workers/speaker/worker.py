@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from schemas import (
-    AudioChunk,
-    ErrorEvent,
+    ControlError,
     Event,
     EventDecodeError,
     Interrupt,
+    MicAudioChunk,
     PlaybackDone,
     PlaybackStarted,
-    SentenceSynthesized,
-    SpeechChunk,
-    SpeechDone,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsDone,
     VoiceStarted,
     VoiceStopped,
     decode,
@@ -61,7 +61,7 @@ class Playback:
     conversation_id: str
     utterance_id: str
     rate: int
-    first_chunk: SpeechChunk
+    first_chunk: TtsAudioChunk
     output: Output | None = None
     """Opened when the reply's turn to play comes (earlier replies of the conversation first)."""
     pending: list[bytes] = field(default_factory=list)
@@ -70,7 +70,7 @@ class Playback:
     marks: list[tuple[int, int]] = field(default_factory=list)
     """(sentence_index, first sample) in play order."""
     sentence_end: dict[int, int] = field(default_factory=dict)
-    tts_done: SpeechDone | None = None
+    tts_done: TtsDone | None = None
     done_delivery: Delivery | None = None
     keep_alive: asyncio.Task[None] | None = None
     """The tts.done message, acked only once playback-done is published."""
@@ -126,9 +126,9 @@ class SpeakerWorker(Worker):
             self.bus.consumer(
                 "speaker",
                 [
-                    subject_filter(event_type=SpeechChunk.type),
-                    subject_filter(event_type=SentenceSynthesized.type),
-                    subject_filter(event_type=SpeechDone.type),
+                    subject_filter(event_type=TtsAudioChunk.type),
+                    subject_filter(event_type=SentenceDone.type),
+                    subject_filter(event_type=TtsDone.type),
                 ],
                 handler=self.handle,
                 ack_wait=self.speaker.ack_wait_s,
@@ -148,7 +148,7 @@ class SpeakerWorker(Worker):
                 self.bus.consumer(
                     "speaker-mic",
                     [
-                        subject_filter(event_type=AudioChunk.type),
+                        subject_filter(event_type=MicAudioChunk.type),
                         subject_filter(event_type=VoiceStopped.type),
                     ],
                     handler=self.handle_mic,
@@ -168,13 +168,13 @@ class SpeakerWorker(Worker):
     # -- handlers ------------------------------------------------------------------------
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        if isinstance(event, SpeechChunk):
+        if isinstance(event, TtsAudioChunk):
             self._on_chunk(event, delivery)
-        elif isinstance(event, SentenceSynthesized):
+        elif isinstance(event, SentenceDone):
             pb = self.playbacks.get((event.conversation_id, event.utterance_id))
             if pb is not None:
                 pb.sentence_end[event.sentence_index] = pb.samples
-        elif isinstance(event, SpeechDone):
+        elif isinstance(event, TtsDone):
             key = (event.conversation_id, event.utterance_id)
             pb = self.playbacks.get(key)
             if pb is not None:
@@ -201,14 +201,14 @@ class SpeakerWorker(Worker):
 
     async def handle_mic(self, event: Event, delivery: Delivery) -> None:
         tape = self._tape(event.conversation_id)
-        if isinstance(event, AudioChunk):
+        if isinstance(event, MicAudioChunk):
             tape.user_audio(event.utterance_id, event.offset_ms, event.audio, event.rate)
         elif isinstance(event, VoiceStopped):
             await asyncio.to_thread(tape.save)
 
     # -- playback ------------------------------------------------------------------------
 
-    def _on_chunk(self, c: SpeechChunk, delivery: Delivery) -> None:
+    def _on_chunk(self, c: TtsAudioChunk, delivery: Delivery) -> None:
         key = (c.conversation_id, c.utterance_id)
         if key in self.ended:
             return
@@ -346,7 +346,7 @@ class SpeakerWorker(Worker):
             await delivery.in_progress()
             await asyncio.sleep(self.speaker.ack_wait_s / 3)
 
-    async def _was_playing(self, done: SpeechDone) -> bool:
+    async def _was_playing(self, done: TtsDone) -> bool:
         """Whether an earlier speaker process had started playing this reply (and died)."""
         subject = subject_filter(done.conversation_id, PlaybackStarted.type)
         try:
@@ -358,7 +358,7 @@ class SpeakerWorker(Worker):
         except EventDecodeError:
             return False
 
-    async def _nothing_played(self, done: SpeechDone) -> None:
+    async def _nothing_played(self, done: TtsDone) -> None:
         """A reply this process has no audio for still ends. Either there was none (empty, or
         all of it interrupted before it got here): the record says nothing was heard. Or an
         earlier speaker process was playing it when it died: how much was heard is unknown,
@@ -366,7 +366,7 @@ class SpeakerWorker(Worker):
         self._mark_ended((done.conversation_id, done.utterance_id))
         if await self._was_playing(done):
             await self.bus.publish(
-                ErrorEvent(
+                ControlError(
                     event_id=derive_id(done.event_id, "speaker-restarted"),
                     conversation_id=done.conversation_id,
                     utterance_id=done.utterance_id,

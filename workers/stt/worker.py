@@ -29,10 +29,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from schemas import (
-    AudioChunk,
-    ErrorEvent,
+    ControlError,
     Event,
     EventDecodeError,
+    MicAudioChunk,
     Transcript,
     TranscriptPartial,
     VoiceStarted,
@@ -180,7 +180,7 @@ class SttWorker(Worker):
                 ev = _decode(msg.data)
                 if ev is None or ev.utterance_id != started.utterance_id:
                     continue
-                if isinstance(ev, AudioChunk):
+                if isinstance(ev, MicAudioChunk):
                     if ev.seq < utt.next_chunk_seq:
                         continue  # a re-published chunk
                     if ev.seq > utt.next_chunk_seq:
@@ -319,7 +319,7 @@ class SttWorker(Worker):
         trace.get_current_span().set_status(trace.StatusCode.ERROR, message)
         log.warning("utterance failed", extra={"code": code, "reason": message})
         await self.bus.publish(
-            ErrorEvent(
+            ControlError(
                 event_id=derive_id(started.event_id, "error", code),
                 conversation_id=started.conversation_id,
                 utterance_id=started.utterance_id,

@@ -20,14 +20,14 @@ import nats.js.errors
 import numpy as np
 
 from schemas import (
-    ErrorEvent,
+    ControlError,
     Event,
     Interrupt,
     ReplyDone,
     ReplySentence,
-    SentenceSynthesized,
-    SpeechChunk,
-    SpeechDone,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsDone,
     decode,
     derive_id,
     subject_filter,
@@ -149,18 +149,18 @@ class TtsWorker(Worker):
         (a restart mid-reply continues where the previous process stopped)."""
         r = Reply()
         done, interrupt, sentence, chunk = await asyncio.gather(
-            self._last(conversation_id, SpeechDone.type),
+            self._last(conversation_id, TtsDone.type),
             self._last(conversation_id, Interrupt.type),
-            self._last(conversation_id, SentenceSynthesized.type),
-            self._last(conversation_id, SpeechChunk.type),
+            self._last(conversation_id, SentenceDone.type),
+            self._last(conversation_id, TtsAudioChunk.type),
         )
-        if isinstance(done, SpeechDone) and done.utterance_id == utterance_id:
+        if isinstance(done, TtsDone) and done.utterance_id == utterance_id:
             r.finished = r.known = True
         if isinstance(interrupt, Interrupt) and interrupt.utterance_id == utterance_id:
             r.cancelled = True
-        if isinstance(sentence, SentenceSynthesized) and sentence.utterance_id == utterance_id:
+        if isinstance(sentence, SentenceDone) and sentence.utterance_id == utterance_id:
             r.next_index, r.known = sentence.sentence_index + 1, True
-        if isinstance(chunk, SpeechChunk) and chunk.utterance_id == utterance_id:
+        if isinstance(chunk, TtsAudioChunk) and chunk.utterance_id == utterance_id:
             r.seq = chunk.seq + 1
             r.audio_ms = r.seq * self.tts.chunk_ms  # close enough for the done summary
             if chunk.sentence_index >= r.next_index:
@@ -193,7 +193,7 @@ class TtsWorker(Worker):
         r = await self.reply(s.conversation_id, s.utterance_id)
         r.cancelled = True
         await self.bus.publish(
-            ErrorEvent(
+            ControlError(
                 event_id=derive_id(s.event_id, "tts-error"),
                 conversation_id=s.conversation_id,
                 utterance_id=s.utterance_id,
@@ -240,7 +240,7 @@ class TtsWorker(Worker):
             if r.finished:
                 return
             await self.bus.publish(
-                SpeechDone(
+                TtsDone(
                     event_id=event_id,
                     conversation_id=cause.conversation_id,
                     utterance_id=cause.utterance_id,
@@ -305,7 +305,7 @@ class TtsWorker(Worker):
         if r.cancelled:
             return
         await self.bus.publish(
-            SentenceSynthesized(
+            SentenceDone(
                 event_id=derive_id(s.event_id, "sentence-done"),
                 conversation_id=s.conversation_id,
                 utterance_id=s.utterance_id,
@@ -336,7 +336,7 @@ class TtsWorker(Worker):
             if r.cancelled or r.finished:
                 return False
             await self.bus.publish(
-                SpeechChunk(
+                TtsAudioChunk(
                     event_id=derive_id(s.event_id, "chunk", i),
                     conversation_id=s.conversation_id,
                     utterance_id=s.utterance_id,

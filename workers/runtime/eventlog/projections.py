@@ -10,19 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import (
-    AudioChunk,
-    ErrorEvent,
+    ControlError,
     Event,
     Interrupt,
+    MicAudioChunk,
     PlaybackDone,
     PlaybackStarted,
     ReplyDone,
     ReplySentence,
     ReplyToken,
-    SpeechChunk,
-    SpeechDone,
     Transcript,
     TranscriptPartial,
+    TtsAudioChunk,
+    TtsDone,
     VoiceStarted,
     VoiceStopped,
 )
@@ -101,7 +101,7 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
         case VoiceStarted():
             row["speech_started_at"] = e.ts
             row["source"] = e.source[-256:]
-        case AudioChunk():
+        case MicAudioChunk():
             row["chunks"] += 1
         case VoiceStopped():
             row["speech_ended_at"] = e.ts
@@ -127,9 +127,9 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
                 _status(row, "interrupted")
             else:
                 _status(row, "replying")
-        case SpeechChunk():
+        case TtsAudioChunk():
             _first(row, "tts_first_audio_at", e.ts)
-        case SpeechDone():
+        case TtsDone():
             row["tts_done_at"] = e.ts
             _status(row, "interrupted" if e.interrupted else "synthesized")
         case PlaybackStarted():
@@ -145,7 +145,7 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
         case Interrupt():
             row["interrupted"] = True
             _status(row, "interrupted")
-        case ErrorEvent():
+        case ControlError():
             row["error_code"] = e.code
             row["error_message"] = e.message
             _status(row, "error")

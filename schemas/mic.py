@@ -40,7 +40,7 @@ class VoiceStarted(Event):
     """Audio before the onset that is included in the utterance, milliseconds."""
 
 
-class AudioChunk(PcmFormat, PayloadEvent):
+class MicAudioChunk(PcmFormat, PayloadEvent):
     """A fixed-size slice of the user's utterance; `seq` orders the chunks of one utterance."""
 
     type: ClassVar[str] = "mic.audio-chunk"
