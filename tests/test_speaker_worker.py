@@ -10,8 +10,8 @@ import pytest
 from schemas import Interrupt, PlaybackDone, PlaybackStarted, TtsAudioChunk, TtsDone, derive_id
 from tests.conftest import wait_for
 from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from workers.runtime.endpoint.sinks import ClockedOutput, DeviceSink, SpeakerError
 from workers.speaker.config import SpeakerSettings
-from workers.speaker.sinks import ClockedOutput, DeviceSink, SpeakerError
 from workers.speaker.worker import SpeakerWorker
 from workers.tts.backends import PiperBackend
 from workers.tts.config import TtsSettings

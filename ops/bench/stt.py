@@ -340,8 +340,8 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
 
 def bench_vad(noises: tuple[int, ...] = (0, 300, 1000, 3000)) -> list[dict[str, object]]:
     """Both VADs on the same speech: utterances found, onset/offset error, CPU per audio s."""
-    from workers.mic.endpoint import EndpointConfig, Endpointer, Started, Stopped
-    from workers.mic.vad import make_vad
+    from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer, Started, Stopped
+    from workers.runtime.endpoint.vad import make_vad
 
     parts = [trim(synth(p, "piper" if i % 2 else "espeak")) for i, p in enumerate(PHRASES)]
     rows = []

@@ -7,10 +7,10 @@ import sys
 from functools import partial
 
 from workers.mic.config import MicSettings
-from workers.mic.sources import AudioSourceError
-from workers.mic.vad import VadError
 from workers.mic.worker import MicWorker, make_endpointer, make_source
 from workers.runtime.audio import AudioFileError
+from workers.runtime.endpoint.sources import AudioSourceError
+from workers.runtime.endpoint.vad import VadError
 from workers.runtime.models import ModelNotFoundError
 from workers.runtime.service import run_worker
 

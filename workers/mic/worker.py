@@ -15,11 +15,11 @@ from opentelemetry import trace
 
 from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, new_id
 from workers.mic.config import MicSettings
-from workers.mic.endpoint import Chunk, EndpointConfig, Endpointer, Started, Stopped
-from workers.mic.sources import AudioSource, FileSource, MicSource
-from workers.mic.vad import make_vad
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
+from workers.runtime.endpoint.endpointer import Chunk, EndpointConfig, Endpointer, Started, Stopped
+from workers.runtime.endpoint.sources import AudioSource, FileSource, MicSource
+from workers.runtime.endpoint.vad import make_vad
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
 

@@ -1,7 +1,7 @@
 import sys
 
+from workers.runtime.endpoint.sinks import SpeakerError
 from workers.runtime.service import run_worker
-from workers.speaker.sinks import SpeakerError
 from workers.speaker.worker import SpeakerWorker
 
 if __name__ == "__main__":

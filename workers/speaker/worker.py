@@ -41,11 +41,11 @@ from schemas import (
 from workers.runtime.audio import resample_pcm16
 from workers.runtime.bus import Bus, Consumer, Delivery
 from workers.runtime.config import Settings
+from workers.runtime.endpoint.sinks import DeviceSink, Output, Sink, WavSink
+from workers.runtime.endpoint.tape import ConversationTape
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
 from workers.speaker.config import SpeakerSettings, get_speaker_settings
-from workers.speaker.sinks import DeviceSink, Output, Sink, WavSink
-from workers.speaker.tape import ConversationTape
 
 log = logging.getLogger("voicebus.speaker")
 _tracer = tracer("workers.speaker")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ops.bench.stt import PHRASES, espeak_available, synth_espeak, synth_piper, with_silence
-from workers.mic.endpoint import Chunk, EndpointConfig, Endpointer, Started, Stopped
-from workers.mic.sources import AudioSourceError, FileSource, MicSource
-from workers.mic.vad import VadError, make_vad
+from workers.runtime.endpoint.endpointer import Chunk, EndpointConfig, Endpointer, Started, Stopped
+from workers.runtime.endpoint.sources import AudioSourceError, FileSource, MicSource
+from workers.runtime.endpoint.vad import VadError, make_vad
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
 

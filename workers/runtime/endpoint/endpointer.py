@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from workers.mic.vad import RATE, Vad
+from workers.runtime.endpoint.vad import RATE, Vad
 
 
 @dataclass(frozen=True)
