@@ -72,7 +72,8 @@ async def dead_letters(bus: Bus) -> int:
 
 async def stream_counts(bus: Bus, event_type: str) -> int:
     """Messages of one type in the stream (what was published, after Msg-Id de-duplication)."""
-    info = await bus.js.stream_info(bus.stream, subjects_filter=subject_filter("*", event_type))
+    subject = subject_filter("*", "*", event_type)
+    info = await bus.js.stream_info(bus.stream, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
 
 

@@ -1,8 +1,10 @@
 """The event catalogue: the only contract between workers."""
 
 from schemas.control import ControlError, Interrupt
+from schemas.endpoint import ConversationStarted, LastStage, binding
 from schemas.envelope import (
     DLQ_ROOT,
+    LEGACY_ENDPOINT,
     MAX_PAYLOAD_BYTES,
     SUBJECT_ROOT,
     Event,
@@ -16,8 +18,10 @@ from schemas.envelope import (
     new_id,
     subject_filter,
     subject_for,
+    subject_parts,
+    upcaster,
 )
-from schemas.llm import ReplyDone, ReplySentence, ReplyToken
+from schemas.llm import ReplyDone, ReplySentence, ReplyStarted, ReplyToken
 from schemas.mic import (
     PIPELINE_CHANNELS,
     PIPELINE_RATE,
@@ -28,34 +32,40 @@ from schemas.mic import (
 )
 from schemas.speaker import PlaybackDone, PlaybackStarted
 from schemas.stt import Transcript, TranscriptPartial, Word
-from schemas.tts import SentenceDone, TtsAudioChunk, TtsDone
+from schemas.tts import SentenceDone, TtsAudioChunk, TtsDone, TtsStarted
 
 __all__ = [
     "DLQ_ROOT",
+    "LEGACY_ENDPOINT",
     "MAX_PAYLOAD_BYTES",
     "PIPELINE_CHANNELS",
     "PIPELINE_RATE",
     "PIPELINE_WIDTH",
     "SUBJECT_ROOT",
     "ControlError",
+    "ConversationStarted",
     "Event",
     "EventDecodeError",
     "Interrupt",
+    "LastStage",
     "MicAudioChunk",
     "PayloadEvent",
     "PlaybackDone",
     "PlaybackStarted",
     "ReplyDone",
     "ReplySentence",
+    "ReplyStarted",
     "ReplyToken",
     "SentenceDone",
     "Transcript",
     "TranscriptPartial",
     "TtsAudioChunk",
     "TtsDone",
+    "TtsStarted",
     "VoiceStarted",
     "VoiceStopped",
     "Word",
+    "binding",
     "decode",
     "derive_id",
     "dlq_subject",
@@ -64,4 +74,6 @@ __all__ = [
     "new_id",
     "subject_filter",
     "subject_for",
+    "subject_parts",
+    "upcaster",
 ]

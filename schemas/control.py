@@ -6,13 +6,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.envelope import Event
+from schemas.envelope import Event, add_endpoint, upcaster
 
 
 class Interrupt(Event):
     """Stop the reply of `utterance_id` now (barge-in or user request)."""
 
     type: ClassVar[str] = "control.interrupt"
+    VERSION: ClassVar[int] = 2
 
     reason: Literal["barge-in", "user", "shutdown"] = "barge-in"
     by_utterance_id: str = ""
@@ -23,6 +24,7 @@ class ControlError(Event):
     """A stage failed for this turn; the turn ends here unless `retryable`."""
 
     type: ClassVar[str] = "control.error"
+    VERSION: ClassVar[int] = 2
 
     failed_stage: str = Field(max_length=64)
     """The stage that failed, e.g. "stt"."""
@@ -31,3 +33,7 @@ class ControlError(Event):
     message: str = Field(max_length=4096)
     cause_event_id: str = ""
     retryable: bool = False
+
+
+for _cls in (Interrupt, ControlError):
+    upcaster(_cls.type, 1)(add_endpoint)

@@ -1,4 +1,8 @@
-"""The common envelope of every event, the type registry, subjects and the wire format.
+"""The common envelope of every event, the type registry, subjects, upcasting and the wire format.
+
+Subjects are `voice.<endpoint>.<conversation>.<stage>.<kind>`: the endpoint a conversation is
+spoken from comes first, so a NATS permission (`voice.web.*.mic.>`) or a consumer filter
+(`voice.device.*.tts.>`) can be limited to one endpoint's conversations.
 
 Wire format (one NATS message per event):
     body    = <envelope JSON, one line> b"\\n" <binary payload, raw PCM for audio events>
@@ -14,9 +18,18 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 SUBJECT_ROOT = "voice"
 DLQ_ROOT = "dlq"
@@ -24,6 +37,9 @@ DLQ_ROOT = "dlq"
 #: Subject tokens: no dots, spaces or wildcards; bounded so subjects stay short.
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+#: Characters no database text column stores (PostgreSQL refuses NUL; surrogates are not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 #: Largest payload one event may carry (NATS' default max_payload is 1 MiB).
 MAX_PAYLOAD_BYTES = 512 * 1024
@@ -67,6 +83,9 @@ class Event(BaseModel):
 
     event_id: Token = Field(default_factory=new_id)
     """Unique id; used as Nats-Msg-Id and as the event log's unique key."""
+    endpoint: Token
+    """Where the conversation is spoken and heard ("device", "web", "demo-3f2a9c1b", ...):
+    every event of a conversation carries the endpoint it was bound to when it started."""
     conversation_id: Token
     """The conversation (session) this event belongs to."""
     utterance_id: Token
@@ -77,8 +96,9 @@ class Event(BaseModel):
     """Wall-clock time the event was produced, Unix seconds."""
     producer: str = Field(default="", max_length=64)
     """Name of the producing worker instance, e.g. "stt-1"."""
-    schema_version: int = 1
-    """Schema version of this event's type, written by the producer."""
+    schema_version: int = 0
+    """Schema version of this event's type: always the class's VERSION (older versions are
+    upcast by `decode` before validation, so an event object is always current)."""
 
     @property
     def stage(self) -> str:
@@ -90,6 +110,25 @@ class Event(BaseModel):
 
     def subject(self) -> str:
         return subject_for(self)
+
+    #: False for events about a whole conversation (no turn of their own).
+    TURN_SCOPED: ClassVar[bool] = True
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _current_version(cls, v: Any, info: ValidationInfo) -> int:
+        # Written from the class: a producer cannot claim another version, and an old event
+        # reaches here only after `decode` upcast it to the current one.
+        return cls.VERSION
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str) and _UNSTORABLE.search(v):
+            raise ValueError(
+                "text holds a NUL or an unpaired surrogate, which the event log cannot store"
+            )
+        return v
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,15 +163,66 @@ def event_types() -> dict[str, type[Event]]:
 
 
 def subject_for(event: Event) -> str:
-    """`voice.<conversation>.<stage>.<kind>`: one obvious mapping for every event."""
-    return f"{SUBJECT_ROOT}.{event.conversation_id}.{event.type}"
+    """`voice.<endpoint>.<conversation>.<stage>.<kind>`: one obvious mapping for every event."""
+    return f"{SUBJECT_ROOT}.{event.endpoint}.{event.conversation_id}.{event.type}"
 
 
-def subject_filter(conversation: str = "*", event_type: str | None = None) -> str:
-    """A subject filter, e.g. subject_filter(event_type="mic.audio-chunk")."""
+def subject_filter(
+    endpoint: str = "*", conversation: str = "*", event_type: str | None = None
+) -> str:
+    """A subject filter, e.g. subject_filter("device", event_type="tts.started"); an event
+    type may be a whole stage ("mic.>")."""
     if event_type is None:
-        return f"{SUBJECT_ROOT}.{conversation}.>"
-    return f"{SUBJECT_ROOT}.{conversation}.{event_type}"
+        return f"{SUBJECT_ROOT}.{endpoint}.{conversation}.>"
+    return f"{SUBJECT_ROOT}.{endpoint}.{conversation}.{event_type}"
+
+
+def subject_parts(subject: str) -> tuple[str, str, str] | None:
+    """(endpoint, conversation, type) of a voice subject, or None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != SUBJECT_ROOT:
+        return None
+    return parts[1], parts[2], f"{parts[3]}.{parts[4]}"
+
+
+# -- upcasting ----------------------------------------------------------------------------
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+#: The endpoint given to events recorded before events named their endpoint (version 1).
+LEGACY_ENDPOINT = "legacy"
+
+
+def upcaster(type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register the function that turns version `from_version` of `type_name` (its JSON
+    fields, without "type") into version `from_version + 1`."""
+
+    def register_it(fn: Upcaster) -> Upcaster:
+        key = (type_name, from_version)
+        if key in _UPCASTERS:
+            raise ValueError(f"two upcasters for {type_name} v{from_version}")
+        _UPCASTERS[key] = fn
+        return fn
+
+    return register_it
+
+
+def upcast(type_name: str, data: dict[str, Any], version: int, target: int) -> dict[str, Any]:
+    """Apply the upcasters of `type_name` from `version` up to `target`."""
+    while version < target:
+        step = _UPCASTERS.get((type_name, version))
+        if step is None:
+            raise EventDecodeError(f"{type_name}: no upcaster from schema version {version}")
+        data = step(dict(data))
+        version += 1
+    return data
+
+
+def add_endpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2 of every type that existed before endpoints: the envelope gained `endpoint`."""
+    data.setdefault("endpoint", LEGACY_ENDPOINT)
+    return data
 
 
 def dlq_subject(consumer: str) -> str:
@@ -171,6 +261,8 @@ def decode(body: bytes) -> Event:
         raise EventDecodeError(
             f"{type_name}: unknown schema version {version!r} (this build knows <= {cls.VERSION})"
         )
+    if version < cls.VERSION:
+        data = upcast(type_name, data, version, cls.VERSION)
     if cls.HAS_PAYLOAD:
         if not sep:
             raise EventDecodeError(f"{type_name}: missing binary payload separator")

@@ -6,13 +6,27 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.envelope import Event
+from schemas.envelope import Event, add_endpoint, upcaster
+
+
+class ReplyStarted(Event):
+    """The llm took this turn and will answer it: tokens, sentences and reply-done follow.
+
+    Published before the first token, so the tts can claim the reply (and get ready) while
+    the model is still thinking."""
+
+    type: ClassVar[str] = "llm.reply-started"
+
+    language: str = Field(default="", max_length=16)
+    """Language of the user's transcript (and so of the reply), e.g. "en"; "" if unknown."""
+    model: str = Field(default="", max_length=256)
 
 
 class ReplyToken(Event):
     """One streamed piece of the reply (a model token, possibly several characters)."""
 
     type: ClassVar[str] = "llm.reply-token"
+    VERSION: ClassVar[int] = 2
 
     text: str = Field(max_length=4096)
     index: int = Field(ge=0)
@@ -23,6 +37,7 @@ class ReplySentence(Event):
     """A speakable piece of the reply (sentence or clause), ready for TTS."""
 
     type: ClassVar[str] = "llm.reply-sentence"
+    VERSION: ClassVar[int] = 2
 
     text: str = Field(min_length=1, max_length=4096)
     index: int = Field(ge=0)
@@ -33,6 +48,7 @@ class ReplyDone(Event):
     """The reply is complete (or was cut short); `text` is everything generated."""
 
     type: ClassVar[str] = "llm.reply-done"
+    VERSION: ClassVar[int] = 2
 
     text: str = Field(max_length=100_000)
     sentences: int = Field(ge=0)
@@ -48,3 +64,7 @@ class ReplyDone(Event):
     @property
     def interrupted(self) -> bool:
         return self.finish_reason == "interrupted"
+
+
+for _cls in (ReplyToken, ReplySentence, ReplyDone):
+    upcaster(_cls.type, 1)(add_endpoint)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.envelope import Event, PayloadEvent
+from schemas.envelope import Event, PayloadEvent, add_endpoint, upcaster
 
 #: The pipeline's input format: 16 kHz mono int16 (what Whisper and the VADs want).
 PIPELINE_RATE = 16_000
@@ -31,6 +31,7 @@ class VoiceStarted(Event):
     """The user started speaking (VAD onset, pre-roll included in the audio that follows)."""
 
     type: ClassVar[str] = "mic.voice-started"
+    VERSION: ClassVar[int] = 2
 
     source: str = Field(default="mic", max_length=256)
     """Where the audio comes from: "mic" or a file name."""
@@ -44,6 +45,7 @@ class MicAudioChunk(PcmFormat, PayloadEvent):
     """A fixed-size slice of the user's utterance; `seq` orders the chunks of one utterance."""
 
     type: ClassVar[str] = "mic.audio-chunk"
+    VERSION: ClassVar[int] = 2
 
     rate: Literal[16000] = PIPELINE_RATE
     """Sample rate, Hertz."""
@@ -59,6 +61,7 @@ class VoiceStopped(Event):
     """The user stopped speaking (end-pointed); the utterance has `chunks` audio chunks."""
 
     type: ClassVar[str] = "mic.voice-stopped"
+    VERSION: ClassVar[int] = 2
 
     reason: Literal["silence", "max-length", "end-of-stream", "cancelled"] = "silence"
     """Why the utterance ended."""
@@ -68,3 +71,21 @@ class VoiceStopped(Event):
     """Audio duration of the utterance, milliseconds."""
     speech_end_offset_ms: float = Field(default=0.0, ge=0)
     """Position in the utterance where speech actually ended (before the hangover), ms."""
+    speech_end_ts: float = Field(ge=0)
+    """When speech actually ended, Unix seconds: the capture time of the last voiced frame.
+    Voice-to-voice latency as people feel it runs from here, not from this event's `ts`,
+    which comes after the end-pointer's wait."""
+
+
+upcaster(VoiceStarted.type, 1)(add_endpoint)
+upcaster(MicAudioChunk.type, 1)(add_endpoint)
+
+
+@upcaster(VoiceStopped.type, 1)
+def _voice_stopped_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 had no endpoint and no speech_end_ts: the mic published voice-stopped as the
+    hangover ended, in real time, so speech ended that much audio earlier."""
+    data = add_endpoint(data)
+    wait_ms = float(data.get("duration_ms", 0.0)) - float(data.get("speech_end_offset_ms", 0.0))
+    data.setdefault("speech_end_ts", max(0.0, float(data.get("ts", 0.0)) - wait_ms / 1000.0))
+    return data

@@ -6,13 +6,14 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.envelope import Event
+from schemas.envelope import Event, add_endpoint, upcaster
 
 
 class PlaybackStarted(Event):
     """The first sample of the reply reached the output device (or sink)."""
 
     type: ClassVar[str] = "speaker.playback-started"
+    VERSION: ClassVar[int] = 2
 
     sink: str = ""
     """"device" or the WAV path."""
@@ -22,6 +23,7 @@ class PlaybackDone(Event):
     """Playback of the reply ended; says exactly how much was heard."""
 
     type: ClassVar[str] = "speaker.playback-done"
+    VERSION: ClassVar[int] = 2
 
     played_ms: float = Field(ge=0)
     """Audio actually played, milliseconds."""
@@ -34,3 +36,7 @@ class PlaybackDone(Event):
     """How far into that sentence playback got, milliseconds."""
     wav: str = ""
     """Where the reply audio was written, if a WAV sink was used."""
+
+
+for _cls in (PlaybackStarted, PlaybackDone):
+    upcaster(_cls.type, 1)(add_endpoint)

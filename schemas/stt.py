@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import Event
+from schemas.envelope import Event, add_endpoint, upcaster
 
 
 class Word(BaseModel):
@@ -26,6 +26,7 @@ class TranscriptPartial(Event):
     """A provisional transcript while the user is still speaking; may be revised."""
 
     type: ClassVar[str] = "stt.transcript-partial"
+    VERSION: ClassVar[int] = 2
 
     text: str = Field(max_length=10_000)
     audio_ms: float = Field(ge=0)
@@ -38,6 +39,7 @@ class Transcript(Event):
     """The final transcript of one utterance (Wyoming's `transcript`)."""
 
     type: ClassVar[str] = "stt.transcript"
+    VERSION: ClassVar[int] = 2
 
     text: str = Field(max_length=10_000)
     language: str = ""
@@ -50,3 +52,7 @@ class Transcript(Event):
     decode_ms: float = Field(default=0.0, ge=0)
     """Time the final decode took, milliseconds."""
     model: str = ""
+
+
+for _cls in (TranscriptPartial, Transcript):
+    upcaster(_cls.type, 1)(add_endpoint)

@@ -54,7 +54,11 @@ class _CountingExporter(SpanExporter):
 def chunks(n: int, conv: str) -> list[s.MicAudioChunk]:
     return [
         s.MicAudioChunk(
-            conversation_id=conv, utterance_id=f"{conv}-u{i // 500}", seq=i % 500, audio=PCM_20MS
+            endpoint="device",
+            conversation_id=conv,
+            utterance_id=f"{conv}-u{i // 500}",
+            seq=i % 500,
+            audio=PCM_20MS,
         )
         for i in range(n)
     ]
@@ -74,7 +78,7 @@ async def publish_bare(js, n: int, conv: str) -> float:  # type: ignore[no-untyp
     t0 = time.perf_counter()
     futs = [
         await js.publish_async(
-            f"voice.{conv}.mic.audio-chunk", body, headers={"Nats-Msg-Id": f"{conv}-{i}"}
+            f"voice.device.{conv}.mic.audio-chunk", body, headers={"Nats-Msg-Id": f"{conv}-{i}"}
         )
         for i in range(n)
     ]
@@ -127,7 +131,7 @@ async def latency_full(bus: Bus, n: int, conv: str) -> list[float]:
         got.set()
 
     consumer = await bus.consumer(
-        f"lat-{conv}", [s.subject_filter(conv)], handle, batch=64, fetch_timeout=5.0
+        f"lat-{conv}", [s.subject_filter("*", conv)], handle, batch=64, fetch_timeout=5.0
     ).start()
     runner = asyncio.create_task(consumer.run())
     await asyncio.sleep(0.05)
@@ -143,7 +147,7 @@ async def latency_full(bus: Bus, n: int, conv: str) -> list[float]:
 
 
 async def latency_bare(js, n: int, conv: str) -> list[float]:  # type: ignore[no-untyped-def]
-    subject = f"voice.{conv}.mic.audio-chunk"
+    subject = f"voice.device.{conv}.mic.audio-chunk"
     await js.add_consumer(
         "VOICE",
         ConsumerConfig(

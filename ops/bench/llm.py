@@ -87,13 +87,17 @@ class BusClient:
                 if not self.done[ev.utterance_id].done():
                     self.done[ev.utterance_id].set_result(ev)
 
-        await self.bus.nc.subscribe("voice.*.llm.>", cb=cb, pending_bytes_limit=-1)
+        await self.bus.nc.subscribe("voice.*.*.llm.>", cb=cb, pending_bytes_limit=-1)
         await self.bus.nc.flush()
         return self
 
     async def turn(self, question: str, utterance_id: str) -> dict[str, float]:
         t = Transcript(
-            conversation_id=new_id(), utterance_id=utterance_id, text=question, producer="bench"
+            endpoint="device",
+            conversation_id=new_id(),
+            utterance_id=utterance_id,
+            text=question,
+            producer="bench",
         )
         self.done[utterance_id] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
@@ -153,7 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     {"role": "user", "content": "Hello."},
                 ]
             )
-            await proc.wait_consumer(bus, "llm", timeout=120)
+            await proc.wait_consumer(bus, timeout=120)
             client = await BusClient(bus).start()
             direct: list[dict[str, float]] = []
             via_bus: list[dict[str, float]] = []

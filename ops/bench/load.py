@@ -195,7 +195,7 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     mic_stored = 0
     for c in conversations:
         info = await p.bus.js.stream_info(
-            p.bus.stream, subjects_filter=s.subject_filter(c, "mic.audio-chunk")
+            p.bus.stream, subjects_filter=s.subject_filter("*", c, "mic.audio-chunk")
         )
         mic_stored += sum((info.state.subjects or {}).values())
     tts_recorded = sum(1 for r in rows if r.type == "tts.audio-chunk")

@@ -288,9 +288,8 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
 
     try:
         sub = await bus.nc.subscribe("voice.>", cb=on_msg)
-        from workers.runtime.procs import wait_pulling
 
-        await wait_pulling(bus, "stt", [stt], 120)
+        await stt.wait_consumer(bus, timeout=120)
         cpu0 = _cpu_seconds(stt.proc.pid)  # type: ignore[union-attr]
         hyps, audio_s = [], 0.0
         for i, (f, _) in enumerate(files):

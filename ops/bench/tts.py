@@ -21,7 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from schemas import ReplySentence, SentenceDone, TtsAudioChunk, decode, new_id
+from schemas import (
+    ReplyDone,
+    ReplySentence,
+    ReplyStarted,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsStarted,
+    decode,
+    new_id,
+    subject_filter,
+)
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, free_port
@@ -60,25 +70,32 @@ def direct(piper: PiperBackend, text: str) -> dict[str, float]:
 
 
 async def through_bus(bus: Bus, text: str) -> dict[str, float]:
+    """One sentence as a one-sentence reply: claimed by the worker first (as while the llm
+    still generates), then timed from the sentence's publication to its first audio."""
     conv, utt = new_id()[:16], new_id()
+    common = {"endpoint": "device", "conversation_id": conv, "utterance_id": utt}
     loop = asyncio.get_running_loop()
+    claimed: asyncio.Future[None] = loop.create_future()
     first: asyncio.Future[float] = loop.create_future()
     done: asyncio.Future[tuple[float, float]] = loop.create_future()
 
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         now = time.perf_counter()
         ev = decode(msg.data)
-        if isinstance(ev, TtsAudioChunk) and not first.done():
+        if isinstance(ev, TtsStarted) and not claimed.done():
+            claimed.set_result(None)
+        elif isinstance(ev, TtsAudioChunk) and not first.done():
             first.set_result(now)
         elif isinstance(ev, SentenceDone) and not done.done():
             done.set_result((now, ev.audio_ms))
 
-    sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg)
+    sub = await bus.nc.subscribe(subject_filter("device", conv), cb=on_msg)
     await bus.nc.flush()
+    await bus.publish(ReplyStarted(producer="bench", **common))
+    await asyncio.wait_for(claimed, 60)
     t0 = time.perf_counter()
-    await bus.publish(
-        ReplySentence(conversation_id=conv, utterance_id=utt, producer="bench", text=text, index=0)
-    )
+    await bus.publish(ReplySentence(producer="bench", text=text, index=0, **common))
+    await bus.publish(ReplyDone(producer="bench", text=text, sentences=1, tokens=0, **common))
     t_first = await asyncio.wait_for(first, 60)
     t_done, audio_ms = await asyncio.wait_for(done, 60)
     await sub.unsubscribe()
@@ -116,7 +133,7 @@ async def run(rounds: int, workdir: Path) -> dict[str, object]:
                 "tts", settings, worker_id=f"tts-{name}", env=env, log_file=workdir / f"{name}.log"
             ).start()
             try:
-                await worker.wait_consumer(bus, "tts")
+                await worker.wait_consumer(bus)
                 await through_bus(bus, "Warm up.")
                 for _ in range(rounds):
                     for text in SENTENCES:

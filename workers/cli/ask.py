@@ -1,12 +1,13 @@
 """`just ask "QUESTION" [--conversation ID] [--json]`: a question to the llm worker over the bus.
 
-The question is published as a final transcript (stt.transcript) and the reply is printed as
-its tokens arrive. An llm worker and the recorder (which keeps the conversation for the next
-question) are started as child processes unless they already run, and NATS is started when
-nothing listens at NATS_URL. Reuse `--conversation ID` (printed at the end) to follow up.
-With --json the last stdout line is `{"conversation_id", "reply_text", "sentences",
-"first_token_ms", ...}` (the streamed text goes to stderr); first_token_ms is the time from
-publishing the question to the first token arriving.
+The question is published as a final transcript (stt.transcript) of a conversation of this
+run's own endpoint, bound to be answered in text only, and the reply is printed as its tokens
+arrive. This run's own llm worker and recorder (which keeps the conversation for the next
+question) run as child processes, and NATS is started when nothing listens at NATS_URL.
+Reuse `--conversation ID` (printed at the end) to follow up. With --json the last stdout
+line is `{"conversation_id", "endpoint", "reply_text", "sentences", "first_token_ms", ...}`
+(the streamed text goes to stderr); first_token_ms is the time from publishing the question
+to the first token arriving.
 """
 
 from __future__ import annotations
@@ -17,17 +18,26 @@ import re
 import signal
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
-import nats.js.errors
-
-from schemas import ControlError, ReplyDone, ReplySentence, ReplyToken, Transcript, new_id
+from schemas import (
+    ControlError,
+    ReplyDone,
+    ReplySentence,
+    ReplyToken,
+    Transcript,
+    binding,
+    new_id,
+    subject_filter,
+)
 from schemas import decode as decode_event
 from workers.cli.command import CommandError, run_command, usage_error
-from workers.llm.memory import EventLogMemory
+from workers.cli.pipeline import endpoint_for
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.procs import WorkerProcess, wait_pulling
+from workers.runtime.eventlog import EventLog
+from workers.runtime.procs import WorkerProcess
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -36,105 +46,125 @@ class AskError(CommandError):
     pass
 
 
-async def pulling(bus: Bus, durable: str) -> bool:
-    """Whether a live worker is pulling from `durable` right now."""
-    try:
-        info = await bus.js.consumer_info(bus.stream, durable)
-    except nats.js.errors.NotFoundError:
-        return False
-    return bool(info.num_waiting)
+@dataclass
+class ReplyView:
+    """The reply to one question as its events arrive (tokens echoed as they come)."""
+
+    utterance_id: str
+    out: TextIO
+    tokens: list[ReplyToken] = field(default_factory=list)
+    sentences: list[ReplySentence] = field(default_factory=list)
+    first: dict[str, float] = field(default_factory=dict)
+    errors: list[ControlError] = field(default_factory=list)
+    done: asyncio.Future[ReplyDone] | None = None
+
+    async def on_msg(self, msg: Any) -> None:
+        ev = decode_event(msg.data)
+        if ev.utterance_id != self.utterance_id:
+            return
+        if isinstance(ev, ReplyToken) and ev.index == len(self.tokens):
+            self.first.setdefault("token", time.perf_counter())
+            self.tokens.append(ev)
+            self.out.write(ev.text)
+            self.out.flush()
+        elif isinstance(ev, ReplySentence) and ev.index == len(self.sentences):
+            self.first.setdefault("sentence", time.perf_counter())
+            self.sentences.append(ev)
+        elif isinstance(ev, ControlError):
+            self.errors.append(ev)
+            self._resolve(None)
+        elif isinstance(ev, ReplyDone):
+            self._resolve(ev)
+
+    def _resolve(self, done: ReplyDone | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(done)  # type: ignore[arg-type]
 
 
-async def start_workers(bus: Bus, settings: Settings, timeout: float) -> list[WorkerProcess]:
-    """Start the llm worker and the recorder unless some instance already pulls."""
-    logs = settings.data_dir / "logs"
-    started = []
-    for module, durable in (("recorder", "recorder"), ("llm", "llm")):
-        if await pulling(bus, durable):
-            continue
-        proc = WorkerProcess(module, settings, log_file=logs / f"{module}.log").start()
-        started.append(proc)
-    if started:
-        print("ask: loading the model ...", file=sys.stderr, flush=True)
-    for proc in started:
+async def start_workers(bus: Bus, pool: Settings, timeout: float) -> list[WorkerProcess]:
+    """This run's own llm and recorder (which keeps the conversation for a follow-up)."""
+    logs = pool.data_dir / "logs"
+    procs = [
+        WorkerProcess(module, pool, worker_id=module, log_file=logs / f"{module}-{pool.pool}.log")
+        for module in ("recorder", "llm")
+    ]
+    for proc in procs:
+        proc.start()
+    print("ask: loading the model ...", file=sys.stderr, flush=True)
+    for proc in procs:
         try:
-            await wait_pulling(bus, proc.module, [proc], timeout)
+            await proc.wait_consumer(bus, timeout=timeout)
         except RuntimeError as exc:
             raise AskError(str(exc)) from None
-    return started
+    return procs
+
+
+async def stop_workers(procs: list[WorkerProcess]) -> None:
+    for p in procs:  # all drain at once, then each is waited for
+        if p.proc is not None and p.running:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        await asyncio.to_thread(p.stop)
 
 
 async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The question as the final transcript of a turn of this run's own endpoint (bound to
+    be answered in text only), answered by this run's own llm."""
     conv = args.conversation or new_id()
+    endpoint = endpoint_for(settings, "ask", args.conversation)
+    pool = settings.for_pool(endpoint)
     question = Transcript(
+        endpoint=endpoint,
         conversation_id=conv,
         utterance_id=new_id(),
         text=args.question.strip(),
         producer="ask",
         confidence=1.0,
     )
-    out = sys.stderr if args.json else sys.stdout
-    bus = await Bus.connect(settings, name="ask")
+    view = ReplyView(question.utterance_id, sys.stderr if args.json else sys.stdout)
+    view.done = asyncio.get_running_loop().create_future()
+    bus = await Bus.connect(pool, name="ask")
     procs: list[WorkerProcess] = []
     try:
         await bus.ensure_streams()
-        tokens: list[ReplyToken] = []
-        sentences: list[ReplySentence] = []
-        first: dict[str, float] = {}
-        errors: list[ControlError] = []
-        done: asyncio.Future[ReplyDone] = asyncio.get_running_loop().create_future()
-
-        async def on_msg(msg: Any) -> None:
-            ev = decode_event(msg.data)
-            if ev.utterance_id != question.utterance_id:
-                return
-            if isinstance(ev, ReplyToken) and ev.index == len(tokens):
-                first.setdefault("token", time.perf_counter())
-                tokens.append(ev)
-                out.write(ev.text)
-                out.flush()
-            elif isinstance(ev, ReplySentence) and ev.index == len(sentences):
-                first.setdefault("sentence", time.perf_counter())
-                sentences.append(ev)
-            elif isinstance(ev, ControlError):
-                errors.append(ev)
-            elif isinstance(ev, ReplyDone) and not done.done():
-                done.set_result(ev)
-
-        sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg, pending_bytes_limit=-1)
-        procs = await start_workers(bus, settings, args.timeout)
+        subject = subject_filter(endpoint, conv)
+        sub = await bus.nc.subscribe(subject, cb=view.on_msg, pending_bytes_limit=-1)
+        procs = await start_workers(bus, pool, args.timeout)
+        await bus.publish(binding(endpoint, conv, "text", last_stage="llm", producer="ask"))
         t0 = time.perf_counter()
         await bus.publish(question)
         try:
-            reply = await asyncio.wait_for(done, args.timeout)
+            reply = await asyncio.wait_for(view.done, args.timeout)
         except TimeoutError:
             raise AskError(f"no reply within {args.timeout:.0f} s") from None
-        if tokens:
-            out.write("\n")
+        if view.tokens:
+            view.out.write("\n")
         await sub.unsubscribe()
-        if any(p.module == "recorder" for p in procs):
+        if reply is not None:
             # Stop our recorder only once the reply is in the log: the next question needs it.
-            memory = EventLogMemory(settings.db_url)
-            await memory.wait_recorded([reply.event_id], timeout=10)
-            memory.close()
+            log = EventLog(pool.db_url, migrate=False)
+            await log.wait_recorded([reply.event_id], timeout=10)
+            log.close()
     finally:
+        await stop_workers(procs)
+        await bus.delete_consumers(f"-{endpoint}")
         await bus.close()
-        for p in procs:  # all drain at once, then each is waited for
-            if p.proc is not None and p.running:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.stop()
-    if errors:
-        raise AskError(f"{errors[0].code}: {errors[0].message}")
+    if view.errors or reply is None:
+        error = view.errors[0]
+        raise AskError(f"{error.code}: {error.message}")
+    return summary(question, reply, view, t0)
 
+
+def summary(question: Transcript, reply: ReplyDone, view: ReplyView, t0: float) -> dict[str, Any]:
     def ms(key: str) -> float | None:
-        return round(1000 * (first[key] - t0), 1) if key in first else None
+        return round(1000 * (view.first[key] - t0), 1) if key in view.first else None
 
     return {
-        "conversation_id": conv,
+        "conversation_id": question.conversation_id,
+        "endpoint": question.endpoint,
         "utterance_id": question.utterance_id,
         "reply_text": reply.text.strip(),
-        "sentences": [s.text for s in sentences],
+        "sentences": [s.text for s in view.sentences],
         "first_token_ms": ms("token"),
         "first_sentence_ms": ms("sentence"),
         "tokens": reply.tokens,

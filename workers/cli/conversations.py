@@ -1,9 +1,11 @@
 """`just conversations [--limit N] [--json]`: the recorded conversations, newest first.
 
-One line each: id, when it started (local time), turns, the first words the user said and the
-median voice-to-voice latency of its turns (end of speech to first reply audio). Read from
+One line each: id, the endpoint it was spoken from ("device", "web:3f2a", "demo-1c9e04d2"),
+when it started (local time), turns, the first words the user said and the median
+voice-to-voice latency of its turns (from the real end of speech to the first reply audio
+heard). Read from
 the event log's projections only: no NATS, no workers. With --json the last stdout line is
-{"conversations": [{"conversation_id", "started_at", "turns", "first_words",
+{"conversations": [{"conversation_id", "endpoint", "started_at", "turns", "first_words",
 "voice_to_voice_ms"}]}.
 """
 
@@ -33,6 +35,7 @@ def summarize(log: EventLog, limit: int | None = None) -> list[dict[str, Any]]:
         out.append(
             {
                 "conversation_id": c.conversation_id,
+                "endpoint": c.endpoint,
                 "started_at": c.started_at,
                 "turns": c.turns,
                 "first_words": c.first_words,
@@ -48,13 +51,14 @@ def when(ts: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     w = max([2] + [len(r["conversation_id"]) for r in rows])
-    lines = [f"{'id':{w}}  {'when':16}  {'turns':>5}  {'v2v ms':>6}  first words"]
+    e = max([8] + [len(r["endpoint"] or "-") for r in rows])
+    lines = [f"{'id':{w}}  {'endpoint':{e}}  {'when':16}  {'turns':>5}  {'v2v ms':>6}  first words"]
     for r in rows:
         v2v = "-" if r["voice_to_voice_ms"] is None else f"{r['voice_to_voice_ms']:.0f}"
         words = r["first_words"] or "(no speech)"
         lines.append(
-            f"{r['conversation_id']:{w}}  {when(r['started_at']):16}  {r['turns']:>5}  "
-            f"{v2v:>6}  {words[:48]}"
+            f"{r['conversation_id']:{w}}  {r['endpoint'] or '-':{e}}  "
+            f"{when(r['started_at']):16}  {r['turns']:>5}  {v2v:>6}  {words[:48]}"
         )
     return "\n".join(lines)
 

@@ -5,7 +5,9 @@ Each file is one turn of the same conversation (the LLM sees the earlier turns).
 worker runs as its own process on the embedded defaults; NATS is started when nothing
 listens at NATS_URL. The transcript, the reply and the per-stage timings are printed as they
 happen; the reply audio is written to a WAV. With --json the last stdout line is
-{"conversation_id", "turns": [{"transcript", "reply_text", "reply_wav", "timings_ms"}]}.
+{"conversation_id", "endpoint", "turns": [{"transcript", "reply_text", "reply_wav",
+"timings_ms"}]}; timings_ms.voice_to_voice runs from the real end of the user's speech (the last
+voiced frame) to the first reply sample played, endpoint_wait is the end-pointer's share of it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import schemas as s
 from workers.cli.command import run_command
-from workers.cli.pipeline import Pipeline, progress
+from workers.cli.pipeline import Pipeline, endpoint_for, progress
 from workers.runtime.audio import read_audio, write_wav
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog, timings
@@ -131,6 +133,23 @@ def fmt_ms(v: float | None) -> str:
     return "   -  " if v is None else f"{v:6.0f}"
 
 
+#: What a turn's timing line shows: the stages, then what the user waited.
+TIMING_LINE = (
+    ("endpoint_wait", "end-of-turn wait"),
+    ("stt_final", "stt final"),
+    ("llm_first_token", "llm first token"),
+    ("llm_first_sentence", "first sentence"),
+    ("tts_first_audio", "tts first audio"),
+    ("voice_to_voice", "voice-to-voice"),
+)
+
+
+def format_timings(ms: dict) -> str:
+    """One line of per-stage timings; voice-to-voice runs from the real end of speech."""
+    parts = " | ".join(f"{label} {fmt_ms(ms.get(key)).strip()}" for key, label in TIMING_LINE)
+    return f"  timings (ms): {parts}"
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> dict:
     out = sys.stderr if args.json else sys.stdout
     demo_dir = settings.data_dir / "demo"
@@ -145,9 +164,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
     for f in files:
         read_audio(f)  # fail early, with the reason, on a bad file
     conversation = args.conversation or s.new_id()[:16]
+    endpoint = endpoint_for(settings, "demo", args.conversation)
     view = LiveView(out)
     result_turns = []
-    async with Pipeline(settings, env={"speaker": {"SPEAKER_SINK": "wav"}}) as p:
+    env = {"speaker": {"SPEAKER_SINK": "wav"}}
+    async with Pipeline(settings, env=env, pool=endpoint) as p:
         sub = await p.watch(conversation, view.on_event)
         log = EventLog(settings.db_url, migrate=False)
         for i, f in enumerate(files, 1):
@@ -183,22 +204,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
                         "timings_ms": ms,
                     }
                 )
-                print(
-                    "  timings (ms): stt final {} | llm first token {} | first sentence {} | "
-                    "tts first audio {} | voice-to-voice {}".format(
-                        *(
-                            fmt_ms(ms.get(k))
-                            for k in (
-                                "stt_final",
-                                "llm_first_token",
-                                "llm_first_sentence",
-                                "tts_first_audio",
-                                "voice_to_voice",
-                            )
-                        )
-                    ),
-                    file=out,
-                )
+                print(format_timings(ms), file=out)
                 if row and row.reply_wav:
                     print(f"  reply audio: {row.reply_wav}", file=out)
         await sub.unsubscribe()
@@ -207,7 +213,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
     print(f"  replay it:     just replay {conversation}", file=out)
     print(f"  listen to it:  just replay {conversation} --listen", file=out)
     print(f"  see its trace: just trace {conversation}", file=out)
-    return {"conversation_id": conversation, "turns": result_turns}
+    return {"conversation_id": conversation, "endpoint": endpoint, "turns": result_turns}
 
 
 def main(argv: list[str] | None = None) -> int:

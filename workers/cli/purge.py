@@ -20,6 +20,7 @@ import time
 
 from sqlalchemy import func, select
 
+from schemas import subject_filter
 from workers.cli.verify import open_log_or_fail
 from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings, get_settings
@@ -57,7 +58,7 @@ async def purge_stream(settings: Settings, ids: list[str]) -> int:
         await bus.ensure_streams()
         removed = 0
         for conv in ids:
-            subject = f"voice.{conv}.>"
+            subject = subject_filter("*", conv)
             info = await bus.js.stream_info(bus.stream, subjects_filter=subject)
             removed += sum((info.state.subjects or {}).values())
             await bus.js.purge_stream(bus.stream, subject=subject)

@@ -29,7 +29,7 @@ import numpy as np
 import schemas as s
 from workers.cli.command import CommandError, run_command
 from workers.cli.demo import TURN_TIMEOUT_S, LiveView, TurnView, wait_recorded
-from workers.cli.pipeline import Pipeline, progress
+from workers.cli.pipeline import Pipeline, progress, tool_endpoint
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog, timings
 
@@ -39,12 +39,14 @@ LEAD_S = 0.3
 GAP_S = 0.4
 """Pause between the parts of the --listen rendering."""
 TIMINGS = [
+    ("endpoint_wait", "end-of-turn wait"),
     ("stt_final", "stt final"),
     ("llm_first_token", "llm 1st token"),
     ("llm_first_sentence", "llm 1st sentence"),
     ("tts_first_audio", "tts 1st audio"),
     ("playback_start", "playback start"),
     ("voice_to_voice", "voice-to-voice"),
+    ("voice_to_voice_from_endpoint", "(from endpoint)"),
 ]
 
 
@@ -145,10 +147,17 @@ async def replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     progress(f"replaying {len(recorded)} turn(s) of {args.conversation} as {new_conv}")
     view = LiveView(sys.stderr)
     results: list[dict[str, Any]] = []
+    endpoint = tool_endpoint("replay")
     try:
-        async with Pipeline(settings, env={"speaker": {"SPEAKER_SINK": "wav"}}) as p:
+        env = {"speaker": {"SPEAKER_SINK": "wav"}}
+        async with Pipeline(settings, env=env, pool=endpoint) as p:
             assert p.bus is not None
             sub = await p.watch(new_conv, view.on_event)
+            await p.bus.publish(
+                s.binding(
+                    endpoint, new_conv, "file", producer="replay", replay_of=args.conversation
+                )
+            )
             for rt in recorded:
                 then = turn_summary(rt.row)
                 seen = set(view.turns)
@@ -157,6 +166,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
                     lead = b"\x00\x00" * int(LEAD_S * RATE)
                     wav = write_pcm_wav(work / f"turn-{rt.index}.wav", lead + rt.pcm, RATE)
                     mic_args = ["--file", str(wav), "--conversation", new_conv]
+                    mic_args += ["--replay-of", args.conversation]
                     if args.speed == "fast":
                         mic_args.append("--fast")
                     mic = p.start_mic(*mic_args, worker_id=f"mic-replay-{rt.index}")
@@ -164,6 +174,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
                     mic = None
                     await p.bus.publish(
                         s.Transcript(
+                            endpoint=endpoint,
                             conversation_id=new_conv,
                             utterance_id=s.new_id(),
                             text=rt.row.transcript.strip(),

@@ -1,12 +1,13 @@
 """`just say "TEXT" --out FILE.wav [--json] [--realtime]`: text through the tts worker and the
 WAV sink over the bus.
 
-The text is cut into sentences and published as llm.reply-sentence events (plus
-llm.reply-done) of a new conversation; a tts worker and a speaker worker (WAV sink) run as
-child processes on NATS JetStream (the embedded server is started when none listens at
-NATS_URL). The speaker's reply WAV is copied to --out. With --json the last stdout line is
-`{"wav", "sample_rate", "duration_s", "first_audio_ms", ...}`; first_audio_ms is the time from
-publishing the first sentence to the first tts.audio-chunk arriving.
+The text is cut into sentences and published as one reply (llm.reply-started, sentences,
+llm.reply-done) of a new conversation of this run's own endpoint; its own tts worker and
+speaker worker (WAV sink) run as child processes on NATS JetStream (the embedded server is
+started when none listens at NATS_URL). The speaker's reply WAV is copied to --out. With
+--json the last stdout line is `{"wav", "sample_rate", "duration_s", "first_audio_ms", ...}`;
+first_audio_ms is the time from publishing the first sentence to the first tts.audio-chunk
+arriving.
 """
 
 from __future__ import annotations
@@ -22,19 +23,24 @@ from pathlib import Path
 
 from schemas import (
     ControlError,
+    Event,
     PlaybackDone,
     ReplyDone,
     ReplySentence,
+    ReplyStarted,
     TtsAudioChunk,
+    binding,
     derive_id,
     new_id,
+    subject_filter,
 )
 from schemas import decode as decode_event
 from workers.cli.command import run_command, usage_error
+from workers.cli.pipeline import tool_endpoint
 from workers.runtime.audio import write_wav
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.procs import WorkerProcess, wait_pulling
+from workers.runtime.procs import WorkerProcess
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
@@ -44,21 +50,25 @@ def split_sentences(text: str) -> list[str]:
 
 
 async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    """The text as one reply of a new conversation of this run's own endpoint, spoken by
+    this run's own tts and speaker (WAV sink)."""
     texts = split_sentences(args.text)
+    endpoint = tool_endpoint("say")
+    pool = settings.for_pool(endpoint)
     conv, utt = new_id(), new_id()
-    logs = settings.data_dir / "logs"
+    logs = pool.data_dir / "logs"
     speaker_env = {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "1" if args.realtime else "0"}
     procs = [
-        WorkerProcess("tts", settings, worker_id="tts-say", log_file=logs / "tts-say.log"),
+        WorkerProcess("tts", pool, worker_id="tts", log_file=logs / f"tts-{endpoint}.log"),
         WorkerProcess(
             "speaker",
-            settings,
-            worker_id="speaker-say",
+            pool,
+            worker_id="speaker",
             env=speaker_env,
-            log_file=logs / "speaker-say.log",
+            log_file=logs / f"speaker-{endpoint}.log",
         ),
     ]
-    bus = await Bus.connect(settings, name="say")
+    bus = await Bus.connect(pool, name="say")
     try:
         await bus.ensure_streams()
         chunks: list[TtsAudioChunk] = []
@@ -76,45 +86,57 @@ async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]
             elif isinstance(ev, ControlError) and not done.done():
                 done.set_exception(RuntimeError(f"{ev.failed_stage}: {ev.message}"))
 
-        sub = await bus.nc.subscribe(f"voice.{conv}.>", cb=on_msg, pending_bytes_limit=-1)
+        subject = subject_filter(endpoint, conv)
+        sub = await bus.nc.subscribe(subject, cb=on_msg, pending_bytes_limit=-1)
         for p in procs:
             p.start()
         print("say: loading the voice ...", file=sys.stderr, flush=True)
-        await wait_pulling(bus, "tts", procs, args.timeout)
-        await wait_pulling(bus, "speaker", procs, args.timeout)
+        for p in procs:
+            await p.wait_consumer(bus, timeout=args.timeout)
         t0 = time.perf_counter()
-        for i, text in enumerate(texts):
-            await bus.publish(
-                ReplySentence(
-                    event_id=derive_id(utt, "sentence", i),
-                    conversation_id=conv,
-                    utterance_id=utt,
-                    seq=i,
-                    producer="say",
-                    text=text,
-                    index=i,
-                )
-            )
-        await bus.publish(
-            ReplyDone(
-                event_id=derive_id(utt, "reply-done"),
-                conversation_id=conv,
-                utterance_id=utt,
-                producer="say",
-                text=args.text,
-                sentences=len(texts),
-                tokens=0,
-            )
-        )
+        for ev in reply_events(endpoint, conv, utt, args.text, texts):
+            await bus.publish(ev)
         played = await asyncio.wait_for(done, args.timeout)
         await sub.unsubscribe()
     finally:
+        await bus.delete_consumers(f"-{endpoint}")
         await bus.close()
         for p in procs:
             p.stop()
     return await asyncio.to_thread(
         finish, args.out, played, chunks, texts, conv, first_chunk_at, t0
     )
+
+
+def reply_events(endpoint: str, conv: str, utt: str, text: str, texts: list[str]) -> list[Event]:
+    """What an llm would publish for this text (after binding the conversation)."""
+    common = {"endpoint": endpoint, "conversation_id": conv, "utterance_id": utt}
+    events: list[Event] = [
+        binding(endpoint, conv, "text", producer="say"),
+        ReplyStarted(event_id=derive_id(utt, "reply-started"), producer="say", **common),
+    ]
+    events += [
+        ReplySentence(
+            event_id=derive_id(utt, "sentence", i),
+            seq=i,
+            producer="say",
+            text=sentence,
+            index=i,
+            **common,
+        )
+        for i, sentence in enumerate(texts)
+    ]
+    events.append(
+        ReplyDone(
+            event_id=derive_id(utt, "reply-done"),
+            producer="say",
+            text=text,
+            sentences=len(texts),
+            tokens=0,
+            **common,
+        )
+    )
+    return events
 
 
 def finish(

@@ -39,12 +39,14 @@ LABEL = 10
 NUMBERS = 24
 BAR = WIDTH - LABEL - NUMBERS - 2
 SHORT = {
+    "endpoint_wait": "turn wait",
     "stt_final": "stt",
     "llm_first_token": "1st token",
     "llm_first_sentence": "1st sentence",
     "tts_first_audio": "1st audio",
     "playback_start": "play",
     "voice_to_voice": "voice-to-voice",
+    "voice_to_voice_from_endpoint": "(from endpoint)",
 }
 
 
@@ -66,8 +68,10 @@ def stages(turn: Any) -> list[Stage]:
     """The stages of a turn row that happened (both ends known), in pipeline order."""
     t = turn
     first_audio = t.tts_first_audio_at
+    speech_end = t.speech_end_at or t.speech_ended_at
     candidates = [
-        ("speaking", "mic", "utterance", t.speech_started_at, t.speech_ended_at, None, ""),
+        ("speaking", "mic", "utterance", t.speech_started_at, speech_end, None, ""),
+        ("turn wait", "mic", "endpoint.wait", speech_end, t.speech_ended_at, None, ""),
         ("stt final", "stt", "stt.final", t.speech_ended_at, t.stt_final_at, None, ""),
         (
             "llm",
@@ -187,6 +191,7 @@ def reconstructed_spans(log: EventLog, turn: Any) -> list[ReceivedSpan]:
             attrs["speaker.played_ms"] = turn.played_ms
         elif is_root:
             attrs["voice_to_voice_ms"] = ms["voice_to_voice"]
+            attrs["endpoint_wait_ms"] = ms["endpoint_wait"]
             attrs["audio_ms"] = turn.audio_ms
         spans.append(
             ReceivedSpan(

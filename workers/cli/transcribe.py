@@ -1,9 +1,10 @@
 """`just transcribe FILE.wav [FILE2.wav ...] [--json] [--fast]`: files through the live path.
 
 Each file is streamed by its own mic worker (file source, real time unless --fast, one
-conversation per file) to the stt worker over NATS JetStream (the embedded server is
-started when none listens at NATS_URL). Partials are printed as they come, then each final
-transcript. With --json the last stdout line is
+conversation per file) to this run's own stt worker and recorder over NATS JetStream (the
+embedded server is started when none listens at NATS_URL). The conversations are bound to
+go no further than the stt: nothing answers or speaks them, whatever else runs on the bus.
+Partials are printed as they come, then each final transcript. With --json the last stdout line is
 `{"results": [{"file", "transcript", "language", "final_latency_ms", "utterances"}]}`;
 final_latency_ms is the time from the last utterance's voice-stopped to its transcript.
 """
@@ -17,13 +18,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ControlError, Transcript, TranscriptPartial, VoiceStarted, VoiceStopped, new_id
+from schemas import (
+    ControlError,
+    Transcript,
+    TranscriptPartial,
+    VoiceStarted,
+    VoiceStopped,
+    new_id,
+    subject_filter,
+)
 from schemas import decode as decode_event
 from workers.cli.command import run_command, usage_error
+from workers.cli.pipeline import tool_endpoint
 from workers.runtime.audio import AudioFileError, read_audio
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.procs import WorkerProcess, wait_pulling
+from workers.runtime.procs import WorkerProcess, ready_durable, wait_pulling
 
 
 @dataclass
@@ -68,82 +78,125 @@ class FileRun:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, object]]:
+    """Each file through its own mic worker to this run's stt pool (its own endpoint, bound
+    to go no further than the stt: no llm answers these, whatever else runs on the bus)."""
+    endpoint = tool_endpoint("transcribe")
+    pool = settings.for_pool(endpoint)
     runs = [FileRun(Path(f), new_id()) for f in args.files]
-    by_conv = {r.conversation: r for r in runs}
-    logs = settings.data_dir / "logs"
-    bus = await Bus.connect(settings, name="transcribe")
-    stt_procs: list[WorkerProcess] = []
+    bus = await Bus.connect(pool, name="transcribe")
+    procs: list[WorkerProcess] = []
     try:
         await bus.ensure_streams()
         changed = asyncio.Event()
-
-        async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
-            try:
-                ev = decode_event(msg.data)
-            except Exception:
-                return
-            r = by_conv.get(ev.conversation_id)
-            if r is None:
-                return
-            name = r.path.name
-            if isinstance(ev, VoiceStarted):
-                r.started.setdefault(ev.utterance_id, ev.stream_offset_ms)
-            elif isinstance(ev, VoiceStopped):
-                r.stopped[ev.utterance_id] = ev.ts
-            elif isinstance(ev, TranscriptPartial) and not args.quiet:
-                print(f"[{name}] ... {ev.text}", flush=True)
-            elif isinstance(ev, Transcript) and ev.utterance_id not in r.finals:
-                r.finals[ev.utterance_id] = ev
-                print(f"[{name}] {ev.text}", flush=True)
-            elif isinstance(ev, ControlError):
-                r.errors[ev.utterance_id] = ev
-                print(f"[{name}] error {ev.code}: {ev.message}", file=sys.stderr, flush=True)
-            changed.set()
-
         subs = [
-            await bus.nc.subscribe(f"voice.{r.conversation}.>", cb=on_msg, pending_bytes_limit=-1)
+            await bus.nc.subscribe(
+                subject_filter(endpoint, r.conversation),
+                cb=_collect(r, args.quiet, changed),
+                pending_bytes_limit=-1,
+            )
             for r in runs
         ]
-        for i in range(args.stt_instances):
-            wp = WorkerProcess(
-                "stt", settings, worker_id=f"stt-{i + 1}", log_file=logs / f"stt-{i + 1}.log"
-            )
-            stt_procs.append(wp.start())
-        print("transcribe: loading the stt model ...", file=sys.stderr, flush=True)
-        await wait_pulling(bus, "stt", stt_procs, timeout=args.timeout)
-        for i, r in enumerate(runs):
-            extra = ["--fast"] if args.fast else []
-            r.mic = WorkerProcess(
-                "mic",
-                settings,
-                worker_id=f"mic-{i + 1}",
-                args=["--file", str(r.path), "--conversation", r.conversation, *extra],
-                log_file=logs / f"mic-{i + 1}.log",
-            ).start()
-        deadline = time.monotonic() + args.timeout
-        while any(r.mic and r.mic.running for r in runs) or any(r.pending for r in runs):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no transcript after {args.timeout:.0f} s")
-            for p in stt_procs:
-                if not p.running:
-                    raise RuntimeError(f"{p.worker_id} exited; see {p.log_file}")
-            changed.clear()
-            with _suppress_timeout():
-                await asyncio.wait_for(changed.wait(), 0.1)
-        for r in runs:
-            assert r.mic is not None and r.mic.proc is not None
-            if r.mic.proc.returncode:
-                raise RuntimeError(f"mic for {r.path} failed; see {r.mic.log_file}")
-        for s in subs:
-            await s.unsubscribe()
+        procs = await _start_pool(bus, pool, args)
+        _start_mics(pool, runs, args.fast)
+        await _wait_finished(runs, procs, changed, args.timeout)
+        for sub in subs:
+            await sub.unsubscribe()
         return [r.result() for r in runs]
     finally:
         for r in runs:
             if r.mic:
                 r.mic.stop()
-        for p in stt_procs:
+        for p in procs:
             p.stop()
+        await bus.delete_consumers(f"-{endpoint}")
         await bus.close()
+
+
+def _collect(r: FileRun, quiet: bool, changed: asyncio.Event):  # type: ignore[no-untyped-def]
+    """The subscription callback of one file's conversation: prints partials and finals."""
+    name = r.path.name
+
+    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            ev = decode_event(msg.data)
+        except Exception:
+            return
+        if isinstance(ev, VoiceStarted):
+            r.started.setdefault(ev.utterance_id, ev.stream_offset_ms)
+        elif isinstance(ev, VoiceStopped):
+            r.stopped[ev.utterance_id] = ev.ts
+        elif isinstance(ev, TranscriptPartial) and not quiet:
+            print(f"[{name}] ... {ev.text}", flush=True)
+        elif isinstance(ev, Transcript) and ev.utterance_id not in r.finals:
+            r.finals[ev.utterance_id] = ev
+            print(f"[{name}] {ev.text}", flush=True)
+        elif isinstance(ev, ControlError):
+            r.errors[ev.utterance_id] = ev
+            print(f"[{name}] error {ev.code}: {ev.message}", file=sys.stderr, flush=True)
+        changed.set()
+
+    return on_msg
+
+
+async def _start_pool(bus: Bus, pool: Settings, args: argparse.Namespace) -> list[WorkerProcess]:
+    logs = pool.data_dir / "logs"
+    procs = [
+        WorkerProcess(
+            "recorder", pool, worker_id="recorder", log_file=logs / f"recorder-{pool.pool}.log"
+        ).start()
+    ]
+    for i in range(args.stt_instances):
+        wid = f"stt-{i + 1}"
+        procs.append(
+            WorkerProcess("stt", pool, worker_id=wid, log_file=logs / f"{wid}-{pool.pool}.log")
+        )
+        procs[-1].start()
+    print("transcribe: loading the stt model ...", file=sys.stderr, flush=True)
+    await wait_pulling(bus, ready_durable("stt", pool), procs, timeout=args.timeout)
+    await wait_pulling(bus, ready_durable("recorder", pool), procs, timeout=args.timeout)
+    return procs
+
+
+def _start_mics(pool: Settings, runs: list[FileRun], fast: bool) -> None:
+    logs = pool.data_dir / "logs"
+    for i, r in enumerate(runs):
+        extra = ["--fast"] if fast else []
+        r.mic = WorkerProcess(
+            "mic",
+            pool,
+            worker_id=f"mic-{i + 1}",
+            args=[
+                "--file",
+                str(r.path),
+                "--conversation",
+                r.conversation,
+                "--last-stage",
+                "stt",
+                *extra,
+            ],
+            log_file=logs / f"mic-{i + 1}-{pool.pool}.log",
+        ).start()
+
+
+async def _wait_finished(
+    runs: list[FileRun], procs: list[WorkerProcess], changed: asyncio.Event, timeout: float
+) -> None:
+    """Until every file has been streamed and each of its utterances has a final (or an
+    error)."""
+    deadline = time.monotonic() + timeout
+    while any(r.mic and r.mic.running for r in runs) or any(r.pending for r in runs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no transcript after {timeout:.0f} s")
+        for p in procs:
+            if not p.running:
+                raise RuntimeError(f"{p.worker_id} exited; see {p.log_file}")
+        changed.clear()
+        with _suppress_timeout():
+            await asyncio.wait_for(changed.wait(), 0.1)
+    for r in runs:
+        assert r.mic is not None and r.mic.proc is not None
+        if r.mic.proc.returncode:
+            raise RuntimeError(f"mic for {r.path} failed; see {r.mic.log_file}")
 
 
 class _suppress_timeout:

@@ -46,6 +46,9 @@ class LlmSettings(BaseSettings):
     """OLLAMA_HOST: where the Ollama server listens."""
     ollama_options: dict[str, Any] = Field(default_factory=dict)
     """LLM_OLLAMA_OPTIONS: JSON object of extra Ollama options, e.g. {"num_ctx": 4096}."""
+    max_age_s: float = Field(default=30.0, gt=0)
+    """LLM_MAX_AGE_S: a transcript older than this when the llm gets it (it waited in the
+    stream while no llm ran) ends its turn with control.error "stale" instead of an answer."""
     ack_wait_s: float = Field(default=30.0, gt=0)
     """LLM_ACK_WAIT_S: a transcript whose worker died is redelivered after this long."""
     memory_turns: int = Field(default=50, ge=0)

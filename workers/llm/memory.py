@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import (
@@ -161,20 +160,10 @@ class EventLogMemory:
 
     async def wait_recorded(self, event_ids: Sequence[str], timeout: float) -> bool:
         """Wait until all `event_ids` are in the log (the recorder lags the bus a little)."""
-        wanted = set(event_ids)
-        if not wanted:
-            return True
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                have = await asyncio.to_thread(self._count_ids, wanted)
-            except SQLAlchemyError:
-                return False
-            if have >= len(wanted):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
+        try:
+            return await self.eventlog.wait_recorded(event_ids, timeout)
+        except SQLAlchemyError:
+            return False
 
     def close(self) -> None:
         if self._log is not None:
@@ -185,11 +174,6 @@ class EventLogMemory:
         if not self._warned:
             log.warning(message)
             self._warned = True
-
-    def _count_ids(self, ids: set[str]) -> int:
-        q = select(func.count()).select_from(EVENTS).where(EVENTS.c.event_id.in_(list(ids)))
-        with self.eventlog.engine.connect() as conn:
-            return int(conn.execute(q).scalar_one())
 
     def _previous_turns(self, conversation_id: str, before_utterance_id: str) -> list[Turn]:
         cols = [EVENTS.c.id, EVENTS.c.type, EVENTS.c.utterance_id, EVENTS.c.envelope]

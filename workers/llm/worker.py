@@ -1,5 +1,9 @@
 """The llm worker: final transcripts in; reply tokens, speakable sentences and a done marker out.
 
+A turn starts with llm.reply-started (the tts claims the reply on it). Transcripts of a
+conversation bound to go no further than the stt are left alone; a transcript older than
+LLM_MAX_AGE_S ends its turn with control.error "stale".
+
 Two consumers: "llm" takes stt.transcript and generates (one turn at a time); "llm-control"
 takes control.interrupt, and stt.transcript again to notice a barge-in (a new utterance in a
 conversation whose reply is still generating), and sets the turn's cancel flag, which the
@@ -28,11 +32,13 @@ from schemas import (
     Interrupt,
     ReplyDone,
     ReplySentence,
+    ReplyStarted,
     ReplyToken,
     Transcript,
     derive_id,
     subject_filter,
 )
+from schemas.routing import LLM, LLM_CONTROL
 from workers.llm.backends import Backend, BackendError, Generation, make_backend
 from workers.llm.config import LlmSettings, get_llm_settings
 from workers.llm.memory import EventLogMemory, build_messages
@@ -99,21 +105,14 @@ class LlmWorker(Worker):
 
     def consumers(self) -> list[Consumer]:
         return [
-            self.bus.consumer(
-                "llm",
-                [subject_filter(event_type=Transcript.type)],
-                handler=self.on_transcript,
+            self.route_consumer(
+                LLM,
+                self.on_transcript,
                 batch=1,  # a turn takes seconds: leave later transcripts to other instances
                 ack_wait=self.options.ack_wait_s,
             ),
-            self.bus.consumer(
-                control_durable(self.worker_id),
-                [
-                    subject_filter(event_type=Interrupt.type),
-                    subject_filter(event_type=Transcript.type),
-                ],
-                handler=self.on_control,
-                fetch_timeout=0.25,
+            self.route_consumer(
+                LLM_CONTROL, self.on_control, per_instance=True, fetch_timeout=0.25
             ),
         ]
 
@@ -153,6 +152,12 @@ class LlmWorker(Worker):
         if not event.text.strip():
             return  # noise the recogniser heard as nothing: no turn
         arrived = time.perf_counter()
+        if not await self.bindings.goes_to(event.endpoint, event.conversation_id, "llm"):
+            return  # a transcription-only conversation: nothing past the stt
+        age_s = time.time() - event.ts
+        if age_s > self.options.max_age_s:
+            await self._stale(event, age_s)
+            return
         turn = ActiveTurn(event.conversation_id, event.utterance_id)
         if event.utterance_id in self._interrupted:
             turn.reason = self._interrupted[event.utterance_id]
@@ -171,6 +176,25 @@ class LlmWorker(Worker):
             if self.active.get(event.conversation_id) is turn:
                 del self.active[event.conversation_id]
 
+    async def _stale(self, t: Transcript, age_s: float) -> None:
+        """A transcript this old is not a question someone is waiting for (it sat in the
+        stream while no llm ran): the turn ends with an error, not a late spoken answer."""
+        log.warning("stale transcript", extra={"utterance": t.utterance_id, "age_s": age_s})
+        await self.bus.publish(
+            ControlError(
+                event_id=derive_id(t.event_id, "stale"),
+                endpoint=t.endpoint,
+                conversation_id=t.conversation_id,
+                utterance_id=t.utterance_id,
+                producer=self.worker_id,
+                failed_stage="llm",
+                code="stale",
+                message=f"the transcript is {age_s:.0f} s old (LLM_MAX_AGE_S="
+                f"{self.options.max_age_s:.0f}); not answered",
+                cause_event_id=t.event_id,
+            )
+        )
+
     async def _keep_alive(self, delivery: Delivery, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
@@ -180,6 +204,9 @@ class LlmWorker(Worker):
                 return
 
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
+        reply = ReplyWriter(self.bus, t, self.worker_id)
+        # First, so the tts claims the reply while the prompt is built and the model thinks.
+        await reply.started(self.backend.model)
         messages, kept = await self._prompt(t)
         self.turns += 1
         with self._tracer.start_as_current_span("llm.generate") as span:
@@ -188,7 +215,7 @@ class LlmWorker(Worker):
             span.set_attribute("llm.history_turns", kept)
             span.set_attribute("voice.conversation_id", t.conversation_id)
             span.set_attribute("voice.utterance_id", t.utterance_id)
-            done = await self._generate(t, turn, messages, arrived)
+            done = await self._generate(reply, turn, messages, arrived)
             span.set_attribute("llm.prompt_tokens", done.prompt_tokens)
             span.set_attribute("llm.completion_tokens", done.tokens)
             span.set_attribute("llm.first_token_ms", done.first_token_ms)
@@ -221,7 +248,7 @@ class LlmWorker(Worker):
         so a quick follow-up question does not miss the turn before it."""
         ids = []
         for event_type in (ReplyDone.type, "speaker.playback-done"):
-            subject = subject_filter(t.conversation_id, event_type)
+            subject = subject_filter(t.endpoint, t.conversation_id, event_type)
             try:
                 msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
             except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
@@ -242,56 +269,25 @@ class LlmWorker(Worker):
             self._memory_wait = min(0.25, self.options.memory_wait_s)
 
     async def _generate(
-        self, t: Transcript, turn: ActiveTurn, messages: list[dict[str, str]], arrived: float
+        self,
+        reply: ReplyWriter,
+        turn: ActiveTurn,
+        messages: list[dict[str, str]],
+        arrived: float,
     ) -> ReplyDone:
-        common = {
-            "conversation_id": t.conversation_id,
-            "utterance_id": t.utterance_id,
-            "producer": self.worker_id,
-        }
         gen = Generation()
         splitter = SentenceSplitter()
-        parts: list[str] = []
-        n_sentences = 0
-        first_token_at = 0.0
         error: BackendError | None = None
-
-        async def sentences(pieces: list[str]) -> None:
-            nonlocal n_sentences
-            for piece in pieces:
-                await self.bus.publish_nowait(
-                    ReplySentence(
-                        event_id=derive_id(t.event_id, "sentence", n_sentences),
-                        seq=n_sentences,
-                        text=piece,
-                        index=n_sentences,
-                        **common,
-                    )
-                )
-                n_sentences += 1
-
         if not turn.cancel.is_set():
             try:
                 stream = self.backend.stream(
-                    messages, seed=turn_seed(t.utterance_id), cancel=turn.cancel, gen=gen
+                    messages, seed=turn_seed(turn.utterance_id), cancel=turn.cancel, gen=gen
                 )
                 async for piece in stream:
                     if turn.cancel.is_set():
                         break
-                    i = len(parts)
-                    if i == 0:
-                        first_token_at = time.perf_counter()
-                    parts.append(piece)
-                    await self.bus.publish_nowait(
-                        ReplyToken(
-                            event_id=derive_id(t.event_id, "token", i),
-                            seq=i,
-                            text=piece,
-                            index=i,
-                            **common,
-                        )
-                    )
-                    await sentences(splitter.push(piece))
+                    await reply.token(piece)
+                    await reply.sentences(splitter.push(piece))
             except BackendError as exc:
                 error = exc
         finish = gen.finish_reason
@@ -299,34 +295,98 @@ class LlmWorker(Worker):
             finish = "interrupted"  # what was not yet a sentence is never spoken
         elif error is not None:
             finish = "error"
-        else:
-            await sentences(splitter.flush())
-        if error is not None:
             log.warning("llm turn failed: %s", error)
+            await reply.error(error)
+        else:
+            await reply.sentences(splitter.flush())
+        return await reply.done(finish, self.backend.model, gen.prompt_tokens, arrived)
+
+
+class ReplyWriter:
+    """Publishes one reply's events, with ids derived from the transcript's id (a redelivered
+    transcript republishes the same ids, which JetStream and the log drop)."""
+
+    def __init__(self, bus: Bus, t: Transcript, producer: str) -> None:
+        self.bus = bus
+        self.t = t
+        self.common = {
+            "endpoint": t.endpoint,
+            "conversation_id": t.conversation_id,
+            "utterance_id": t.utterance_id,
+            "producer": producer,
+        }
+        self.parts: list[str] = []
+        self.sentence_count = 0
+        self.first_token_at = 0.0
+
+    async def started(self, model: str) -> None:
+        await self.bus.publish(
+            ReplyStarted(
+                event_id=derive_id(self.t.event_id, "reply-started"),
+                language=self.t.language[:16],
+                model=model[:256],
+                **self.common,
+            )
+        )
+
+    async def token(self, piece: str) -> None:
+        i = len(self.parts)
+        if i == 0:
+            self.first_token_at = time.perf_counter()
+        self.parts.append(piece)
+        await self.bus.publish_nowait(
+            ReplyToken(
+                event_id=derive_id(self.t.event_id, "token", i),
+                seq=i,
+                text=piece,
+                index=i,
+                **self.common,
+            )
+        )
+
+    async def sentences(self, pieces: list[str]) -> None:
+        for piece in pieces:
+            n = self.sentence_count
             await self.bus.publish_nowait(
-                ControlError(
-                    event_id=derive_id(t.event_id, "error"),
-                    failed_stage="llm",
-                    code=error.code,
-                    message=str(error)[:4096],
-                    cause_event_id=t.event_id,
-                    retryable=error.retryable,
-                    **common,
+                ReplySentence(
+                    event_id=derive_id(self.t.event_id, "sentence", n),
+                    seq=n,
+                    text=piece,
+                    index=n,
+                    **self.common,
                 )
             )
+            self.sentence_count += 1
+
+    async def error(self, error: BackendError) -> None:
+        await self.bus.publish_nowait(
+            ControlError(
+                event_id=derive_id(self.t.event_id, "error"),
+                failed_stage="llm",
+                code=error.code,
+                message=str(error)[:4096],
+                cause_event_id=self.t.event_id,
+                retryable=error.retryable,
+                **self.common,
+            )
+        )
+
+    async def done(self, finish: str, model: str, prompt_tokens: int, arrived: float) -> ReplyDone:
         ended = time.perf_counter()
-        streaming_s = ended - first_token_at if first_token_at else 0.0
+        first = self.first_token_at
+        streaming_s = ended - first if first else 0.0
+        n = len(self.parts)
         done = ReplyDone(
-            event_id=derive_id(t.event_id, "done"),
-            text="".join(parts),
-            sentences=n_sentences,
-            tokens=len(parts),
+            event_id=derive_id(self.t.event_id, "done"),
+            text="".join(self.parts),
+            sentences=self.sentence_count,
+            tokens=n,
             finish_reason=finish,  # type: ignore[arg-type]
-            model=self.backend.model,
-            prompt_tokens=gen.prompt_tokens,
-            first_token_ms=(first_token_at - arrived) * 1000 if first_token_at else 0.0,
-            tokens_per_s=(len(parts) - 1) / streaming_s if len(parts) > 1 and streaming_s else 0.0,
-            **common,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            first_token_ms=(first - arrived) * 1000 if first else 0.0,
+            tokens_per_s=(n - 1) / streaming_s if n > 1 and streaming_s else 0.0,
+            **self.common,
         )
         await self.bus.flush_publishes()
         await self.bus.publish(done)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +18,11 @@ class MicSettings(BaseSettings):
     """MIC_REALTIME: pace a file at real time (false = as fast as possible)."""
     conversation: str = ""
     """MIC_CONVERSATION: conversation id; empty = a new one per run."""
+    last_stage: Literal["stt", "llm", "speaker"] = "speaker"
+    """MIC_LAST_STAGE: how far this endpoint's turns go: "stt" transcribes only (`just
+    transcribe`), "speaker" answers out loud."""
+    replay_of: str = ""
+    """MIC_REPLAY_OF: the conversation this run replays (recorded in its binding)."""
     vad: str = "silero"
     """MIC_VAD: silero (ONNX model of the silero-vad package) or webrtc (webrtcvad)."""
     threshold: float = 0.5

@@ -1,6 +1,8 @@
 """The mic worker: source -> VAD end-pointing -> voice-started / audio-chunk / voice-stopped.
 
-It publishes only inside utterances. Each utterance gets a new utterance id and an
+It is an endpoint (ENDPOINT, "device" under `just up`): it binds its conversation to that
+endpoint when it starts (`endpoint.conversation-started`, with how far turns go), then
+publishes only inside utterances. Each utterance gets a new utterance id and an
 OpenTelemetry root span "utterance" that starts at the speech onset; every event of the
 utterance carries that span's context, so all downstream spans join one trace. VAD never
 pauses, also while the assistant speaks: barge-in is a voice-started during playback.
@@ -10,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from opentelemetry import trace
 
-from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, new_id
+from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, binding, new_id
 from workers.mic.config import MicSettings
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.endpoint.endpointer import Chunk, EndpointConfig, Endpointer, Started, Stopped
-from workers.runtime.endpoint.sources import AudioSource, FileSource, MicSource
+from workers.runtime.endpoint.sources import RATE, AudioSource, FileSource, MicSource
 from workers.runtime.endpoint.vad import make_vad
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
@@ -72,6 +75,12 @@ class MicWorker(Worker):
         self._span: trace.Span | None = None
         self._ctx = None
         self._utterance_id = ""
+        self.endpoint = settings.endpoint
+        self._fed_samples = 0
+        """Samples handed to the end-pointer so far (the source's clock)."""
+        self._fed_at = 0.0
+        """Wall-clock time the last block was captured (received from the source)."""
+        self._utterance_start_ms = 0.0
 
     async def setup(self) -> None:
         # Errors here (missing file, device, model) reach the user as one line.
@@ -84,9 +93,21 @@ class MicWorker(Worker):
 
     async def background(self) -> None:
         assert self.source is not None and self.endpointer is not None
+        await self.bus.publish(
+            binding(
+                self.endpoint,
+                self.conversation_id,
+                "file" if self.mic.file else "device",
+                last_stage=self.mic.last_stage,
+                producer=self.worker_id,
+                replay_of=self.mic.replay_of,
+            )
+        )
         blocks = self.source.blocks()
         try:
             async for block in blocks:
+                self._fed_at = time.time()
+                self._fed_samples += len(block)
                 for seg in self.endpointer.feed(block):
                     await self._publish(seg)
                 if self.stopping.is_set():
@@ -101,10 +122,12 @@ class MicWorker(Worker):
     async def _publish(self, seg: Started | Chunk | Stopped) -> None:
         assert self.source is not None
         base = {
+            "endpoint": self.endpoint,
             "conversation_id": self.conversation_id,
             "producer": self.worker_id,
         }
         if isinstance(seg, Started):
+            self._utterance_start_ms = seg.stream_offset_ms - seg.preroll_ms
             self._utterance_id = new_id()
             self._span = self._tracer.start_span(
                 "utterance",
@@ -146,6 +169,7 @@ class MicWorker(Worker):
                 chunks=seg.chunks,
                 duration_ms=seg.duration_ms,
                 speech_end_offset_ms=seg.speech_end_offset_ms,
+                speech_end_ts=self._speech_end_ts(seg.speech_end_offset_ms),
             )
             await self.bus.publish(ev, ctx=self._ctx)
             self.utterances += 1
@@ -155,6 +179,13 @@ class MicWorker(Worker):
                 self._span.end()
             self._span = None
             log.debug("utterance", extra={"chunks": seg.chunks, "reason": seg.reason})
+
+    def _speech_end_ts(self, speech_end_offset_ms: float) -> float:
+        """Wall-clock capture time of the end of speech: the last block fed was captured at
+        `_fed_at`, and speech ended that much source audio before its last sample."""
+        fed_ms = 1000.0 * self._fed_samples / RATE
+        since_ms = fed_ms - (self._utterance_start_ms + speech_end_offset_ms)
+        return self._fed_at - max(0.0, since_ms) / 1000.0
 
     async def aclose(self) -> None:
         await asyncio.sleep(0)

@@ -16,7 +16,7 @@ import logging
 from nats.js.api import DeliverPolicy
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import subject_filter
+from schemas.routing import RECORDER
 from workers.runtime.bus import Bus, Consumer, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog, Record
@@ -68,9 +68,8 @@ class Recorder(Worker):
 
     def consumers(self) -> list[Consumer]:
         return [
-            self.bus.consumer(
-                "recorder",
-                [subject_filter()],
+            self.route_consumer(
+                RECORDER,
                 batch_handler=self.write,
                 batch=self.options.batch,
                 max_ack_pending=self.options.max_ack_pending,

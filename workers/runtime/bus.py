@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,22 @@ class Delivery:
             await self.msg.in_progress()
         except nats.errors.Error:
             pass  # reconnecting: if the ack wait runs out, the message comes back
+
+    @contextlib.asynccontextmanager
+    async def working(self, every_s: float) -> AsyncIterator[None]:
+        """Tell JetStream every `every_s` that this message is still being worked on (a
+        claimed utterance or reply), so it is redelivered only if this process dies."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                await self.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
 
 
 Handler = Callable[[Event, Delivery], Awaitable[None]]
@@ -280,6 +297,23 @@ class Bus:
     ) -> Consumer:
         return Consumer(self, durable, list(filter_subjects), handler, batch_handler, **options)
 
+    def follow(self, filter_subjects: Sequence[str], start_seq: int) -> Follower:
+        """The events on `filter_subjects` from stream sequence `start_seq` on, in order."""
+        return Follower(self, list(filter_subjects), start_seq)
+
+    async def delete_consumers(self, name_part: str) -> list[str]:
+        """Delete the durable consumers whose name contains `name_part` (a tool run's pool
+        when it ends, so it leaves nothing behind on a shared server)."""
+        deleted = []
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            for info in await self.js.consumers_info(self.stream):
+                name = info.name or ""
+                if name_part and name_part in name:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await self.js.delete_consumer(self.stream, name)
+                        deleted.append(name)
+        return deleted
+
     async def close(self) -> None:
         self._state["closing"] = True
         if self.nc.is_connected:
@@ -290,6 +324,57 @@ class Bus:
                 await self.nc.close()
         elif not self.nc.is_closed:
             await self.nc.close()
+
+
+class Follower:
+    """An ordered consumer: one conversation's events of some types, from a stream position,
+    each exactly once and in stream order (the owner of a claimed utterance or reply reads
+    its audio or sentences this way, even those published before it started)."""
+
+    def __init__(self, bus: Bus, filter_subjects: list[str], start_seq: int) -> None:
+        self.bus = bus
+        self.filter_subjects = filter_subjects
+        self.start_seq = max(1, start_seq)
+        self._sub: Any = None
+
+    async def __aenter__(self) -> Follower:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.start_seq
+        )
+        subject = self.filter_subjects[0]
+        if len(self.filter_subjects) > 1:
+            config.filter_subjects = self.filter_subjects
+        self._sub = await self.bus.js.subscribe(
+            subject,
+            stream=self.bus.stream,
+            ordered_consumer=True,
+            config=config,
+            pending_bytes_limit=64 * 1024 * 1024,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    @property
+    def pending(self) -> int:
+        return int(self._sub.pending_msgs) if self._sub is not None else 0
+
+    async def next(self, timeout: float) -> tuple[Event | None, int] | None:
+        """The next (event, stream sequence); the event is None if it does not decode (the
+        recorder dead-letters it); None on timeout."""
+        assert self._sub is not None, "use `async with bus.follow(...)`"
+        try:
+            msg = await self._sub.next_msg(timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        try:
+            return decode(msg.data), _stream_seq(msg)
+        except EventDecodeError:
+            return None, _stream_seq(msg)
 
 
 def _stream_seq(msg: Msg) -> int:
@@ -325,6 +410,7 @@ class Consumer:
         deliver_policy: DeliverPolicy = DeliverPolicy.NEW,
         retry_delay: float = 0.5,
         dedupe_window: int = 20_000,
+        inactive_threshold: float | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler or batch_handler")
@@ -340,6 +426,7 @@ class Consumer:
         self.max_deliver = max_deliver
         self.deliver_policy = deliver_policy
         self.retry_delay = retry_delay
+        self.inactive_threshold = inactive_threshold
         # Ids handled by this process: a redelivery whose ack was lost is acked, not redone.
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dedupe_window = dedupe_window
@@ -357,6 +444,8 @@ class Consumer:
             max_deliver=-1,  # we dead-letter ourselves after max_deliver, with the reason
             max_ack_pending=self.max_ack_pending,
             deliver_policy=self.deliver_policy,
+            # A tool run's durables go away by themselves if the tool dies without cleaning up.
+            inactive_threshold=self.inactive_threshold,
         )
         if len(self.filter_subjects) == 1:
             config.filter_subject = self.filter_subjects[0]

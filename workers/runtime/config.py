@@ -6,11 +6,14 @@ all workers share.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 #: Not 4222: the project's embedded server must not collide with a system NATS.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4223"
@@ -52,6 +55,36 @@ class Settings(BaseSettings):
     """LOG_JSON: one JSON object per log line."""
     worker_id: str = Field(default="")
     """WORKER_ID: instance name, for scale-out (default: the worker's name)."""
+    endpoint: str = "device"
+    """ENDPOINT: the endpoint a mic or speaker worker is (where its audio is captured and
+    heard): "device" for `just up`; tools use their own ("demo-3f2a9c1b")."""
+    endpoints: str = "device,web,wyoming"
+    """ENDPOINTS: comma-separated endpoints whose conversations the stt, llm, tts and
+    recorder serve (the services' default: the local device, the web page and the Wyoming
+    bridge). A tool run serves only its own endpoint."""
+    pool: str = ""
+    """POOL: a separate set of workers (a tool run) with durable consumers of its own; empty
+    for the services of `just up`."""
+
+    @field_validator("endpoint", "pool")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if v and not _TOKEN.match(v):
+            raise ValueError(f"{v!r}: 1-64 letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _tokens(cls, v: str) -> str:
+        names = [e.strip() for e in v.split(",") if e.strip()]
+        bad = [e for e in names if not _TOKEN.match(e)]
+        if bad or not names:
+            raise ValueError(f"ENDPOINTS={v!r}: comma-separated names of letters, digits, - or _")
+        return ",".join(names)
+
+    @property
+    def served_endpoints(self) -> list[str]:
+        return self.endpoints.split(",")
 
     @model_validator(mode="after")
     def _role_credentials(self) -> Settings:
@@ -68,6 +101,12 @@ class Settings(BaseSettings):
         """These settings for another worker instance (its role's NATS credentials)."""
         data = self.model_dump()
         data["worker_id"] = worker_id
+        return type(self)(_env_file=None, **data)  # type: ignore[call-arg]
+
+    def for_pool(self, name: str) -> Settings:
+        """These settings for a tool run: its own endpoint, served by its own workers."""
+        data = self.model_dump()
+        data.update(endpoint=name, endpoints=name, pool=name)
         return type(self)(_env_file=None, **data)  # type: ignore[call-arg]
 
     @property

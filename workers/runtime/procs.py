@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats.js.errors
 
+from schemas import routing
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 
@@ -26,6 +27,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "JETSTREAM": settings.stream_name,
             "LOG_LEVEL": settings.log_level,
             "NATS_SYNC_INTERVAL": settings.nats_sync_interval,
+            "ENDPOINT": settings.endpoint,
+            "ENDPOINTS": settings.endpoints,
+            "POOL": settings.pool,
         }
     )
     if settings.nats_user:
@@ -74,9 +78,14 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def wait_consumer(self, bus: Bus, durable: str, timeout: float = 60.0) -> None:
-        """Wait until this worker pulls from its durable consumer (see `wait_pulling`)."""
-        await wait_pulling(bus, durable, [self], timeout)
+    async def wait_consumer(
+        self, bus: Bus, durable: str | None = None, timeout: float = 60.0
+    ) -> None:
+        """Wait until this worker pulls from its durable consumer (see `wait_pulling`); by
+        default the one its module claims work on, in its pool and endpoint."""
+        await wait_pulling(
+            bus, durable or ready_durable(self.module, self.settings), [self], timeout
+        )
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -93,6 +102,24 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+#: The route whose consumer shows that a worker of each module is ready.
+READY_ROUTES = {
+    "recorder": routing.RECORDER,
+    "stt": routing.STT,
+    "llm": routing.LLM,
+    "tts": routing.TTS,
+    "speaker": routing.SPEAKER,
+}
+
+
+def ready_durable(module: str, settings: Settings) -> str:
+    """The durable a worker of `module` pulls from once it is ready, under `settings`."""
+    route = READY_ROUTES.get(module)
+    if route is None:
+        raise ValueError(f"no consumer tells when a {module} worker is ready")
+    return route.durable(settings.pool, settings.endpoint)
 
 
 async def wait_pulling(

@@ -1,6 +1,7 @@
 """NATS accounts: one user per worker role, each allowed only the subjects it needs.
 
-A role publishes only the events of its own stage (`voice.*.<stage>.>`) and `control.error`
+A role publishes only the events of its own stage (`voice.*.*.<stage>.>`: any endpoint, any
+conversation; the mic also binds conversations, `endpoint.>`) and `control.error`
 (any stage may fail a turn; only the speaker may also publish `control.interrupt`), and
 dead letters (`dlq.*`). It may provision the VOICE and VOICE_DLQ streams and pull from
 consumers of VOICE, but not delete or purge anything; it subscribes only to `_INBOX.>`
@@ -28,7 +29,7 @@ OPERATOR = "cli"
 #: Stages whose events a role publishes (besides control.error).
 PUBLISHES: dict[str, tuple[str, ...]] = {
     "recorder": (),
-    "mic": ("mic",),
+    "mic": ("mic", "endpoint"),
     "stt": ("stt",),
     "llm": ("llm",),
     "tts": ("tts",),
@@ -110,10 +111,10 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
     if role not in PUBLISHES:
         raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
     api = "$JS.API"
-    pub = [f"voice.*.{stage}.>" for stage in PUBLISHES[role]]
-    pub.append("voice.*.control.error")
+    pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
+    pub.append("voice.*.*.control.error")
     if role in INTERRUPTS:
-        pub.append("voice.*.control.interrupt")
+        pub.append("voice.*.*.control.interrupt")
     # Subject wildcards match whole tokens only, and durable names carry instance ids
     # ("llm-control-llm-2"), so consumers and dead letters are not restricted by name.
     pub.append("dlq.*")

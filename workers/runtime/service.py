@@ -16,15 +16,22 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from schemas.routing import Route
 from workers.runtime.audio import AudioFileError
-from workers.runtime.bus import Bus, BusError, Consumer
+from workers.runtime.bindings import Bindings
+from workers.runtime.bus import Bus, BusError, Consumer, Handler
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.logs import setup_logging
 from workers.runtime.models import ModelNotFoundError
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("voicebus.service")
+
+#: Consumers of a tool run or of one instance are deleted by the server after this long
+#: without a pull (the services' shared durables are kept).
+INACTIVE_THRESHOLD_S = 3600.0
 
 
 def lower_cpu_priority(nice: int) -> None:
@@ -68,8 +75,30 @@ class Worker:
         self.bus = bus
         self.settings = settings
         self.worker_id = settings.worker_id or self.name
+        self.endpoints = settings.served_endpoints
+        """The endpoints whose conversations this worker serves."""
+        self.bindings = Bindings(bus)
         self._consumers: list[Consumer] = []
         self.stopping = asyncio.Event()
+
+    def route_consumer(
+        self,
+        route: Route,
+        handler: Handler | None = None,
+        *,
+        per_instance: bool = False,
+        **options: Any,
+    ) -> Consumer:
+        """The durable consumer of `route` for this worker: on its served endpoints (or its
+        own endpoint, for a per-endpoint route), named for its pool (and instance)."""
+        pool = self.settings.pool
+        endpoint = self.settings.endpoint
+        durable = route.durable(pool, endpoint, self.worker_id if per_instance else "")
+        endpoints = [endpoint] if route.per_endpoint else self.endpoints
+        if pool or per_instance:
+            # A tool run's or an instance's consumer must not outlive it for long.
+            options.setdefault("inactive_threshold", INACTIVE_THRESHOLD_S)
+        return self.bus.consumer(durable, route.filters(endpoints), handler=handler, **options)
 
     async def setup(self) -> None:
         """Load models etc. before consuming; raise a clear error if something is missing."""

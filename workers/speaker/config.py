@@ -20,14 +20,17 @@ class SpeakerSettings(BaseSettings):
     interrupt means what it says; 0 = as fast as possible (batch rendering, `just say`)."""
     device: str | None = None
     """SPEAKER_DEVICE: sounddevice output device name or index (default: the system's)."""
-    conversation_wav: bool = False
-    """SPEAKER_CONVERSATION_WAV: also write both sides of the conversation, on one timeline,
-    to DATA_DIR/replies/<conversation>/conversation.wav."""
     barge_in: bool = True
     """SPEAKER_BARGE_IN: interrupt the reply when the user starts speaking over it."""
     ack_wait_s: float = 5.0
-    """SPEAKER_ACK_WAIT_S: a reply's tts.done stays unacked until it has been heard (kept
-    alive meanwhile); if the speaker dies, it comes back to the restarted one after this."""
+    """SPEAKER_ACK_WAIT_S: a claimed reply stays unacked until it has been heard (kept alive
+    meanwhile); if the speaker dies, another instance gets it after this."""
+    max_concurrent: int = 8
+    """SPEAKER_MAX_CONCURRENT: replies one instance holds at once (of different
+    conversations; a conversation's replies play one after another)."""
+    reply_timeout_s: float = 60.0
+    """SPEAKER_REPLY_TIMEOUT_S: a reply whose audio stops coming this long without a
+    tts.done ends with control.error "tts-silent"."""
 
 
 def get_speaker_settings() -> SpeakerSettings:

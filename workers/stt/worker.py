@@ -1,9 +1,10 @@
 """The stt worker: follows utterances on the bus, emits partial and final transcripts.
 
 Scale-out and recovery come from JetStream:
-- Every instance binds to the shared durable consumer "stt" on `voice.*.mic.voice-started`
-  (STT_MAX_CONCURRENT pull loops per instance, one message each); JetStream hands each
-  voice-started to exactly one of them, and that instance owns the utterance.
+- Every instance binds to the shared durable consumer "stt" (`schemas.routing.STT`) on the
+  voice-started events of the endpoints it serves (STT_MAX_CONCURRENT pull loops per
+  instance, one message each); JetStream hands each voice-started to exactly one of them,
+  and that instance owns the utterance.
 - The owner replays the conversation's mic events from the voice-started's stream sequence
   with an ordered consumer, so it gets every chunk of the utterance, in order, even those
   published before it started. It keeps the voice-started alive with `in_progress()` and
@@ -18,30 +19,25 @@ Scale-out and recovery come from JetStream:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import nats.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from schemas import (
     ControlError,
     Event,
-    EventDecodeError,
     MicAudioChunk,
     Transcript,
     TranscriptPartial,
     VoiceStarted,
     VoiceStopped,
     Word,
-    decode,
     derive_id,
-    subject_filter,
 )
+from schemas.routing import STT
 from workers.runtime.bus import Bus, Consumer, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
@@ -108,10 +104,9 @@ class SttWorker(Worker):
 
     def consumers(self) -> list[Consumer]:
         return [
-            self.bus.consumer(
-                "stt",
-                [subject_filter(event_type=VoiceStarted.type)],
-                handler=self.on_voice_started,
+            self.route_consumer(
+                STT,
+                self.on_voice_started,
                 batch=1,  # one utterance per pull loop: the others stay for other instances
                 ack_wait=self.stt.ack_wait_s,
                 max_deliver=MAX_DELIVER,
@@ -127,94 +122,96 @@ class SttWorker(Worker):
 
     async def on_voice_started(self, event: Event, d: Delivery) -> None:
         assert isinstance(event, VoiceStarted)
-        keepalive = asyncio.create_task(self._keepalive(d))
-        try:
-            await self._follow(event, d)
-        except UtteranceFailed as exc:
-            await self._error(event, exc.code, str(exc))
-        except Exception as exc:
-            if d.num_delivered < MAX_DELIVER and not isinstance(exc, AssertionError):
-                raise  # nak: retried, possibly by another instance
-            await self._error(event, "stt-failed", f"{exc.__class__.__name__}: {exc}")
-        finally:
-            keepalive.cancel()
-
-    async def _keepalive(self, d: Delivery) -> None:
-        interval = max(0.2, self.stt.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(nats.errors.Error):
-                await d.msg.in_progress()
+        async with d.working(max(0.2, self.stt.ack_wait_s / 3)):
+            try:
+                await self._follow(event, d)
+            except UtteranceFailed as exc:
+                await self._error(event, exc.code, str(exc))
+            except Exception as exc:
+                if d.num_delivered < MAX_DELIVER and not isinstance(exc, AssertionError):
+                    raise  # nak: retried, possibly by another instance
+                await self._error(event, "stt-failed", f"{exc.__class__.__name__}: {exc}")
 
     async def _follow(self, started: VoiceStarted, d: Delivery) -> None:
-        sub = await self.bus.js.subscribe(
-            subject_filter(started.conversation_id, "mic.>"),
-            stream=self.bus.stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=d.stream_seq + 1
-            ),
-            pending_bytes_limit=64 * 1024 * 1024,
-        )
+        """Read the utterance's mic events in order until its voice-stopped, decoding
+        partials on the way, then publish the final."""
+        filters = STT.follow_filters(started.endpoint, started.conversation_id)
         utt = UtteranceAudio(self.stt.partial_interval_ms)
         state: dict[str, Any] = {"language": self.stt.language or None, "partials": 0}
-        decoding: asyncio.Task[None] | None = None
+        self._decoding: dict[str, asyncio.Task[None]] = {}
         loop = asyncio.get_running_loop()
         last_event = loop.time()
         try:
-            while True:
-                if self.stopping.is_set():
-                    # Not acked: JetStream hands the utterance to another instance now.
-                    raise RuntimeError("stt shutting down; utterance handed back")
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if loop.time() - last_event < self.stt.utterance_timeout_s:
+            async with self.bus.follow(filters, d.stream_seq + 1) as follower:
+                while True:
+                    if self.stopping.is_set():
+                        # Not acked: JetStream hands the utterance to another instance now.
+                        raise RuntimeError("stt shutting down; utterance handed back")
+                    got = await follower.next(timeout=0.5)
+                    if got is None:
+                        if loop.time() - last_event >= self.stt.utterance_timeout_s:
+                            raise UtteranceFailed(
+                                "utterance-timeout",
+                                f"no audio or voice-stopped for "
+                                f"{self.stt.utterance_timeout_s:.0f} s after chunk "
+                                f"{utt.next_chunk_seq - 1}",
+                            )
                         continue
-                    raise UtteranceFailed(
-                        "utterance-timeout",
-                        f"no audio or voice-stopped for {self.stt.utterance_timeout_s:.0f} s "
-                        f"after chunk {utt.next_chunk_seq - 1}",
-                    ) from None
-                last_event = loop.time()
-                ev = _decode(msg.data)
-                if ev is None or ev.utterance_id != started.utterance_id:
-                    continue
-                if isinstance(ev, MicAudioChunk):
-                    if ev.seq < utt.next_chunk_seq:
-                        continue  # a re-published chunk
-                    if ev.seq > utt.next_chunk_seq:
-                        raise UtteranceFailed(
-                            "audio-gap", f"chunk {ev.seq} arrived, {utt.next_chunk_seq} missing"
-                        )
-                    utt.add(ev.audio)
-                    # Decode only when caught up: replayed backlog is not worth a partial.
-                    kind = utt.want_decode() if sub.pending_msgs == 0 else None
-                    if kind and (decoding is None or decoding.done()):
-                        decoding = asyncio.create_task(
-                            self._partial(started, utt, state, quiet=kind == "quiet")
-                        )
-                elif isinstance(ev, VoiceStopped):
-                    if ev.chunks != utt.next_chunk_seq:
-                        raise UtteranceFailed(
-                            "audio-gap",
-                            f"voice-stopped says {ev.chunks} chunks, got {utt.next_chunk_seq}",
-                        )
-                    if (
-                        decoding is not None
-                        and utt.reusable(ev.speech_end_offset_ms) is None
-                        and state.get("inflight_final_quality")
-                        and utt.covers(utt.last_decode_at, ev.speech_end_offset_ms)
-                    ):
-                        await decoding  # it saw all the speech: cheaper than a new decode
-                    state["final"] = True
-                    await self._final(started, ev, utt, state)
-                    return
+                    last_event = loop.time()
+                    ev = got[0]
+                    if ev is None or ev.utterance_id != started.utterance_id:
+                        continue
+                    if isinstance(ev, MicAudioChunk):
+                        self._on_chunk(started, ev, utt, state, caught_up=follower.pending == 0)
+                    elif isinstance(ev, VoiceStopped):
+                        await self._on_stopped(started, ev, utt, state)
+                        return
         finally:
-            if decoding is not None and not decoding.done():
-                decoding.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            task = self._decoding.pop(started.utterance_id, None)
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _on_chunk(
+        self,
+        started: VoiceStarted,
+        chunk: MicAudioChunk,
+        utt: UtteranceAudio,
+        state: dict[str, Any],
+        caught_up: bool,
+    ) -> None:
+        if chunk.seq < utt.next_chunk_seq:
+            return  # a re-published chunk
+        if chunk.seq > utt.next_chunk_seq:
+            raise UtteranceFailed(
+                "audio-gap", f"chunk {chunk.seq} arrived, {utt.next_chunk_seq} missing"
+            )
+        utt.add(chunk.audio)
+        # Decode only when caught up: replayed backlog is not worth a partial.
+        kind = utt.want_decode() if caught_up else None
+        decoding = self._decoding.get(started.utterance_id)
+        if kind and (decoding is None or decoding.done()):
+            self._decoding[started.utterance_id] = asyncio.create_task(
+                self._partial(started, utt, state, quiet=kind == "quiet")
+            )
+
+    async def _on_stopped(
+        self, started: VoiceStarted, stopped: VoiceStopped, utt: UtteranceAudio, state: dict
+    ) -> None:
+        if stopped.chunks != utt.next_chunk_seq:
+            raise UtteranceFailed(
+                "audio-gap",
+                f"voice-stopped says {stopped.chunks} chunks, got {utt.next_chunk_seq}",
+            )
+        decoding = self._decoding.get(started.utterance_id)
+        if (
+            decoding is not None
+            and utt.reusable(stopped.speech_end_offset_ms) is None
+            and state.get("inflight_final_quality")
+            and utt.covers(utt.last_decode_at, stopped.speech_end_offset_ms)
+        ):
+            await decoding  # it saw all the speech: cheaper than a new decode
+        state["final"] = True
+        await self._final(started, stopped, utt, state)
 
     async def _partial(
         self, started: VoiceStarted, utt: UtteranceAudio, state: dict[str, Any], quiet: bool
@@ -250,6 +247,7 @@ class SttWorker(Worker):
         state["partials"] += 1
         partial = TranscriptPartial(
             event_id=derive_id(started.event_id, "partial", seq),
+            endpoint=started.endpoint,
             conversation_id=started.conversation_id,
             utterance_id=started.utterance_id,
             seq=seq,
@@ -281,6 +279,7 @@ class SttWorker(Worker):
                 assert out is not None
             transcript = Transcript(
                 event_id=derive_id(started.event_id, "transcript"),
+                endpoint=started.endpoint,
                 conversation_id=started.conversation_id,
                 utterance_id=started.utterance_id,
                 seq=0,
@@ -321,6 +320,7 @@ class SttWorker(Worker):
         await self.bus.publish(
             ControlError(
                 event_id=derive_id(started.event_id, "error", code),
+                endpoint=started.endpoint,
                 conversation_id=started.conversation_id,
                 utterance_id=started.utterance_id,
                 producer=self.worker_id,
@@ -330,10 +330,3 @@ class SttWorker(Worker):
                 cause_event_id=started.event_id,
             )
         )
-
-
-def _decode(body: bytes) -> Event | None:
-    try:
-        return decode(body)
-    except EventDecodeError:
-        return None  # the recorder dead-letters it; here it just is not audio

@@ -29,9 +29,14 @@ class TtsSettings(BaseSettings):
     one the user waits for (later sentences are synthesized while earlier ones play)."""
     length_scale: float | None = None
     """TTS_LENGTH_SCALE: Piper speaking rate (>1 slower); default: the voice's own."""
-    ack_wait_s: float = 60.0
-    """TTS_ACK_WAIT_S: a sentence whose worker died is redelivered after this long (must
-    exceed the synthesis of the longest sentence)."""
+    ack_wait_s: float = 5.0
+    """TTS_ACK_WAIT_S: the owner of a reply tells JetStream it is alive every third of this;
+    if it dies, another instance takes the reply over after this long."""
+    max_concurrent: int = 4
+    """TTS_MAX_CONCURRENT: replies one instance owns at once (synthesis takes turns)."""
+    reply_timeout_s: float = 60.0
+    """TTS_REPLY_TIMEOUT_S: a reply whose next sentence or reply-done does not come for
+    this long (its llm died for good) ends with control.error "reply-timeout"."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     """TTS_DEVICE: where XTTS runs."""

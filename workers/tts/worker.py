@@ -1,10 +1,16 @@
-"""The tts worker: reply sentences in, audio chunks out as soon as the first audio exists.
+"""The tts worker: a reply's sentences in, its audio chunks out as soon as the first audio exists.
 
-Two consumers: "tts" (llm.reply-sentence, llm.reply-done, in stream order) and
-"tts-control" (control.interrupt), so an interrupt is never queued behind sentences.
-Sentences of one reply are spoken in index order: an early arrival is nak'd and retried,
-so nothing is acked before its audio is on the bus. After a restart the reply's position
-is recovered from the stream (the last tts events of the conversation).
+Scale-out works like the stt's: every instance binds the shared durable "tts"
+(`schemas.routing.TTS`) on `llm.reply-started` of the endpoints it serves (TTS_MAX_CONCURRENT
+pull loops, one reply each); JetStream hands each reply to one instance, which owns it:
+- it announces the reply's audio with `tts.started` (the endpoint's speaker claims it there),
+- follows the reply's sentences, reply-done and interrupts in stream order from the
+  reply-started on, synthesizes the sentences in index order, and
+- acks the reply-started only once `tts.done` is on the bus, keeping it alive meanwhile.
+If the owner dies, the reply-started comes back to another instance after TTS_ACK_WAIT_S;
+it recovers the position from the last tts events of the conversation and continues: a
+sentence cut mid-way is spoken again from its start under the same ids and seqs, so
+JetStream drops what was already published and the chunk sequence has no gap.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ from schemas import (
     Interrupt,
     ReplyDone,
     ReplySentence,
+    ReplyStarted,
     SentenceDone,
     TtsAudioChunk,
     TtsDone,
+    TtsStarted,
     decode,
     derive_id,
     subject_filter,
 )
-from workers.runtime.bus import Bus, Consumer, Delivery
+from schemas.routing import TTS
+from workers.runtime.bus import Bus, Consumer, Delivery, Follower
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
@@ -42,19 +51,21 @@ from workers.tts.stream import Rechunker
 
 log = logging.getLogger("voicebus.tts")
 _tracer = tracer("workers.tts")
-MAX_REPLIES = 512
-SYNTH_ATTEMPTS = 3
-"""Deliveries of a sentence before its failure ends the reply with control.error."""
+MAX_DELIVER = 5
+"""Deliveries of a reply-started before a failing reply ends with control.error."""
 
 
-class NotYet(Exception):
-    """This input must wait for an earlier one of the same reply; retried shortly."""
+class ReplyFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
 class Reply:
-    """What the worker knows about one reply (one turn of one conversation)."""
+    """What the owner knows about the reply it synthesizes."""
 
+    started: ReplyStarted
     next_index: int = 0
     """Next sentence to speak; also the number spoken so far."""
     seq: int = 0
@@ -63,12 +74,21 @@ class Reply:
     cancelled: bool = False
     finished: bool = False
     """tts.done is on the bus."""
-    known: bool = False
-    """A sentence or the done marker of this reply has been seen."""
+    expected: int | None = None
+    """Sentences the reply has, once its reply-done arrived."""
     sentence_start: dict[int, tuple[int, float]] = field(default_factory=dict)
-    """Sentence index -> (seq, audio_ms) when it started: a retried sentence reuses them."""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held while a chunk or tts.done is published, so nothing follows tts.done."""
+    """Sentence index -> (seq, audio_ms) when it started: a re-spoken sentence reuses them."""
+    queue: asyncio.Queue[ReplySentence | None] = field(default_factory=asyncio.Queue)
+    """Sentences to speak, in order; None once the reply is complete or cancelled."""
+
+    @property
+    def common(self) -> dict[str, str]:
+        s = self.started
+        return {
+            "endpoint": s.endpoint,
+            "conversation_id": s.conversation_id,
+            "utterance_id": s.utterance_id,
+        }
 
 
 class TtsWorker(Worker):
@@ -87,7 +107,11 @@ class TtsWorker(Worker):
         self._load = backend is None
         self.backend = backend or make_backend(self.tts, settings)
         self.chunk_samples = max(1, self.tts.output_rate * self.tts.chunk_ms // 1000)
-        self.replies: collections.OrderedDict[tuple[str, str], Reply] = collections.OrderedDict()
+        # One synthesis step at a time in this process: concurrent replies take turns piece
+        # by piece instead of fighting over the cores.
+        self._synth_lock = asyncio.Lock()
+        self.replies: collections.OrderedDict[str, Reply] = collections.OrderedDict()
+        """Replies this process owns now, by utterance id."""
 
     async def setup(self) -> None:
         if self._load:
@@ -103,161 +127,186 @@ class TtsWorker(Worker):
 
     def consumers(self) -> list[Consumer]:
         return [
-            self.bus.consumer(
-                "tts",
-                [
-                    subject_filter(event_type=ReplySentence.type),
-                    subject_filter(event_type=ReplyDone.type),
-                ],
-                handler=self.handle,
-                batch=4,
+            self.route_consumer(
+                TTS,
+                self.on_reply_started,
+                batch=1,  # one reply per pull loop: the others stay for other instances
                 ack_wait=self.tts.ack_wait_s,
-                max_deliver=50,
-                retry_delay=0.05,
-            ),
-            self.bus.consumer(
-                "tts-control",
-                [subject_filter(event_type=Interrupt.type)],
-                handler=self.handle_control,
-                batch=16,
-            ),
+                max_deliver=MAX_DELIVER,
+                max_ack_pending=10_000,
+            )
+            for _ in range(max(1, self.tts.max_concurrent))
         ]
 
-    # -- reply state ---------------------------------------------------------------------
+    # -- one reply -----------------------------------------------------------------------
 
-    async def reply(self, conversation_id: str, utterance_id: str) -> Reply:
-        key = (conversation_id, utterance_id)
-        r = self.replies.get(key)
-        if r is None:
-            r = await self._recover(conversation_id, utterance_id)
-            self.replies[key] = r
-            while len(self.replies) > MAX_REPLIES:
-                self.replies.popitem(last=False)
-        return r
+    async def on_reply_started(self, event: Event, d: Delivery) -> None:
+        assert isinstance(event, ReplyStarted)
+        if not await self.bindings.goes_to(event.endpoint, event.conversation_id, "tts"):
+            return  # answered in text only (`just ask`, Wyoming handle): nothing to speak
+        async with d.working(max(0.2, self.tts.ack_wait_s / 3)):
+            r = await self._recover(event)
+            self.replies[event.utterance_id] = r
+            try:
+                await self._serve(r, d)
+            except ReplyFailed as exc:
+                await self._fail(r, exc.code, str(exc))
+            except Exception as exc:
+                if d.num_delivered < MAX_DELIVER and not self.stopping.is_set():
+                    raise  # nak: retried, possibly by another instance
+                await self._fail(r, "synthesis-failed", f"{exc.__class__.__name__}: {exc}")
+            finally:
+                self.replies.pop(event.utterance_id, None)
 
-    async def _last(self, conversation_id: str, event_type: str) -> Event | None:
-        try:
-            msg = await self.bus.js.get_last_msg(
-                self.bus.stream, subject_filter(conversation_id, event_type)
+    async def _serve(self, r: Reply, d: Delivery) -> None:
+        if r.finished:
+            return  # tts.done was published before the last owner died: nothing left to do
+        await self.bus.publish(
+            TtsStarted(
+                event_id=derive_id(r.started.event_id, "tts-started"),
+                producer=self.worker_id,
+                rate=self.tts.output_rate,
+                voice=self.backend.name[:256],
+                **r.common,
             )
+        )
+        filters = TTS.follow_filters(r.started.endpoint, r.started.conversation_id)
+        async with self.bus.follow(filters, d.stream_seq + 1) as follower:
+            reader = asyncio.create_task(self._read(r, follower))
+            try:
+                await self._speak_all(r, reader)
+            finally:
+                reader.cancel()
+        await self._finish(r, derive_id(r.started.event_id, "tts-done"))
+
+    async def _read(self, r: Reply, follower: Follower) -> None:
+        """Hand the reply's sentences to the synthesis loop in order; stop it at once on an
+        interrupt; close the queue at reply-done."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not r.cancelled:
+            got = await follower.next(timeout=0.5)
+            if got is None:
+                if loop.time() - last > self.tts.reply_timeout_s:
+                    raise ReplyFailed(
+                        "reply-timeout",
+                        f"no sentence or reply-done for {self.tts.reply_timeout_s:.0f} s "
+                        f"after sentence {r.next_index}",
+                    )
+                continue
+            event = got[0]
+            if event is None or event.utterance_id != r.started.utterance_id:
+                continue
+            last = loop.time()
+            if isinstance(event, Interrupt):
+                r.cancelled = True
+                log.info("interrupted", extra={"utterance": event.utterance_id})
+            elif isinstance(event, ReplySentence):
+                if event.index >= r.next_index:  # lower: spoken before an owner restarted
+                    r.queue.put_nowait(event)
+            elif isinstance(event, ReplyDone):
+                r.expected = event.sentences
+                if event.interrupted and event.sentences == 0:
+                    r.cancelled = True
+                r.queue.put_nowait(None)
+                return
+        r.queue.put_nowait(None)
+
+    async def _speak_all(self, r: Reply, reader: asyncio.Task[None]) -> None:
+        while not r.cancelled:
+            get = asyncio.create_task(r.queue.get())
+            await asyncio.wait([get, reader], return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                reader.result()  # the reader failed (e.g. reply-timeout): raise it here
+                return
+            s = get.result()
+            if s is None:
+                return
+            if s.index != r.next_index:
+                raise ReplyFailed(
+                    "sentence-gap", f"sentence {s.index} arrived, {r.next_index} missing"
+                )
+            await self._speak(s, r)
+            if not r.cancelled:
+                r.next_index += 1
+
+    async def _fail(self, r: Reply, code: str, message: str) -> None:
+        """A reply that cannot be synthesized ends with an error instead of blocking."""
+        log.error("synthesis failed", extra={"code": code, "error": message})
+        r.cancelled = True
+        await self.bus.publish(
+            ControlError(
+                event_id=derive_id(r.started.event_id, "tts-error", code),
+                producer=self.worker_id,
+                failed_stage="tts",
+                code=code,
+                message=message[:4096],
+                cause_event_id=r.started.event_id,
+                **r.common,
+            )
+        )
+        await self._finish(r, derive_id(r.started.event_id, "tts-done"))
+
+    async def _finish(self, r: Reply, event_id: str) -> None:
+        if r.finished:
+            return
+        interrupted = r.cancelled or (r.expected is not None and r.next_index < r.expected)
+        await self.bus.publish(
+            TtsDone(
+                event_id=event_id,
+                producer=self.worker_id,
+                sentences=r.next_index,
+                chunks=r.seq,
+                audio_ms=round(r.audio_ms, 3),
+                interrupted=interrupted,
+                **r.common,
+            )
+        )
+        r.finished = True
+
+    # -- recovery ------------------------------------------------------------------------
+
+    async def _last(self, started: ReplyStarted, event_type: str) -> Event | None:
+        subject = subject_filter(started.endpoint, started.conversation_id, event_type)
+        try:
+            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
         except nats.js.errors.NotFoundError:
             return None
         return decode(msg.data) if msg.data else None
 
-    async def _recover(self, conversation_id: str, utterance_id: str) -> Reply:
-        """State of a reply this process has not seen, from the last tts events on the bus
-        (a restart mid-reply continues where the previous process stopped)."""
-        r = Reply()
-        done, interrupt, sentence, chunk = await asyncio.gather(
-            self._last(conversation_id, TtsDone.type),
-            self._last(conversation_id, Interrupt.type),
-            self._last(conversation_id, SentenceDone.type),
-            self._last(conversation_id, TtsAudioChunk.type),
+    async def _recover(self, started: ReplyStarted) -> Reply:
+        """Where a reply stands if an earlier owner worked on it (a redelivery), from the
+        last tts events of the conversation; a fresh Reply otherwise."""
+        r = Reply(started)
+        if started.utterance_id in self.replies:
+            return r
+        utt = started.utterance_id
+        done, sentence, chunk = await asyncio.gather(
+            self._last(started, TtsDone.type),
+            self._last(started, SentenceDone.type),
+            self._last(started, TtsAudioChunk.type),
         )
-        if isinstance(done, TtsDone) and done.utterance_id == utterance_id:
-            r.finished = r.known = True
-        if isinstance(interrupt, Interrupt) and interrupt.utterance_id == utterance_id:
-            r.cancelled = True
-        if isinstance(sentence, SentenceDone) and sentence.utterance_id == utterance_id:
-            r.next_index, r.known = sentence.sentence_index + 1, True
-        if isinstance(chunk, TtsAudioChunk) and chunk.utterance_id == utterance_id:
+        if isinstance(done, TtsDone) and done.utterance_id == utt:
+            r.finished = True
+        if isinstance(sentence, SentenceDone) and sentence.utterance_id == utt:
+            r.next_index = sentence.sentence_index + 1
+        if isinstance(chunk, TtsAudioChunk) and chunk.utterance_id == utt:
             r.seq = chunk.seq + 1
             r.audio_ms = r.seq * self.tts.chunk_ms  # close enough for the done summary
             if chunk.sentence_index >= r.next_index:
-                # Killed mid-sentence: the redelivered sentence is spoken again from its first
-                # chunk, which must get the seq it had (the re-published ids are dropped as
+                # Killed mid-sentence: the sentence is spoken again from its first chunk,
+                # which must get the seq it had (the re-published ids are dropped as
                 # duplicates; the rest continue the sequence without a gap).
                 first = chunk.seq - round(chunk.offset_ms * chunk.rate / 1000 / self.chunk_samples)
                 r.sentence_start[chunk.sentence_index] = (first, first * self.tts.chunk_ms)
         return r
 
-    # -- handlers ------------------------------------------------------------------------
-
-    async def handle(self, event: Event, delivery: Delivery) -> None:
-        if isinstance(event, ReplySentence):
-            try:
-                await self._on_sentence(event)
-            except NotYet:
-                raise
-            except Exception as exc:
-                if delivery.num_delivered < SYNTH_ATTEMPTS:
-                    raise  # retried: a passing fault (bus hiccup) heals itself
-                await self._give_up(event, exc)
-        elif isinstance(event, ReplyDone):
-            await self._on_reply_done(event)
-
-    async def _give_up(self, s: ReplySentence, exc: Exception) -> None:
-        """A sentence that keeps failing ends its reply with an error instead of blocking
-        every later sentence behind it."""
-        log.error("synthesis failed", extra={"index": s.index, "error": repr(exc)})
-        r = await self.reply(s.conversation_id, s.utterance_id)
-        r.cancelled = True
-        await self.bus.publish(
-            ControlError(
-                event_id=derive_id(s.event_id, "tts-error"),
-                conversation_id=s.conversation_id,
-                utterance_id=s.utterance_id,
-                producer=self.worker_id,
-                failed_stage="tts",
-                code="synthesis-failed",
-                message=f"{exc.__class__.__name__}: {exc}"[:4096],
-                cause_event_id=s.event_id,
-            )
-        )
-        await self._finish(r, s, derive_id(s.event_id, "tts-done"), interrupted=True)
-
-    async def handle_control(self, event: Event, delivery: Delivery) -> None:
-        if not isinstance(event, Interrupt):
-            return
-        r = await self.reply(event.conversation_id, event.utterance_id)
-        r.cancelled = True
-        if r.known and not r.finished:
-            await self._finish(r, event, derive_id(event.event_id, "tts-done"), interrupted=True)
-            log.info("interrupted", extra={"utterance": event.utterance_id, "reason": event.reason})
-
-    async def _on_sentence(self, s: ReplySentence) -> None:
-        r = await self.reply(s.conversation_id, s.utterance_id)
-        r.known = True
-        if r.cancelled or r.finished or s.index < r.next_index:
-            return  # interrupted, or already spoken (a redelivery)
-        if s.index > r.next_index:
-            raise NotYet(f"sentence {s.index} waits for sentence {r.next_index}")
-        await self._speak(s, r)
-        if not r.cancelled:
-            r.next_index += 1
-
-    async def _on_reply_done(self, d: ReplyDone) -> None:
-        r = await self.reply(d.conversation_id, d.utterance_id)
-        r.known = True
-        if r.finished or r.cancelled:
-            return
-        if r.next_index < d.sentences:
-            raise NotYet(f"done waits for sentence {r.next_index} of {d.sentences}")
-        await self._finish(r, d, derive_id(d.event_id, "tts-done"), interrupted=False)
-
-    async def _finish(self, r: Reply, cause: Event, event_id: str, interrupted: bool) -> None:
-        async with r.lock:
-            if r.finished:
-                return
-            await self.bus.publish(
-                TtsDone(
-                    event_id=event_id,
-                    conversation_id=cause.conversation_id,
-                    utterance_id=cause.utterance_id,
-                    producer=self.worker_id,
-                    sentences=r.next_index,
-                    chunks=r.seq,
-                    audio_ms=round(r.audio_ms, 3),
-                    interrupted=interrupted,
-                )
-            )
-            r.finished = True
-
     # -- synthesis -----------------------------------------------------------------------
 
     async def _speak(self, s: ReplySentence, r: Reply) -> None:
         t_arrival = time.perf_counter()
-        if s.index in r.sentence_start:  # retried after a failure: same seqs again
+        if s.index in r.sentence_start:  # spoken again after a restart: same seqs again
             r.seq, r.audio_ms = r.sentence_start[s.index]
         r.sentence_start[s.index] = (r.seq, r.audio_ms)
         rate = self.tts.output_rate
@@ -278,9 +327,10 @@ class TtsWorker(Worker):
         ) as span:
             try:
                 while not r.cancelled:
-                    t0 = time.perf_counter()
-                    piece = await asyncio.to_thread(next, pieces, None)
-                    compute_s += time.perf_counter() - t0
+                    async with self._synth_lock:
+                        t0 = time.perf_counter()
+                        piece = await asyncio.to_thread(next, pieces, None)
+                        compute_s += time.perf_counter() - t0
                     chunks = rechunk.flush() if piece is None else rechunk.push(piece)
                     for pcm in chunks:
                         if not await self._publish_chunk(s, r, pcm, n_chunks, samples):
@@ -307,8 +357,6 @@ class TtsWorker(Worker):
         await self.bus.publish(
             SentenceDone(
                 event_id=derive_id(s.event_id, "sentence-done"),
-                conversation_id=s.conversation_id,
-                utterance_id=s.utterance_id,
                 seq=s.index,
                 producer=self.worker_id,
                 sentence_index=s.index,
@@ -316,6 +364,7 @@ class TtsWorker(Worker):
                 audio_ms=round(audio_ms, 3),
                 first_audio_ms=round(first_audio_ms or 0.0, 3),
                 real_time_factor=round(rtf, 4),
+                **r.common,
             )
         )
         log.debug(
@@ -331,23 +380,21 @@ class TtsWorker(Worker):
         self, s: ReplySentence, r: Reply, pcm: np.ndarray, i: int, offset_samples: int
     ) -> bool:
         """Publish chunk `i` of sentence `s`; False once the reply is interrupted."""
+        if r.cancelled or r.finished:
+            return False
         rate = self.tts.output_rate
-        async with r.lock:
-            if r.cancelled or r.finished:
-                return False
-            await self.bus.publish(
-                TtsAudioChunk(
-                    event_id=derive_id(s.event_id, "chunk", i),
-                    conversation_id=s.conversation_id,
-                    utterance_id=s.utterance_id,
-                    seq=r.seq,
-                    producer=self.worker_id,
-                    rate=rate,
-                    sentence_index=s.index,
-                    offset_ms=round(1000.0 * offset_samples / rate, 3),
-                    audio=pcm.tobytes(),
-                )
+        await self.bus.publish(
+            TtsAudioChunk(
+                event_id=derive_id(s.event_id, "chunk", i),
+                seq=r.seq,
+                producer=self.worker_id,
+                rate=rate,
+                sentence_index=s.index,
+                offset_ms=round(1000.0 * offset_samples / rate, 3),
+                audio=pcm.tobytes(),
+                **r.common,
             )
-            r.seq += 1
-            r.audio_ms += 1000.0 * len(pcm) / rate
+        )
+        r.seq += 1
+        r.audio_ms += 1000.0 * len(pcm) / rate
         return True

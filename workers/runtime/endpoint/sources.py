@@ -65,14 +65,17 @@ class FileSource:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for i in range(0, len(self.audio), self.block):
+            end = min(len(self.audio), i + self.block)
             if self.realtime:
-                # Absolute schedule: no drift from the time spent downstream.
-                delay = t0 + i / RATE - loop.time()
+                # A microphone delivers a block once its last sample is captured, so a file
+                # does too (a block handed over at its first sample would make every
+                # latency look one block shorter). Absolute schedule: no drift.
+                delay = t0 + end / RATE - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             else:
                 await asyncio.sleep(0)
-            yield self.audio[i : i + self.block]
+            yield self.audio[i:end]
 
 
 class MicSource:

@@ -11,6 +11,7 @@ from typing import Any
 
 from schemas import (
     ControlError,
+    ConversationStarted,
     Event,
     Interrupt,
     MicAudioChunk,
@@ -57,6 +58,7 @@ def new_turn(event: Event, turn_index: int) -> dict[str, Any]:
         "source": "",
         "trace_id": "",
         "speech_started_at": None,
+        "speech_end_at": None,
         "speech_ended_at": None,
         "audio_ms": 0.0,
         "chunks": 0,
@@ -85,6 +87,10 @@ def new_turn(event: Event, turn_index: int) -> dict[str, Any]:
 def new_conversation(event: Event) -> dict[str, Any]:
     return {
         "conversation_id": event.conversation_id,
+        "endpoint": event.endpoint,
+        "medium": "",
+        "last_stage": "",
+        "replay_of": "",
         "started_at": event.ts,
         "last_event_at": event.ts,
         "turns": 0,
@@ -104,6 +110,7 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
         case MicAudioChunk():
             row["chunks"] += 1
         case VoiceStopped():
+            row["speech_end_at"] = e.speech_end_ts
             row["speech_ended_at"] = e.ts
             row["audio_ms"] = e.duration_ms
         case TranscriptPartial():
@@ -153,6 +160,11 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
 
 def apply_conversation(row: dict[str, Any], e: Event) -> None:
     row["events"] += 1
+    if isinstance(e, ConversationStarted):
+        row["endpoint"] = e.label[:130]
+        row["medium"] = e.medium
+        row["last_stage"] = e.last_stage
+        row["replay_of"] = e.replay_of
     row["started_at"] = min(row["started_at"], e.ts)
     row["last_event_at"] = max(row["last_event_at"], e.ts)
     if isinstance(e, Transcript) and not row["first_words"] and e.text.strip():
@@ -161,10 +173,18 @@ def apply_conversation(row: dict[str, Any], e: Event) -> None:
 
 @dataclass(frozen=True)
 class Timings:
-    """Per-stage latencies of a turn, milliseconds (None when the stage did not happen)."""
+    """Per-stage latencies of a turn, milliseconds (None when the stage did not happen).
 
+    `voice_to_voice` is what the user waits: from the real end of their speech (the last
+    voiced frame, captured before the end-pointer's wait) to the first sample of the reply
+    played at the endpoint. `endpoint_wait` is the part of it spent deciding that the turn
+    was over; `voice_to_voice_from_endpoint` leaves that wait out (labelled, never the
+    headline)."""
+
+    endpoint_wait: float | None
+    """Real end of speech to the end-pointer's decision (mic.voice-stopped)."""
     stt_final: float | None
-    """End of speech (VAD endpoint) to final transcript."""
+    """End-pointer's decision to the final transcript."""
     llm_first_token: float | None
     """Final transcript to first reply token."""
     llm_first_sentence: float | None
@@ -174,7 +194,9 @@ class Timings:
     playback_start: float | None
     """First synthesized audio to first sample played."""
     voice_to_voice: float | None
-    """End of the user's speech to the first audio of the reply."""
+    """Real end of the user's speech to the first audio of the reply heard."""
+    voice_to_voice_from_endpoint: float | None
+    """The same from the end-pointer's decision (leaves the endpoint wait out)."""
 
     def as_dict(self) -> dict[str, float | None]:
         return {k: (round(v, 1) if v is not None else None) for k, v in self.__dict__.items()}
@@ -188,11 +210,14 @@ def timings(turn: Any) -> Timings:
     """Timings of a turn row (mapping or TurnRow)."""
     g = turn.get if isinstance(turn, dict) else lambda k: getattr(turn, k)
     first_audio = g("playback_started_at") or g("tts_first_audio_at")
+    speech_end = g("speech_end_at") or g("speech_ended_at")
     return Timings(
+        endpoint_wait=_ms(speech_end, g("speech_ended_at")),
         stt_final=_ms(g("speech_ended_at"), g("stt_final_at")),
         llm_first_token=_ms(g("stt_final_at"), g("llm_first_token_at")),
         llm_first_sentence=_ms(g("stt_final_at"), g("llm_first_sentence_at")),
         tts_first_audio=_ms(g("llm_first_sentence_at"), g("tts_first_audio_at")),
         playback_start=_ms(g("tts_first_audio_at"), g("playback_started_at")),
-        voice_to_voice=_ms(g("speech_ended_at"), first_audio),
+        voice_to_voice=_ms(speech_end, first_audio),
+        voice_to_voice_from_endpoint=_ms(g("speech_ended_at"), first_audio),
     )

@@ -8,6 +8,7 @@ synchronous=FULL (each commit is fsynced); PostgreSQL goes through the same code
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import Event, decode, event_types
 from workers.runtime.eventlog import projections
@@ -169,11 +171,13 @@ class EventLog:
             conv = convs.get(e.conversation_id)
             if conv is None:
                 conv = convs[e.conversation_id] = projections.new_conversation(e)
+            projections.apply_conversation(conv, e)
+            if not e.TURN_SCOPED:
+                continue
             turn = turns.get(e.utterance_id)
             if turn is None:
                 turn = turns[e.utterance_id] = projections.new_turn(e, conv["turns"])
                 conv["turns"] += 1
-            projections.apply_conversation(conv, e)
             projections.apply_turn(turn, e, trace_id_of(r.traceparent))
         _upsert(conn, CONVERSATIONS, "conversation_id", convs, known_convs)
         _upsert(conn, TURNS, "utterance_id", turns, known_turns)
@@ -186,6 +190,31 @@ class EventLog:
             q = q.where(EVENTS.c.conversation_id == conversation_id)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
+
+    def count_ids(self, event_ids: Iterable[str]) -> int:
+        """How many of `event_ids` are in the log."""
+        ids = list(set(event_ids))
+        if not ids:
+            return 0
+        q = select(func.count()).select_from(EVENTS).where(EVENTS.c.event_id.in_(ids))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    async def wait_recorded(self, event_ids: Sequence[str], timeout: float) -> bool:
+        """Wait until every one of `event_ids` is in the log (the recorder commits a moment
+        after the bus has them); False if they are not after `timeout` or the log fails."""
+        wanted = set(event_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                have = await asyncio.to_thread(self.count_ids, wanted)
+            except SQLAlchemyError:
+                return False
+            if have >= len(wanted):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
     def event_rows(
         self,
@@ -242,10 +271,12 @@ class EventLog:
             e = row_event(row)
             if conv is None:
                 conv = projections.new_conversation(e)
+            projections.apply_conversation(conv, e)
+            if not e.TURN_SCOPED:
+                continue
             if e.utterance_id not in turns:
                 turns[e.utterance_id] = projections.new_turn(e, conv["turns"])
                 conv["turns"] += 1
-            projections.apply_conversation(conv, e)
             projections.apply_turn(turns[e.utterance_id], e, trace_id_of(row.traceparent))
         return conv or {}, sorted(turns.values(), key=lambda t: t["turn_index"])
 

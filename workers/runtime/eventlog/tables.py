@@ -44,6 +44,13 @@ class ConversationRow(SQLModel, table=True):
     __tablename__ = "conversations"
 
     conversation_id: str = Field(primary_key=True, max_length=64)
+    endpoint: str = Field(default="", max_length=130)
+    """Where it is spoken and heard, as people read it ("device", "web:3f2a")."""
+    medium: str = Field(default="", max_length=16)
+    """device, file, web, wyoming or text."""
+    last_stage: str = Field(default="", max_length=16)
+    """How far its turns go: stt, llm or speaker ("" before bindings existed)."""
+    replay_of: str = Field(default="", max_length=64)
     started_at: float
     last_event_at: float
     turns: int = 0
@@ -65,7 +72,10 @@ class TurnRow(SQLModel, table=True):
     source: str = Field(default="", max_length=256)
     trace_id: str = Field(default="", max_length=32)
     speech_started_at: float | None = None
+    speech_end_at: float | None = None
+    """When the user's speech really ended (last voiced frame), Unix seconds."""
     speech_ended_at: float | None = None
+    """When the end-pointer decided the utterance was over (mic.voice-stopped)."""
     audio_ms: float = 0.0
     chunks: int = 0
     transcript: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

@@ -140,8 +140,9 @@ def check_sequences(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
     return problems
 
 
-def _expectations(turn: list[_Ev]) -> list[tuple[str, str, str, bool]]:
-    """(what happened, the event that must follow, its stage, whether an interrupt ends it)."""
+def _expectations(turn: list[_Ev], last_stage: str) -> list[tuple[str, str, str, bool]]:
+    """(what happened, the event that must follow, its stage, whether an interrupt ends it),
+    for a conversation whose turns go as far as `last_stage`."""
 
     def first(type_: str) -> _Ev | None:
         return next((e for e in turn if e.type == type_), None)
@@ -153,11 +154,18 @@ def _expectations(turn: list[_Ev]) -> list[tuple[str, str, str, bool]]:
     if stopped is not None and stopped.fields.get("reason") != "cancelled":
         out.append(("voice stopped", "stt.transcript", "stt", False))
     transcript = first("stt.transcript")
-    if transcript is not None and str(transcript.fields.get("text", "")).strip():
+    answered = last_stage in ("llm", "speaker")
+    if answered and transcript is not None and str(transcript.fields.get("text", "")).strip():
         out.append(("transcript", "llm.reply-done", "llm", True))
+    if first("llm.reply-started"):
+        out.append(("reply started", "llm.reply-done", "llm", False))
     done = first("llm.reply-done")
-    if done is not None and int(done.fields.get("sentences", 0)) > 0:
+    spoken = last_stage == "speaker"
+    if spoken and done is not None and int(done.fields.get("sentences", 0)) > 0:
         out.append(("reply with sentences", "tts.done", "tts", True))
+    if first("tts.started"):
+        out.append(("tts started", "tts.done", "tts", False))
+        out.append(("tts started", "speaker.playback-done", "speaker", True))
     speech = first("tts.done")
     if speech is not None and int(speech.fields.get("chunks", 0)) > 0:
         out.append(("reply audio", "speaker.playback-done", "speaker", True))
@@ -168,6 +176,8 @@ def _expectations(turn: list[_Ev]) -> list[tuple[str, str, str, bool]]:
 
 def check_lifecycle(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
     stages = {e.type.split(".", 1)[0] for e in evs}
+    bound = next((e for e in evs if e.type == "endpoint.conversation-started"), None)
+    last_stage = str(bound.fields.get("last_stage", "speaker")) if bound else "speaker"
     by_utt: dict[str, list[_Ev]] = defaultdict(list)
     for e in evs:
         by_utt[e.utterance_id].append(e)
@@ -176,7 +186,7 @@ def check_lifecycle(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
         types = {e.type for e in turn}
         if "control.error" in types:
             continue  # the turn ended explicitly, with its cause in the error event
-        for what, then, stage, interrupt_ends in _expectations(turn):
+        for what, then, stage, interrupt_ends in _expectations(turn, last_stage):
             if stage not in stages or then in types:
                 continue
             if interrupt_ends and "control.interrupt" in types:

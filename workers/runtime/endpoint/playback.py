@@ -1,0 +1,412 @@
+"""Playing an endpoint's replies and saying exactly how much of each was heard.
+
+A `Player` is the speaker side of one endpoint (the speaker worker, the web gateway, the
+Wyoming bridge). It claims the endpoint's replies on `tts.started` through a durable shared
+by every player of that endpoint (`schemas.routing.SPEAKER`, one message each): the claiming
+instance owns the reply. The owner follows the reply's audio, sentence ends, tts.done,
+interrupts and the conversation's voice onsets in stream order, plays the audio into its
+sink, and publishes `speaker.playback-started` at the first sample heard and
+`speaker.playback-done` (how much was heard) at the end; only then is the claim acked.
+
+- Replies of one conversation are never audible at the same time: a player plays them one
+  after another, and waits while another instance's reply of the conversation plays.
+- Barge-in: a voice onset of another utterance of the conversation while a reply is owned
+  stops it where it is (nothing heard, if it had not started) and publishes
+  control.interrupt for the llm and tts.
+- If an owner dies, the claim comes back to another player after `ack_wait_s`. If the reply
+  had started playing, how much was heard is unknown: the turn ends with control.error
+  "speaker-restarted". Otherwise it is played from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from opentelemetry import trace
+
+from schemas import (
+    ControlError,
+    Event,
+    EventDecodeError,
+    Interrupt,
+    PlaybackDone,
+    PlaybackStarted,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsDone,
+    TtsStarted,
+    VoiceStarted,
+    decode,
+    derive_id,
+    subject_filter,
+)
+from schemas.routing import SPEAKER
+from workers.runtime.audio import resample_pcm16
+from workers.runtime.bus import Bus, Delivery, Follower
+from workers.runtime.endpoint.sinks import Output, Sink
+from workers.runtime.telemetry import tracer
+
+log = logging.getLogger("voicebus.speaker")
+_tracer = tracer("workers.speaker")
+
+
+@dataclass(frozen=True)
+class PlaybackConfig:
+    barge_in: bool = True
+    """Stop a reply when the user starts speaking over it."""
+    ack_wait_s: float = 5.0
+    """A claimed reply is kept alive every third of this; a dead owner's comes back after it."""
+    reply_timeout_s: float = 60.0
+    """A reply whose tts goes silent this long (no chunk, no tts.done) ends with an error."""
+    order_wait_s: float = 60.0
+    """Longest wait for another instance's reply of the same conversation to stop playing."""
+
+
+@dataclass
+class Playback:
+    """One reply on its way to the listener."""
+
+    started_event: TtsStarted
+    rate: int
+    output: Output | None = None
+    """Opened when the reply's turn to play comes (earlier replies of the conversation first)."""
+    pending: list[bytes] = field(default_factory=list)
+    samples: int = 0
+    last_seq: int = -1
+    first_chunk: TtsAudioChunk | None = None
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    """(sentence_index, first sample) in play order."""
+    sentence_end: dict[int, int] = field(default_factory=dict)
+    tts_done: TtsDone | None = None
+    started: bool = False
+    finished: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    published: asyncio.Event = field(default_factory=asyncio.Event)
+    """playback-done is on the bus."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    span: trace.Span | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return self.started_event.conversation_id
+
+    @property
+    def utterance_id(self) -> str:
+        return self.started_event.utterance_id
+
+    @property
+    def common(self) -> dict[str, str]:
+        e = self.started_event
+        return {
+            "endpoint": e.endpoint,
+            "conversation_id": e.conversation_id,
+            "utterance_id": e.utterance_id,
+        }
+
+    def heard(self, played: int) -> tuple[int, int, float]:
+        """(sentences heard to their end, sentence playing at `played`, ms into it)."""
+        complete = sum(1 for end in self.sentence_end.values() if end <= played)
+        if played <= 0 or not self.marks:
+            return complete, -1, 0.0
+        index, start = next((i, s) for i, s in reversed(self.marks) if s <= played - 1)
+        return complete, index, 1000.0 * (played - start) / self.rate
+
+
+class Player:
+    """The speaker side of an endpoint; `on_tts_started` is the handler of its claims."""
+
+    def __init__(self, bus: Bus, sink: Sink, producer: str, config: PlaybackConfig) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.producer = producer
+        self.config = config
+        self.order: dict[str, collections.deque[Playback]] = collections.defaultdict(
+            collections.deque
+        )
+        """Owned replies per conversation, in the order they play."""
+        self.stopping = asyncio.Event()
+
+    # -- a claimed reply -----------------------------------------------------------------
+
+    async def on_tts_started(self, event: Event, d: Delivery) -> None:
+        assert isinstance(event, TtsStarted)
+        async with d.working(max(0.2, self.config.ack_wait_s / 3)):
+            if d.num_delivered > 1:
+                state = await self._earlier_owner(event)
+                if state == "done":
+                    return  # played and recorded; only the ack was lost
+                if state == "playing":
+                    await self._restarted(event)
+                    return
+            pb = Playback(event, event.rate)
+            queue = self.order[pb.conversation_id]
+            queue.append(pb)
+            try:
+                filters = SPEAKER.follow_filters(event.endpoint, event.conversation_id)
+                async with self.bus.follow(filters, d.stream_seq + 1) as follower:
+                    await self._play(pb, follower)
+            finally:
+                with contextlib.suppress(ValueError):
+                    queue.remove(pb)
+                if not queue:
+                    self.order.pop(pb.conversation_id, None)
+                if pb.output is not None and not pb.finished:
+                    pb.output.close()
+                pb.ended.set()
+
+    async def _play(self, pb: Playback, follower: Follower) -> None:
+        watch = asyncio.create_task(self._watch(pb))
+        try:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while not pb.finished:
+                if self.stopping.is_set():
+                    raise RuntimeError("speaker stopping; reply handed back")
+                got = await follower.next(timeout=0.2)
+                if got is None:
+                    if pb.tts_done is None and loop.time() - last > self.config.reply_timeout_s:
+                        await self._error(pb, "tts-silent", "no audio or tts.done in time")
+                        await self._finish(pb, derive_id(pb.started_event.event_id, "timeout"))
+                    continue
+                last = loop.time()
+                if got[0] is not None:
+                    await self._on_event(pb, got[0])
+            await pb.published.wait()  # finished by the watcher: its publish completes first
+        finally:
+            watch.cancel()
+
+    async def _on_event(self, pb: Playback, e: Event) -> None:
+        if isinstance(e, VoiceStarted):
+            if e.utterance_id != pb.utterance_id:
+                await self._barge_in(pb, e)
+            return
+        if e.utterance_id != pb.utterance_id:
+            return
+        if isinstance(e, TtsAudioChunk):
+            self._on_chunk(pb, e)
+        elif isinstance(e, SentenceDone):
+            pb.sentence_end[e.sentence_index] = pb.samples
+        elif isinstance(e, TtsDone):
+            pb.tts_done = e
+            pb.changed.set()
+        elif isinstance(e, Interrupt):
+            await self._finish(pb, derive_id(e.event_id, "playback-done"), interrupted=True)
+
+    def _on_chunk(self, pb: Playback, c: TtsAudioChunk) -> None:
+        if c.seq <= pb.last_seq:
+            return  # re-published by a restarted tts
+        pb.last_seq = c.seq
+        if pb.first_chunk is None:
+            pb.first_chunk = c
+        pcm = c.audio if c.rate == pb.rate else resample_pcm16(c.audio, c.rate, pb.rate)
+        if not pb.marks or pb.marks[-1][0] != c.sentence_index:
+            pb.marks.append((c.sentence_index, pb.samples))
+        pb.samples += len(pcm) // 2
+        if pb.output is not None:
+            pb.output.write(pcm)
+        else:
+            pb.pending.append(pcm)
+        pb.changed.set()
+
+    async def _watch(self, pb: Playback) -> None:
+        """Open the output when the reply's turn comes; publish playback-started at the first
+        sample heard and playback-done at the last."""
+        await self._wait_turn(pb)
+        if pb.finished:
+            return
+        pb.output = out = self.sink.open(pb.rate, pb.conversation_id, pb.utterance_id)
+        for pcm in pb.pending:
+            out.write(pcm)
+        pb.pending.clear()
+        while not pb.finished:
+            if out.played() > 0:
+                await self._started(pb)
+                break
+            if pb.tts_done is not None and out.queued() == 0:
+                # Nothing to play (an empty reply, or cut before its first audio).
+                done = pb.tts_done
+                event_id = derive_id(done.event_id, "playback-done")
+                await self._finish(pb, event_id, interrupted=done.interrupted)
+                return
+            # A device's clock is only visible by polling it (the WAV clock starts at once).
+            pb.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pb.changed.wait(), 0.002)
+        while not pb.finished:
+            played, queued = out.played(), out.queued()
+            if played < queued:
+                await asyncio.sleep(max(0.001, (queued - played) / pb.rate))
+            elif pb.tts_done is not None:
+                await self._finish(pb, derive_id(pb.tts_done.event_id, "playback-done"))
+            else:
+                pb.changed.clear()
+                await pb.changed.wait()
+
+    async def _wait_turn(self, pb: Playback) -> None:
+        """Wait until no earlier reply of the conversation is audible, in this process or in
+        another instance of this endpoint."""
+        queue = self.order[pb.conversation_id]
+        for earlier in list(queue):
+            if earlier is pb:
+                break
+            await earlier.ended.wait()
+        deadline = time.monotonic() + self.config.order_wait_s
+        while not pb.finished and time.monotonic() < deadline:
+            if not await self._other_playing(pb):
+                return
+            await asyncio.sleep(0.02)
+
+    async def _other_playing(self, pb: Playback) -> bool:
+        """Whether the conversation's last reply to start playing is another one that has
+        not ended (played out, or ended by an error)."""
+        started = await self._last(pb, PlaybackStarted.type)
+        if started is None or started.utterance_id == pb.utterance_id:
+            return False
+        for ended_type in (PlaybackDone.type, ControlError.type):
+            ended = await self._last(pb, ended_type)
+            if ended is not None and ended.utterance_id == started.utterance_id:
+                return False
+        return True
+
+    async def _last(self, pb: Playback, event_type: str) -> Event | None:
+        subject = subject_filter(pb.started_event.endpoint, pb.conversation_id, event_type)
+        try:
+            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
+        except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
+            return None
+        try:
+            return decode(msg.data)
+        except EventDecodeError:
+            return None
+
+    async def _started(self, pb: Playback) -> None:
+        pb.started = True
+        first = pb.first_chunk
+        await self.bus.publish(
+            PlaybackStarted(
+                event_id=derive_id(pb.started_event.event_id, "playback-started"),
+                producer=self.producer,
+                sink=self.sink.kind,
+                **pb.common,
+            )
+        )
+        pb.span = _tracer.start_span(
+            "speaker.playback",
+            attributes={
+                "speaker.sink": self.sink.kind,
+                "voice.conversation_id": pb.conversation_id,
+                "voice.utterance_id": pb.utterance_id,
+                "speaker.first_audio_latency_ms": round(1000.0 * (time.time() - first.ts), 3)
+                if first
+                else 0.0,
+            },
+        )
+
+    async def _finish(self, pb: Playback, event_id: str, interrupted: bool = False) -> None:
+        if pb.finished:
+            return
+        pb.finished = True  # before any await: one finish per reply
+        pb.changed.set()
+        played = 0
+        if pb.output is not None:
+            played = pb.output.halt() if interrupted else pb.output.played()
+        complete, last_index, last_ms = pb.heard(played)
+        played_ms = 1000.0 * played / pb.rate
+        path = ""
+        if pb.output is not None:
+            # The reply's WAV exists before anyone reads its path from playback-done.
+            path = await asyncio.to_thread(pb.output.close)
+        # Stamped now: ts is the moment the audio stopped, not when the file was written.
+        await self.bus.publish(
+            PlaybackDone(
+                event_id=event_id,
+                producer=self.producer,
+                played_ms=round(played_ms, 3),
+                interrupted=interrupted,
+                sentences_heard=complete,
+                last_sentence_index=last_index,
+                last_sentence_played_ms=round(last_ms, 3),
+                wav=path or "",
+                **pb.common,
+            )
+        )
+        pb.published.set()
+        if pb.span is not None:
+            pb.span.set_attribute("speaker.played_ms", round(played_ms, 3))
+            pb.span.set_attribute("speaker.interrupted", interrupted)
+            pb.span.set_attribute("speaker.sentences_heard", complete)
+            pb.span.end()
+        log.info(
+            "playback done",
+            extra={
+                "utterance": pb.utterance_id,
+                "played_ms": round(played_ms),
+                "interrupted": interrupted,
+            },
+        )
+
+    async def _barge_in(self, pb: Playback, v: VoiceStarted) -> None:
+        if not self.config.barge_in or pb.finished:
+            return
+        if pb.output is not None:
+            pb.output.halt()  # what was heard up to the moment we learned of the user
+        stop = Interrupt(
+            event_id=derive_id(v.event_id, "interrupt", pb.utterance_id),
+            producer=self.producer,
+            reason="barge-in",
+            by_utterance_id=v.utterance_id,
+            **pb.common,
+        )
+        await self.bus.publish(stop)
+        await self._finish(pb, derive_id(stop.event_id, "playback-done"), interrupted=True)
+        log.info("barge-in", extra={"utterance": pb.utterance_id, "by": v.utterance_id})
+
+    async def _error(self, pb: Playback, code: str, message: str) -> None:
+        await self.bus.publish(
+            ControlError(
+                event_id=derive_id(pb.started_event.event_id, "speaker-error", code),
+                producer=self.producer,
+                failed_stage="speaker",
+                code=code,
+                message=message,
+                cause_event_id=pb.started_event.event_id,
+                **pb.common,
+            )
+        )
+
+    # -- an owner that died --------------------------------------------------------------
+
+    async def _earlier_owner(self, started: TtsStarted) -> str:
+        """How far an earlier owner of this reply got before it died: "done" (playback-done
+        published), "playing" (playback-started published) or "" (nothing heard)."""
+        for state, event_type in (("done", PlaybackDone.type), ("playing", PlaybackStarted.type)):
+            subject = subject_filter(started.endpoint, started.conversation_id, event_type)
+            try:
+                last = await self.bus.js.get_last_msg(self.bus.stream, subject)
+                if decode(last.data).utterance_id == started.utterance_id:
+                    return state
+            except Exception:  # not found, undecodable, or the stream unreachable
+                continue
+        return ""
+
+    async def _restarted(self, started: TtsStarted) -> None:
+        await self.bus.publish(
+            ControlError(
+                event_id=derive_id(started.event_id, "speaker-restarted"),
+                endpoint=started.endpoint,
+                conversation_id=started.conversation_id,
+                utterance_id=started.utterance_id,
+                producer=self.producer,
+                failed_stage="speaker",
+                code="speaker-restarted",
+                message="the speaker stopped while this reply was playing; how much of it "
+                "was heard is unknown",
+            )
+        )
