@@ -96,7 +96,7 @@ class Event(BaseModel):
     """Wall-clock time the event was produced, Unix seconds."""
     producer: str = Field(default="", max_length=64)
     """Name of the producing worker instance, e.g. "stt-1"."""
-    schema_version: int = 0
+    schema_version: int = Field(default=0, validate_default=True)
     """Schema version of this event's type: always the class's VERSION (older versions are
     upcast by `decode` before validation, so an event object is always current)."""
 

@@ -27,7 +27,7 @@ from schemas import (
     derive_id,
 )
 from tests.conftest import wait_for
-from tests.test_tts_support import Tap, sentences, turn
+from tests.test_tts_support import Tap, reply_started, sentences, turn
 from workers.runtime.audio import write_wav
 from workers.runtime.eventlog import EventLog
 from workers.runtime.procs import WorkerProcess
@@ -59,6 +59,7 @@ def user_wav(piper: PiperBackend, folder: Path) -> Path:
 async def slow_llm(bus, tap: Tap, conv: str, utt: str, gap_s: float = 1.5) -> None:
     """Publishes one sentence per `gap_s`; on an interrupt stops and says so."""
     published = 0
+    await bus.publish(reply_started(conv, utt))
     for s in sentences(conv, utt, REPLY):
         if tap.of(Interrupt, utt):
             break
@@ -72,6 +73,7 @@ async def slow_llm(bus, tap: Tap, conv: str, utt: str, gap_s: float = 1.5) -> No
     await bus.publish(
         ReplyDone(
             event_id=derive_id(utt, "reply-done"),
+            endpoint="device",
             conversation_id=conv,
             utterance_id=utt,
             text=" ".join(REPLY[:published]),
@@ -95,12 +97,7 @@ async def test_barge_in_stops_tts_and_speaker_within_100ms_and_logs_what_was_hea
     workers = {
         "recorder": WorkerProcess("recorder", settings, log_file=logs / "recorder.log"),
         "tts": WorkerProcess("tts", settings, log_file=logs / "tts.log"),
-        "speaker": WorkerProcess(
-            "speaker",
-            settings,
-            env={"SPEAKER_CONVERSATION_WAV": "1"},
-            log_file=logs / "speaker.log",
-        ),
+        "speaker": WorkerProcess("speaker", settings, log_file=logs / "speaker.log"),
     }
     mic = WorkerProcess(
         "mic",
@@ -111,8 +108,8 @@ async def test_barge_in_stops_tts_and_speaker_within_100ms_and_logs_what_was_hea
     try:
         for w in workers.values():
             w.start()
-        for name, w in workers.items():
-            await w.wait_consumer(bus, name)
+        for w in workers.values():
+            await w.wait_consumer(bus)
         llm = asyncio.create_task(slow_llm(bus, tap, conv, reply_utt))
         await wait_for(lambda: tap.of(PlaybackStarted, reply_utt), timeout=20)
         mic.start()  # the user starts talking over the reply
@@ -169,7 +166,4 @@ async def test_barge_in_stops_tts_and_speaker_within_100ms_and_logs_what_was_hea
     assert len(logged) == 1 and logged[0].played_ms == done.played_ms
     assert logged[0].sentences_heard == done.sentences_heard
 
-    conversation = Path(settings.data_dir) / "replies" / conv / "conversation.wav"
-    with wave.open(str(conversation)) as w:
-        assert w.getnframes() / w.getframerate() > done.played_ms / 1000 + 1.0
     await tap.stop()

@@ -13,7 +13,9 @@ from workers.runtime.natsd import NatsServer
 
 
 def chunk(i: int, utt: str = "u1") -> s.MicAudioChunk:
-    return s.MicAudioChunk(conversation_id="c1", utterance_id=utt, seq=i, audio=b"\x00\x01" * 320)
+    return s.MicAudioChunk(
+        endpoint="device", conversation_id="c1", utterance_id=utt, seq=i, audio=b"\x00\x01" * 320
+    )
 
 
 async def test_published_events_reach_the_handler_typed_and_in_order(bus: Bus) -> None:
@@ -52,10 +54,16 @@ async def test_invalid_messages_go_to_the_dead_letter_subject_and_the_consumer_g
     bad = [
         (b"not json at all", "not JSON"),
         (b'{"type": "mic.audio-chunk", "schema_version": 7}\n', "unknown schema version"),
-        (b'{"type": "stt.transcript", "conversation_id": "c1", "utterance_id": "u"}', "text"),
+        (
+            b'{"type": "stt.transcript", "endpoint": "device", "conversation_id": "c1",'
+            b' "utterance_id": "u"}',
+            "text",
+        ),
     ]
     for i, (body, _) in enumerate(bad):
-        await bus.js.publish("voice.c1.mic.audio-chunk", body, headers={"Nats-Msg-Id": f"bad{i}"})
+        await bus.js.publish(
+            "voice.device.c1.mic.audio-chunk", body, headers={"Nats-Msg-Id": f"bad{i}"}
+        )
     await bus.publish(chunk(1))
     while len(got) < 2:
         await consumer.run_once()
@@ -67,7 +75,7 @@ async def test_invalid_messages_go_to_the_dead_letter_subject_and_the_consumer_g
     for msg, (body, reason) in zip(letters, bad, strict=True):
         assert msg.data == body  # the original bytes are kept
         assert reason in msg.headers["Dlq-Reason"]
-        assert msg.headers["Dlq-Subject"] == "voice.c1.mic.audio-chunk"
+        assert msg.headers["Dlq-Subject"] == "voice.device.c1.mic.audio-chunk"
 
 
 async def test_a_failing_handler_is_retried_then_dead_lettered_with_the_reason(bus: Bus) -> None:

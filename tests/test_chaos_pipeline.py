@@ -22,7 +22,7 @@ import pytest
 import schemas as s
 from ops.chaos import audit, consumer_states, dead_letters, quiescent
 from tests.conftest import wait_for
-from workers.cli.pipeline import SERVICES, Pipeline
+from workers.cli.pipeline import Pipeline
 from workers.runtime.audio import write_wav
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog
@@ -121,7 +121,7 @@ async def restart(p: Pipeline, nats: NatsServer, victim: str) -> None:
     proc.kill()
     await asyncio.sleep(0.3)
     proc.start()
-    await proc.wait_consumer(p.bus, SERVICES[victim] or victim, timeout=60)
+    await proc.wait_consumer(p.bus, timeout=60)
 
 
 async def watch_redeliveries(p: Pipeline, seen: dict[str, int]) -> None:

@@ -1,9 +1,9 @@
 """Chaos at the speaker: killed -9 while a reply plays in real time, restarted.
 
-The speaker acks audio chunks as soon as they are queued for playback, but holds the reply's
-tts.done unacked until playback-done is published. A speaker killed in between gets the
-tts.done back after restart, sees that an earlier process had started playing the reply, and
-ends the turn with control.error "speaker-restarted": the turn never silently hangs.
+The speaker claims a reply on its tts.started and acks the claim only once playback-done is
+published. A speaker killed in between gets the claim back after restart, sees that an
+earlier process had started playing the reply, and ends the turn with control.error
+"speaker-restarted": the turn never silently hangs.
 """
 
 from __future__ import annotations
@@ -38,17 +38,23 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
             started.set()
 
     started = asyncio.Event()
-    sub = await bus.nc.subscribe(s.subject_filter(conv), cb=on_msg)
+    sub = await bus.nc.subscribe(s.subject_filter("*", conv), cb=on_msg)
     speaker = WorkerProcess(
         "speaker",
         settings,
-        env={"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "1"},
+        env={"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "1", "SPEAKER_ACK_WAIT_S": "2"},
         log_file=tmp_path / "speaker.log",
     ).start()
     try:
-        await speaker.wait_consumer(bus, "speaker", timeout=60)
-        common = {"conversation_id": conv, "utterance_id": utt, "producer": "tts"}
+        await speaker.wait_consumer(bus, timeout=60)
+        common = {
+            "endpoint": "device",
+            "conversation_id": conv,
+            "utterance_id": utt,
+            "producer": "tts",
+        }
         n = 38  # about 3 s of audio
+        await bus.publish(s.TtsStarted(rate=RATE, **common))
         for i in range(n):
             await bus.publish(
                 s.TtsAudioChunk(
@@ -65,10 +71,10 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
         )
         await bus.publish(s.TtsDone(sentences=1, chunks=n, audio_ms=n * 80.0, **common))
         await asyncio.wait_for(started.wait(), 30)
-        await asyncio.sleep(0.8)  # the chunks are acked by now; about a quarter is heard
+        await asyncio.sleep(0.8)  # about a quarter is heard
         speaker.kill()
         speaker.start()
-        await speaker.wait_consumer(bus, "speaker", timeout=60)
+        await speaker.wait_consumer(bus, timeout=60)
         await wait_for(lambda: ended, timeout=8)
         await asyncio.sleep(1.0)  # anything else that would end the turn arrives now
     finally:

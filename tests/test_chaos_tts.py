@@ -39,13 +39,19 @@ async def test_tts_killed_mid_sentence_resumes_without_gap_or_double(
         elif isinstance(e, s.TtsDone):
             done.append(e)
 
-    sub = await bus.nc.subscribe(s.subject_filter(conv), cb=on_msg)
+    sub = await bus.nc.subscribe(s.subject_filter("*", conv), cb=on_msg)
     tts = WorkerProcess(
         "tts", settings, env={"TTS_ACK_WAIT_S": "2"}, log_file=tmp_path / "tts.log"
     ).start()
     try:
-        await tts.wait_consumer(bus, "tts", timeout=60)
-        common = {"conversation_id": conv, "utterance_id": utt, "producer": "llm"}
+        await tts.wait_consumer(bus, timeout=60)
+        common = {
+            "endpoint": "device",
+            "conversation_id": conv,
+            "utterance_id": utt,
+            "producer": "llm",
+        }
+        await bus.publish(s.ReplyStarted(**common))
         await bus.publish(s.ReplySentence(seq=0, text=LONG, index=0, **common))
         await bus.publish(s.ReplyDone(text=LONG, sentences=1, tokens=60, **common))
         await wait_for(lambda: len(chunks) >= 3, timeout=30, interval=0.002)
@@ -58,7 +64,7 @@ async def test_tts_killed_mid_sentence_resumes_without_gap_or_double(
         tts.stop()
     # What the stream stored (a core subscriber also sees re-publishes JetStream dropped).
     stored = await bus.js.subscribe(
-        s.subject_filter(conv, s.TtsAudioChunk.type), stream=bus.stream, ordered_consumer=True
+        s.subject_filter("*", conv, s.TtsAudioChunk.type), stream=bus.stream, ordered_consumer=True
     )
     seqs: dict[int, set[str]] = {}
     with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):

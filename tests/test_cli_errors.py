@@ -24,7 +24,9 @@ UNREACHABLE_NATS = "nats://no-such-host.invalid:4222"  # not local: nothing is s
 
 def one_old_conversation(tmp: Path) -> None:
     log = EventLog(f"sqlite:///{tmp / 'data' / 'voice.db'}")
-    ev = s.Transcript(conversation_id="old", utterance_id="u", text="x", ts=time.time() - 1e8)
+    ev = s.Transcript(
+        endpoint="device", conversation_id="old", utterance_id="u", text="x", ts=time.time() - 1e8
+    )
     log.append([Record.of(ev)])
     log.close()
 

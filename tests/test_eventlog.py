@@ -13,12 +13,12 @@ from workers.runtime.eventlog.migrate import check, upgrade
 
 
 def turn_events(conv: str = "c1", utt: str = "u1", t0: float = 1000.0) -> list[s.Event]:
-    b = {"conversation_id": conv, "utterance_id": utt}
+    b = {"endpoint": "device", "conversation_id": conv, "utterance_id": utt}
     pcm = b"\x05\x00" * 320
     return [
         s.VoiceStarted(**b, ts=t0),
         *[s.MicAudioChunk(**b, seq=i, audio=pcm, ts=t0 + 0.02 * i) for i in range(3)],
-        s.VoiceStopped(**b, chunks=3, duration_ms=60, ts=t0 + 0.5),
+        s.VoiceStopped(**b, chunks=3, duration_ms=60, ts=t0 + 0.5, speech_end_ts=t0 + 0.3),
         s.Transcript(**b, text="what time is it", language="en", ts=t0 + 0.6),
         s.ReplyToken(**b, text="It", index=0, ts=t0 + 0.65),
         s.ReplySentence(**b, text="It is noon.", index=0, ts=t0 + 0.7),
@@ -83,7 +83,10 @@ def test_projections_hold_the_turn_and_its_timings(eventlog: EventLog) -> None:
     assert ms["stt_final"] == pytest.approx(100.0)
     assert ms["llm_first_token"] == pytest.approx(50.0)
     assert ms["tts_first_audio"] == pytest.approx(50.0)
-    assert ms["voice_to_voice"] == pytest.approx(280.0)
+    # from the real end of speech (the last voiced frame), not from the end-pointer's decision
+    assert ms["endpoint_wait"] == pytest.approx(200.0)
+    assert ms["voice_to_voice"] == pytest.approx(480.0)
+    assert ms["voice_to_voice_from_endpoint"] == pytest.approx(280.0)
 
 
 def test_projections_rebuilt_from_events_equal_the_incremental_ones(eventlog: EventLog) -> None:
@@ -96,7 +99,7 @@ def test_projections_rebuilt_from_events_equal_the_incremental_ones(eventlog: Ev
 
 
 def test_interrupt_and_error_are_recorded_on_the_turn(eventlog: EventLog) -> None:
-    b = {"conversation_id": "c9", "utterance_id": "u9"}
+    b = {"endpoint": "device", "conversation_id": "c9", "utterance_id": "u9"}
     eventlog.append(
         [
             Record.of(s.Transcript(**b, text="tell me a story")),

@@ -26,10 +26,15 @@ def valid_events(rng: random.Random, n: int) -> list[s.Event]:
     rng.shuffle(order)
     for i in order:
         pcm = bytes(rng.getrandbits(8) for _ in range(2 * rng.randint(0, 400)))
-        out.append(s.MicAudioChunk(conversation_id=CONV, utterance_id="u1", seq=i, audio=pcm))
+        out.append(
+            s.MicAudioChunk(
+                endpoint="device", conversation_id=CONV, utterance_id="u1", seq=i, audio=pcm
+            )
+        )
     for i in range(n - len(out)):
         out.append(
             s.Transcript(
+                endpoint="device",
                 conversation_id=CONV,
                 utterance_id=f"u{i + 2}",
                 text="".join(rng.choice('abc \u00e9\u4e2d\U0001f600"\\') for _ in range(20)),
@@ -41,10 +46,14 @@ def valid_events(rng: random.Random, n: int) -> list[s.Event]:
 
 def garbage(rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
     """(subject, body, headers) that no consumer may accept."""
-    chunk = s.MicAudioChunk(conversation_id=CONV, utterance_id="g", audio=b"\0\0" * 8)
+    chunk = s.MicAudioChunk(
+        endpoint="device", conversation_id=CONV, utterance_id="g", audio=b"\0\0" * 8
+    )
     head = s.encode(chunk).partition(b"\n")[0]
     doc = json.loads(head)
-    tx = json.loads(s.encode(s.Transcript(conversation_id=CONV, utterance_id="g", text="t")))
+    tx = json.loads(
+        s.encode(s.Transcript(endpoint="device", conversation_id=CONV, utterance_id="g", text="t"))
+    )
 
     def variant(**changes: object) -> bytes:
         return json.dumps({**doc, **changes}, allow_nan=True).encode() + b"\n\0\0"
@@ -62,7 +71,7 @@ def garbage(rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
         variant(seq=-1),
         variant(offset_ms=float("nan")),
         variant(offset_ms=float("inf")),
-        variant(conversation_id="a.b.>"),  # not a subject token
+        variant(endpoint="device", conversation_id="a.b.>"),  # not a subject token
         json.dumps({**tx, "text": "x" * 20_000}).encode(),
         json.dumps(tx).encode() + b"\nunexpected payload",
         b"[" * 50_000,  # nested too deeply for the JSON parser
@@ -70,9 +79,9 @@ def garbage(rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
     ]
     out = []
     for i, body in enumerate(cases):
-        out.append((f"voice.{CONV}.mic.audio-chunk", body, {MSG_ID: f"garbage-{i}"}))
+        out.append((f"voice.device.{CONV}.mic.audio-chunk", body, {MSG_ID: f"garbage-{i}"}))
     # A valid body whose Nats-Msg-Id is not its event id: a forged or mangled header.
-    forged = s.Transcript(conversation_id=CONV, utterance_id="g", text="forged")
+    forged = s.Transcript(endpoint="device", conversation_id=CONV, utterance_id="g", text="forged")
     out.append((forged.subject(), s.encode(forged), {MSG_ID: "someone-else"}))
     return out
 
@@ -101,7 +110,7 @@ async def test_recorder_logs_every_valid_event_and_dead_letters_the_garbage(
     log_file = tmp_path / "recorder.log"
     recorder = WorkerProcess("recorder", settings, log_file=log_file).start()
     try:
-        await recorder.wait_consumer(bus, "recorder", timeout=60)
+        await recorder.wait_consumer(bus, timeout=60)
         valid = valid_events(rng, 60)
         bad = garbage(rng)
         mixed: list[object] = [*valid, *bad]
@@ -125,7 +134,9 @@ async def test_recorder_logs_every_valid_event_and_dead_letters_the_garbage(
         assert any("unknown schema version 7" in r for r in reasons)
         assert any("Nats-Msg-Id 'someone-else'" in r for r in reasons)
         # Still at work afterwards.
-        late = s.Transcript(conversation_id=CONV, utterance_id="late", text="still here")
+        late = s.Transcript(
+            endpoint="device", conversation_id=CONV, utterance_id="late", text="still here"
+        )
         await bus.publish(late)
         await wait_for(lambda: log.count(CONV) == len(valid) + 1, 10)
         log.close()

@@ -29,7 +29,10 @@ def decodes_or_refuses(body: bytes) -> s.Event | None:
 def valid_events() -> st.SearchStrategy[s.Event]:
     tok = st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True)
     pcm = st.integers(0, 64).map(lambda n: b"\x01\x00" * n)
+    # Text a database can store (NUL and lone surrogates are refused at the schema).
+    text = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
     base = {
+        "endpoint": tok,
         "conversation_id": tok,
         "utterance_id": tok,
         "seq": st.integers(0, 10_000),
@@ -40,9 +43,17 @@ def valid_events() -> st.SearchStrategy[s.Event]:
     return st.one_of(
         st.builds(s.VoiceStarted, **base),
         st.builds(s.MicAudioChunk, **base, audio=pcm),
-        st.builds(s.VoiceStopped, **base, chunks=st.integers(0, 99), duration_ms=st.just(1.0)),
-        st.builds(s.Transcript, **base, text=st.text(max_size=50)),
-        st.builds(s.ReplySentence, **base, text=st.text(min_size=1, max_size=50), index=st.just(0)),
+        st.builds(
+            s.VoiceStopped,
+            **base,
+            chunks=st.integers(0, 99),
+            duration_ms=st.just(1.0),
+            speech_end_ts=st.floats(0, 2e9),
+        ),
+        st.builds(s.Transcript, **base, text=st.text(text, max_size=50)),
+        st.builds(
+            s.ReplySentence, **base, text=st.text(text, min_size=1, max_size=50), index=st.just(0)
+        ),
         st.builds(
             s.TtsAudioChunk,
             **base,
@@ -114,7 +125,7 @@ def test_wrong_field_values_and_schema_versions_are_refused_with_a_reason(
 
 
 def test_unknown_schema_version_and_type_are_named_in_the_reason() -> None:
-    ev = s.Transcript(conversation_id="c", utterance_id="u", text="x")
+    ev = s.Transcript(endpoint="device", conversation_id="c", utterance_id="u", text="x")
     doc = json.loads(s.encode(ev))
     doc["schema_version"] = 99
     try:
@@ -129,7 +140,9 @@ def test_unknown_schema_version_and_type_are_named_in_the_reason() -> None:
 
 
 def test_oversized_odd_and_wrong_rate_audio_is_refused() -> None:
-    chunk = s.MicAudioChunk(conversation_id="c", utterance_id="u", audio=b"\0\0" * 10)
+    chunk = s.MicAudioChunk(
+        endpoint="device", conversation_id="c", utterance_id="u", audio=b"\0\0" * 10
+    )
     head = s.encode(chunk).partition(b"\n")[0]
     for body, reason in (
         (head + b"\n" + b"\0" * (s.MAX_PAYLOAD_BYTES + 2), "too large"),

@@ -21,29 +21,32 @@ from workers.runtime.config import Settings
 from workers.runtime.procs import WorkerProcess
 
 CONV = "fuzzw"
-#: Consumer -> the subject its garbage is published on.
+#: Worker -> (its durable consumer, the event type its garbage is published as).
 TARGETS = {
-    "stt": "mic.voice-started",
-    "llm": "stt.transcript",
-    "tts": "llm.reply-sentence",
-    "speaker": "tts.audio-chunk",
+    "stt": ("stt", "mic.voice-started"),
+    "llm": ("llm", "stt.transcript"),
+    "tts": ("tts", "llm.reply-started"),
+    "speaker": ("speaker-device", "tts.started"),
 }
 
 
 def odd_but_valid() -> list[s.Event]:
-    u = {"conversation_id": CONV, "producer": "fuzz"}
+    u = {"endpoint": "device", "conversation_id": CONV, "producer": "fuzz"}
     return [
         # stt: an utterance that announces 5 chunks and sends none.
         s.VoiceStarted(**u, utterance_id="gap"),
-        s.VoiceStopped(**u, utterance_id="gap", chunks=5, duration_ms=100.0),
+        s.VoiceStopped(**u, utterance_id="gap", chunks=5, duration_ms=100.0, speech_end_ts=0),
         # llm: an empty transcript, and one at the maximum length.
         s.Transcript(**u, utterance_id="empty", text="   "),
         s.Transcript(**u, utterance_id="long", text="why " * 2500),
-        # tts: sentences out of order for a reply that never started, then its done.
+        # tts: sentences of a reply that never started, then a reply with a gap.
+        s.ReplySentence(**u, utterance_id="unclaimed", text="Alone.", index=0),
+        s.ReplyStarted(**u, utterance_id="ooo"),
         s.ReplySentence(**u, utterance_id="ooo", text="Third.", index=2),
         s.ReplySentence(**u, utterance_id="ooo", text="First.", index=0),
         s.ReplyDone(**u, utterance_id="ooo", text="x", sentences=3, tokens=3),
-        # speaker: audio in a strange format for an unknown turn, chunks out of order.
+        # speaker: audio in a strange format, chunks out of order.
+        s.TtsStarted(**u, utterance_id="odd", rate=8000, channels=2, width=1),
         s.TtsAudioChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=3,
                       sentence_index=0, audio=b"\x80\x80" * 400),
         s.TtsAudioChunk(**u, utterance_id="odd", rate=8000, channels=2, width=1, seq=0,
@@ -65,29 +68,31 @@ async def test_every_stage_survives_garbage_and_odd_events(
         for name in TARGETS
     }
     try:
-        for name, p in procs.items():
-            await p.wait_consumer(bus, name, timeout=120)
+        for p in procs.values():
+            await p.wait_consumer(bus, timeout=120)
         bad = garbage(rng)
-        for name, kind in TARGETS.items():
+        for name, (_, kind) in TARGETS.items():
             for i, (_, body, headers) in enumerate(bad):
                 msg_id = f"{name}-{headers[MSG_ID]}-{i}"
                 if headers[MSG_ID] == "someone-else":
                     msg_id = "someone-else-" + name  # valid body, forged id: stays forged
-                await bus.js.publish(f"voice.{CONV}.{kind}", body, headers={MSG_ID: msg_id})
+                await bus.js.publish(f"voice.device.{CONV}.{kind}", body, headers={MSG_ID: msg_id})
         for ev in odd_but_valid():
             await bus.publish(ev)
-        for name in TARGETS:
-            dlq = await wait_for(lambda n=name: _enough(dead_letters(bus, n), len(bad)), 60, 0.3)
-            assert all(m.headers.get("Dlq-Reason") for m in dlq), name
+        for durable, _ in TARGETS.values():
+            dlq = await wait_for(lambda n=durable: _enough(dead_letters(bus, n), len(bad)), 60, 0.3)
+            assert all(m.headers.get("Dlq-Reason") for m in dlq), durable
         await asyncio.sleep(1.0)  # let the odd events be worked on
         for name, p in procs.items():
             assert p.running, f"{name} died: " + (tmp_path / f"{name}.log").read_text()[-3000:]
 
         # A normal turn still goes through every stage.
         await bus.publish(
-            s.Transcript(conversation_id=CONV, utterance_id="normal", text="Say hello.")
+            s.Transcript(
+                endpoint="device", conversation_id=CONV, utterance_id="normal", text="Say hello."
+            )
         )
-        await wait_for(lambda: _has(bus, f"voice.{CONV}.speaker.playback-done"), 120, 0.3)
+        await wait_for(lambda: _has(bus, f"voice.*.{CONV}.speaker.playback-done"), 120, 0.3)
     finally:
         codes = {name: p.stop() for name, p in procs.items()}
     llm_code = codes.pop("llm")

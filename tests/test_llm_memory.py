@@ -22,7 +22,7 @@ CONV = "c1"
 def turn_events(
     utt: str, question: str, sentences: list[str], **playback: float | int | bool
 ) -> list[Event]:
-    b = {"conversation_id": CONV, "utterance_id": utt}
+    b = {"endpoint": "device", "conversation_id": CONV, "utterance_id": utt}
     t = Transcript(**b, event_id=f"{utt}-t", text=question)
     out: list[Event] = [t]
     for i, text in enumerate(sentences):

@@ -136,7 +136,11 @@ async def test_interrupt_closes_the_ollama_stream(
     async with running(ollama_worker(bus, settings, compat.url, max_tokens=400)):
         await bus.publish(t)
         await wait_for(lambda: len(tap.of(ReplyToken, t.utterance_id)) >= 3, timeout=20)
-        await bus.publish(Interrupt(conversation_id=t.conversation_id, utterance_id=t.utterance_id))
+        await bus.publish(
+            Interrupt(
+                endpoint="device", conversation_id=t.conversation_id, utterance_id=t.utterance_id
+            )
+        )
         done = await tap.done(t.utterance_id)
         # Closing the response stops generation on the server too, as with Ollama.
         await wait_for(lambda: compat.cancelled == 1, timeout=5)

@@ -21,6 +21,7 @@ def llm_settings(**kw: Any) -> LlmSettings:
 
 def transcript(text: str, conversation_id: str | None = None) -> Transcript:
     return Transcript(
+        endpoint="device",
         conversation_id=conversation_id or new_id()[:12],
         utterance_id=new_id(),
         text=text,

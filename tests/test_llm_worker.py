@@ -64,7 +64,11 @@ async def test_interrupt_stops_generation_within_one_token(bus: Bus, settings: S
         await bus.publish(t)
         await wait_for(lambda: len(tap.of(ReplyToken, t.utterance_id)) >= 5, timeout=20)
         turn = w.active[t.conversation_id]  # type: ignore[attr-defined]
-        await bus.publish(Interrupt(conversation_id=t.conversation_id, utterance_id=t.utterance_id))
+        await bus.publish(
+            Interrupt(
+                endpoint="device", conversation_id=t.conversation_id, utterance_id=t.utterance_id
+            )
+        )
         await wait_for(turn.cancel.is_set, timeout=5)
         published_when_cancelled = len(tap.of(ReplyToken, t.utterance_id))
         done = await tap.done(t.utterance_id)
@@ -81,7 +85,11 @@ async def test_interrupt_that_arrives_before_the_turn_cancels_it(
     tap = await Tap().start(bus)
     t = transcript(STORY)
     async with running(worker(bus, settings)):
-        await bus.publish(Interrupt(conversation_id=t.conversation_id, utterance_id=t.utterance_id))
+        await bus.publish(
+            Interrupt(
+                endpoint="device", conversation_id=t.conversation_id, utterance_id=t.utterance_id
+            )
+        )
         await asyncio.sleep(0.3)
         await bus.publish(t)
         done = await tap.done(t.utterance_id)
@@ -163,7 +171,7 @@ async def test_kill_llm_mid_reply_replays_the_same_reply(
     t = transcript(STORY)
     proc = llm_process(settings, tmp_path, LLM_MAX_TOKENS="120", LLM_ACK_WAIT_S="1").start()
     try:
-        await proc.wait_consumer(bus, "llm")
+        await proc.wait_consumer(bus)
         await bus.publish(t)
         await wait_for(lambda: len(tap.of(ReplyToken, t.utterance_id)) >= 10, timeout=30)
         proc.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ops.bench.stt import PHRASES, espeak_available, synth_espeak, with_silence
-from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, new_id
+from schemas import ConversationStarted, MicAudioChunk, VoiceStarted, VoiceStopped, new_id
 from workers.mic.config import MicSettings
 from workers.mic.worker import MicWorker
 from workers.runtime.audio import write_wav
@@ -40,10 +40,14 @@ async def test_mic_publishes_only_utterances_with_gapless_chunks_and_one_trace_e
     )
     await mic.setup()
     await mic.run()
-    events = await read_stream(bus, f"voice.{conv}.>")
+    events = await read_stream(bus, f"voice.*.{conv}.>")
     assert mic.utterances == 2
+    # First the conversation is bound to the mic's endpoint (a file run: every stage).
+    bound, _ = events[0]
+    assert isinstance(bound, ConversationStarted)
+    assert (bound.endpoint, bound.medium, bound.last_stage) == ("device", "file", "speaker")
     utterances: dict[str, list] = {}
-    for ev, headers in events:
+    for ev, headers in events[1:]:
         utterances.setdefault(ev.utterance_id, []).append((ev, headers))
     assert len(utterances) == 2
     roots = {

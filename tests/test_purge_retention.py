@@ -18,11 +18,11 @@ DAY = 86400.0
 
 
 def turn(conv: str, ts: float) -> list[s.Event]:
-    base = {"conversation_id": conv, "utterance_id": f"{conv}-u", "ts": ts}
+    base = {"endpoint": "device", "conversation_id": conv, "utterance_id": f"{conv}-u", "ts": ts}
     return [
         s.VoiceStarted(**base, producer="mic"),
         s.MicAudioChunk(**base, producer="mic", audio=b"\x01\x00" * 80),
-        s.VoiceStopped(**base, producer="mic", chunks=1, duration_ms=5.0),
+        s.VoiceStopped(**base, producer="mic", chunks=1, duration_ms=5.0, speech_end_ts=ts),
         s.Transcript(**base, producer="stt", text="secret words"),
     ]
 
@@ -38,7 +38,7 @@ def purge(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def stored(bus: Bus, conv: str) -> int:
-    info = await bus.js.stream_info(bus.stream, subjects_filter=f"voice.{conv}.>")
+    info = await bus.js.stream_info(bus.stream, subjects_filter=f"voice.*.{conv}.>")
     return sum((info.state.subjects or {}).values())
 
 

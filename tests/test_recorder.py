@@ -21,11 +21,11 @@ from workers.runtime.procs import WorkerProcess
 def conversation_events(conv: str, turns: int, chunks: int) -> list[s.Event]:
     out: list[s.Event] = []
     for t in range(turns):
-        b = {"conversation_id": conv, "utterance_id": f"{conv}-t{t}"}
+        b = {"endpoint": "device", "conversation_id": conv, "utterance_id": f"{conv}-t{t}"}
         out.append(s.VoiceStarted(**b))
         pcm = random.randbytes(640)
         out += [s.MicAudioChunk(**b, seq=i, audio=pcm) for i in range(chunks)]
-        out.append(s.VoiceStopped(**b, chunks=chunks, duration_ms=20.0 * chunks))
+        out.append(s.VoiceStopped(**b, chunks=chunks, duration_ms=20.0 * chunks, speech_end_ts=0))
         out.append(s.Transcript(**b, text=f"question {t}"))
     return out
 
@@ -49,7 +49,7 @@ async def test_events_round_trip_publish_to_recorder_to_log(
     events = conversation_events("rt", turns=3, chunks=40)
     proc = recorder(settings, tmp_path).start()
     try:
-        await proc.wait_consumer(bus, "recorder")
+        await proc.wait_consumer(bus)
         await publish_all(bus, events)
         log = EventLog(db_url, migrate=False)
         await wait_for(lambda: log.count() >= len(events), timeout=30)
@@ -68,7 +68,7 @@ async def test_kill_recorder_mid_batch_loses_nothing_and_duplicates_nothing(
     proc = recorder(settings, tmp_path).start()
     log = EventLog(db_url, migrate=True)
     try:
-        await proc.wait_consumer(bus, "recorder")
+        await proc.wait_consumer(bus)
         publisher = asyncio.create_task(publish_all(bus, events))
         kills = 0
         for _ in range(3):
@@ -131,7 +131,7 @@ async def test_a_database_outage_delays_the_log_and_loses_nothing(
     proc = recorder(settings, tmp_path).start()
     log = EventLog(db_url, migrate=False)
     try:
-        await proc.wait_consumer(bus, "recorder")
+        await proc.wait_consumer(bus)
         await publish_all(bus, before)
         await wait_for(lambda: log.count() >= len(before), timeout=30)
         log.close()

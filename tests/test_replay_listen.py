@@ -28,18 +28,40 @@ def spoken_turn(
     """A turn whose user audio and reply audio have recognisable constant levels."""
     u = s.new_id()
     audio = tone(s.PIPELINE_RATE, 0.1, user_level)
-    ev: list[s.Event] = [s.VoiceStarted(conversation_id=conv, utterance_id=u, ts=t0)]
+    ev: list[s.Event] = [
+        s.VoiceStarted(endpoint="device", conversation_id=conv, utterance_id=u, ts=t0)
+    ]
     ev += [
-        s.MicAudioChunk(conversation_id=conv, utterance_id=u, seq=i, audio=audio, ts=t0 + 0.1 * i)
+        s.MicAudioChunk(
+            endpoint="device",
+            conversation_id=conv,
+            utterance_id=u,
+            seq=i,
+            audio=audio,
+            ts=t0 + 0.1 * i,
+        )
         for i in range(5)
     ]
     ev.append(
-        s.VoiceStopped(conversation_id=conv, utterance_id=u, chunks=5, duration_ms=500, ts=t0 + 0.5)
+        s.VoiceStopped(
+            endpoint="device",
+            conversation_id=conv,
+            utterance_id=u,
+            chunks=5,
+            duration_ms=500,
+            ts=t0 + 0.5,
+            speech_end_ts=t0 + 0.5,
+        )
     )
-    ev.append(s.Transcript(conversation_id=conv, utterance_id=u, text="hello", ts=t0 + 0.8))
+    ev.append(
+        s.Transcript(
+            endpoint="device", conversation_id=conv, utterance_id=u, text="hello", ts=t0 + 0.8
+        )
+    )
     reply = tone(TTS_RATE, 0.5, reply_level)
     ev += [
         s.TtsAudioChunk(
+            endpoint="device",
             conversation_id=conv,
             utterance_id=u,
             seq=i,
@@ -50,9 +72,12 @@ def spoken_turn(
         )
         for i in range(4)  # 2 s synthesized
     ]
-    ev.append(s.PlaybackStarted(conversation_id=conv, utterance_id=u, ts=t0 + 1.1))
+    ev.append(
+        s.PlaybackStarted(endpoint="device", conversation_id=conv, utterance_id=u, ts=t0 + 1.1)
+    )
     ev.append(
         s.PlaybackDone(
+            endpoint="device",
             conversation_id=conv,
             utterance_id=u,
             played_ms=700.0 if interrupted else 2000.0,
@@ -98,7 +123,15 @@ def test_listen_puts_both_sides_in_order_and_cuts_an_interrupted_reply(
 
 
 def test_listen_without_audio_is_a_clear_error(log: EventLog, tmp_path: Path) -> None:
-    log.append([Record.of(s.Transcript(conversation_id="typed", utterance_id="u1", text="hi"))])
+    log.append(
+        [
+            Record.of(
+                s.Transcript(
+                    endpoint="device", conversation_id="typed", utterance_id="u1", text="hi"
+                )
+            )
+        ]
+    )
     with pytest.raises(replay.ReplayError, match="no recorded audio"):
         replay.render(log, "typed", tmp_path / "x.wav")
 

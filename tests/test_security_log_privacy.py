@@ -29,12 +29,14 @@ async def test_transcripts_and_replies_stay_out_of_worker_logs(
     log = EventLog(settings.db_url)
     try:
         for p in procs:
-            await p.wait_consumer(bus, p.module, timeout=120)
-        said = s.Transcript(conversation_id="priv", utterance_id="u1", text=f"Hello, {SECRET}.")
+            await p.wait_consumer(bus, timeout=120)
+        said = s.Transcript(
+            endpoint="device", conversation_id="priv", utterance_id="u1", text=f"Hello, {SECRET}."
+        )
         await bus.publish(said)
         # A garbage transcript too: its dead-letter reason must not quote it either.
         await bus.js.publish(
-            "voice.priv.stt.transcript",
+            "voice.device.priv.stt.transcript",
             s.encode(said).replace(b'"seq":0', b'"seq":-1').replace(b"Hello", b"Hullo"),
         )
         done = await wait_for(

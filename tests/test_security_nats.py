@@ -61,7 +61,9 @@ async def connect_as(settings: Settings, worker_id: str) -> tuple[Bus, list[str]
 
 
 def transcript(conv: str = "c1") -> s.Transcript:
-    return s.Transcript(conversation_id=conv, utterance_id="u1", producer="x", text="hello")
+    return s.Transcript(
+        endpoint="device", conversation_id=conv, utterance_id="u1", producer="x", text="hello"
+    )
 
 
 async def test_the_embedded_server_config_binds_loopback_and_requires_auth(
@@ -87,16 +89,21 @@ async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Se
         await tts.ensure_streams()
         # Its own events go through ...
         done = s.TtsDone(
-            conversation_id="c1", utterance_id="u1", sentences=0, chunks=0, audio_ms=0.0
+            endpoint="device",
+            conversation_id="c1",
+            utterance_id="u1",
+            sentences=0,
+            chunks=0,
+            audio_ms=0.0,
         )
         assert (await tts.publish(done)).seq >= 1
         # ... another stage's do not: the server drops them, JetStream never acks.
         with pytest.raises(nats.errors.TimeoutError):
             await tts.publish(transcript(), timeout=1.0)
         await wait_for(lambda: any("permissions violation" in e.lower() for e in errors), 5)
-        assert any("voice.c1.stt.transcript" in e for e in errors)
+        assert any("voice.device.c1.stt.transcript" in e for e in errors)
         # Nor may it barge in, read voice subjects directly or delete the record.
-        interrupt = s.Interrupt(conversation_id="c1", utterance_id="u1")
+        interrupt = s.Interrupt(endpoint="device", conversation_id="c1", utterance_id="u1")
         with pytest.raises(nats.errors.TimeoutError):
             await tts.publish(interrupt, timeout=1.0)
         await tts.nc.subscribe("voice.>")
@@ -108,7 +115,7 @@ async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Se
     admin = await Bus.connect(auth_settings, name="cli")
     try:
         info = await admin.js.stream_info(admin.stream, subjects_filter="voice.>")
-        assert set(info.state.subjects or {}) == {"voice.c1.tts.done"}
+        assert set(info.state.subjects or {}) == {"voice.device.c1.tts.done"}
     finally:
         await admin.close()
 
@@ -125,11 +132,13 @@ async def test_each_role_does_its_own_job_under_auth(
         log_file=tmp_path / "recorder.log",
     ).start()
     try:
-        await recorder.wait_consumer(admin, "recorder", timeout=60)
+        await recorder.wait_consumer(admin, timeout=60)
         stt, _ = await connect_as(auth_settings, "stt-2")
         speaker, _ = await connect_as(auth_settings, "speaker")
         await stt.publish(transcript("c2"))
-        await speaker.publish(s.Interrupt(conversation_id="c2", utterance_id="u1"))
+        await speaker.publish(
+            s.Interrupt(endpoint="device", conversation_id="c2", utterance_id="u1")
+        )
         await stt.close()
         await speaker.close()
         log = EventLog(auth_settings.db_url)

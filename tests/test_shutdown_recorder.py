@@ -19,7 +19,7 @@ async def test_sigterm_while_publishing_exits_0_with_everything_it_acked_in_the_
 ) -> None:
     log_file = tmp_path / "recorder.log"
     recorder = WorkerProcess("recorder", settings, log_file=log_file).start()
-    await recorder.wait_consumer(bus, "recorder", timeout=60)
+    await recorder.wait_consumer(bus, timeout=60)
     published: list[s.Event] = []
     stop = asyncio.Event()
 
@@ -27,7 +27,11 @@ async def test_sigterm_while_publishing_exits_0_with_everything_it_acked_in_the_
         i = 0
         while not stop.is_set():
             ev = s.MicAudioChunk(
-                conversation_id="shut", utterance_id="u", seq=i, audio=b"\1\0" * 320
+                endpoint="device",
+                conversation_id="shut",
+                utterance_id="u",
+                seq=i,
+                audio=b"\1\0" * 320,
             )
             await bus.publish_nowait(ev)
             published.append(ev)

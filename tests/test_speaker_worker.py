@@ -9,7 +9,7 @@ import pytest
 
 from schemas import Interrupt, PlaybackDone, PlaybackStarted, TtsAudioChunk, TtsDone, derive_id
 from tests.conftest import wait_for
-from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from tests.test_tts_support import Tap, reply, reply_done, reply_started, running, turn
 from workers.runtime.endpoint.sinks import ClockedOutput, DeviceSink, SpeakerError
 from workers.speaker.config import SpeakerSettings
 from workers.speaker.worker import SpeakerWorker
@@ -41,7 +41,7 @@ async def test_wav_sink_plays_in_real_time_and_reports_the_whole_reply_heard(bus
     tap = await Tap().start(bus)
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     async with running(tts), running(SpeakerWorker(bus, settings, speaker_settings())):
-        for ev in [*sentences(conv, utt, TEXTS), reply_done(conv, utt, TEXTS)]:
+        for ev in reply(conv, utt, TEXTS):
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
     started = tap.of(PlaybackStarted, utt)[0]
@@ -65,12 +65,16 @@ async def test_interrupted_reply_wav_stops_where_the_listener_stopped_hearing(bu
     tap = await Tap().start(bus)
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     async with running(tts), running(SpeakerWorker(bus, settings, speaker_settings())):
-        for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+        for ev in reply(conv, utt, texts):
             await bus.publish(ev)
         started = (await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20))[0]
         await asyncio.sleep(1.2)
         stop = Interrupt(
-            event_id=derive_id(utt, "stop"), conversation_id=conv, utterance_id=utt, reason="user"
+            event_id=derive_id(utt, "stop"),
+            endpoint="device",
+            conversation_id=conv,
+            utterance_id=utt,
+            reason="user",
         )
         await bus.publish(stop)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=5))[0]
@@ -101,7 +105,7 @@ async def test_replies_of_one_conversation_play_one_after_another(bus, settings,
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     async with running(tts), running(SpeakerWorker(bus, settings, speaker_settings())):
         for utt, texts in ((first, ["One."]), (second, ["Two."])):
-            for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+            for ev in reply(conv, utt, texts):
                 await bus.publish(ev)
         await wait_for(lambda: tap.of(PlaybackDone, second), timeout=20)
     d1, d2 = tap.of(PlaybackDone, first)[0], tap.of(PlaybackDone, second)[0]
@@ -118,7 +122,7 @@ async def test_batch_rendering_does_not_wait_for_the_clock(bus, settings, piper)
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     speaker = SpeakerWorker(bus, settings, speaker_settings(realtime=False))
     async with running(tts), running(speaker):
-        for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+        for ev in reply(conv, utt, texts):
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
     tts_done = tap.of(TtsDone, utt)[0]
@@ -156,6 +160,7 @@ async def test_a_reply_without_audio_still_ends_with_nothing_heard(bus, settings
     tap = await Tap().start(bus)
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     async with running(tts), running(SpeakerWorker(bus, settings, speaker_settings())):
+        await bus.publish(reply_started(conv, utt))
         await bus.publish(reply_done(conv, utt, []))
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=10))[0]
     assert done.played_ms == 0 and done.last_sentence_index == -1 and not done.interrupted

@@ -80,7 +80,7 @@ async def test_two_instances_four_conversations_each_utterance_transcribed_once(
         await asyncio.gather(*(mic(bus, settings, files[c], c) for c in convs))
 
         async def transcripts() -> list[Transcript]:
-            return [e for e, _ in await read_stream(bus, "voice.*.stt.transcript")]
+            return [e for e, _ in await read_stream(bus, "voice.*.*.stt.transcript")]
 
         for _ in range(150):
             if len(await transcripts()) >= 8:
@@ -127,7 +127,7 @@ async def test_kill_stt_mid_utterance_is_not_lost(
             if isinstance(ev, TranscriptPartial) and ev.producer == "stt-1":
                 partial_from_first.set()
 
-        sub = await bus.nc.subscribe(f"voice.{conv}.stt.>", cb=on_msg)
+        sub = await bus.nc.subscribe(f"voice.*.{conv}.stt.>", cb=on_msg)
         speaking = asyncio.create_task(mic(bus, settings, path, conv))
         await asyncio.wait_for(partial_from_first.wait(), 20)
         first.kill()  # kill -9 while the user is still speaking
@@ -135,7 +135,7 @@ async def test_kill_stt_mid_utterance_is_not_lost(
         second = stt_process(settings, "stt-2", tmp_path)
         await speaking
         for _ in range(200):
-            if await read_stream(bus, f"voice.{conv}.stt.transcript"):
+            if await read_stream(bus, f"voice.*.{conv}.stt.transcript"):
                 break
             await asyncio.sleep(0.1)
         await sub.unsubscribe()
@@ -143,7 +143,7 @@ async def test_kill_stt_mid_utterance_is_not_lost(
         first.kill()
         if second is not None:
             second.stop()
-    finals = [e for e, _ in await read_stream(bus, f"voice.{conv}.stt.transcript")]
+    finals = [e for e, _ in await read_stream(bus, f"voice.*.{conv}.stt.transcript")]
     assert len(finals) == 1
     assert finals[0].producer == "stt-2"
     assert wer([PHRASES[7]], [finals[0].text]) <= WER_BOUND

@@ -141,7 +141,7 @@ async def test_utterances_get_partials_then_one_final_in_one_trace(
         worker.stop()
         await task
 
-    events = await read_stream(bus, f"voice.{conv}.>")
+    events = await read_stream(bus, f"voice.*.{conv}.>")
     starts = [e for e, _ in events if isinstance(e, VoiceStarted)]
     finals = [(e, h) for e, h in events if isinstance(e, Transcript)]
     assert len(starts) == 2 and len(finals) == 2
@@ -186,22 +186,31 @@ async def _publish_utterance(
     bus: Bus, conv: str, chunks: list[int], stopped_chunks: int | None
 ) -> VoiceStarted:
     utt = new_id()
-    started = VoiceStarted(conversation_id=conv, utterance_id=utt, producer="test")
+    started = VoiceStarted(
+        endpoint="device", conversation_id=conv, utterance_id=utt, producer="test"
+    )
     await bus.publish(started)
     pcm = (np.sin(np.arange(320) / 5) * 3000).astype("<i2").tobytes()
     for seq in chunks:
         await bus.publish(
             MicAudioChunk(
-                conversation_id=conv, utterance_id=utt, seq=seq, audio=pcm, producer="test"
+                endpoint="device",
+                conversation_id=conv,
+                utterance_id=utt,
+                seq=seq,
+                audio=pcm,
+                producer="test",
             )
         )
     if stopped_chunks is not None:
         await bus.publish(
             VoiceStopped(
+                endpoint="device",
                 conversation_id=conv,
                 utterance_id=utt,
                 chunks=stopped_chunks,
                 duration_ms=20.0 * stopped_chunks,
+                speech_end_ts=0,
                 producer="test",
             )
         )
@@ -219,7 +228,7 @@ async def test_missing_chunks_or_voice_stopped_end_in_error_events(
         hung = await _publish_utterance(bus, conv, [0, 1, 2], None)
 
         async def errors() -> dict[str, ControlError]:
-            evs = await read_stream(bus, f"voice.{conv}.control.error")
+            evs = await read_stream(bus, f"voice.*.{conv}.control.error")
             return {e.utterance_id: e for e, _ in evs}
 
         found = await asyncio.wait_for(_until_async(errors, 3), 20)
@@ -230,7 +239,7 @@ async def test_missing_chunks_or_voice_stopped_end_in_error_events(
     assert found[short.utterance_id].code == "audio-gap"
     assert found[hung.utterance_id].code == "utterance-timeout"
     assert all(e.failed_stage == "stt" and e.cause_event_id for e in found.values())
-    transcripts = await read_stream(bus, f"voice.{conv}.stt.transcript")
+    transcripts = await read_stream(bus, f"voice.*.{conv}.stt.transcript")
     assert transcripts == []
 
 
@@ -285,7 +294,7 @@ async def test_stopping_mid_utterance_hands_it_to_another_instance_at_once(
     async def on_partial(msg) -> None:  # type: ignore[no-untyped-def]
         partial.set()
 
-    sub = await bus.nc.subscribe(f"voice.{conv}.stt.transcript-partial", cb=on_partial)
+    sub = await bus.nc.subscribe(f"voice.*.{conv}.stt.transcript-partial", cb=on_partial)
     try:
         await asyncio.wait_for(partial.wait(), 20)
         await sub.unsubscribe()
@@ -296,7 +305,7 @@ async def test_stopping_mid_utterance_hands_it_to_another_instance_at_once(
         second.worker_id = "stt-second"
         await speaking
         finals = await asyncio.wait_for(
-            _until_async(lambda: read_stream(bus, f"voice.{conv}.stt.transcript"), 1), 20
+            _until_async(lambda: read_stream(bus, f"voice.*.{conv}.stt.transcript"), 1), 20
         )
     finally:
         if second is not None:

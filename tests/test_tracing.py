@@ -57,7 +57,7 @@ async def test_handler_runs_inside_the_producers_trace_context(bus: Bus) -> None
 
     consumer = await bus.consumer("ctx", [s.subject_filter()], handle).start()
     with tr.start_as_current_span("producer") as producer:
-        await bus.publish(s.VoiceStarted(conversation_id="c", utterance_id="u"))
+        await bus.publish(s.VoiceStarted(endpoint="device", conversation_id="c", utterance_id="u"))
     while not seen:
         await consumer.run_once()
     handler = next(sp for sp in exporter.get_finished_spans() if sp.name == "handler")

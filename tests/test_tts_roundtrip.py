@@ -8,7 +8,7 @@ import numpy as np
 
 from schemas import TtsAudioChunk, TtsDone
 from tests.conftest import wait_for
-from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from tests.test_tts_support import Tap, reply, running, turn
 from workers.runtime.audio import pcm16_to_float, resample_float
 from workers.runtime.models import bundled_path
 from workers.tts.config import TtsSettings
@@ -27,7 +27,7 @@ async def test_piper_speech_through_the_bus_is_transcribed_back_by_whisper(bus, 
     conv, utt = turn()
     tap = await Tap().start(bus)
     async with running(TtsWorker(bus, settings, TtsSettings(_env_file=None))):  # type: ignore[call-arg]
-        for ev in [*sentences(conv, utt, TEXTS), reply_done(conv, utt, TEXTS)]:
+        for ev in reply(conv, utt, TEXTS):
             await bus.publish(ev)
         await wait_for(lambda: tap.of(TtsDone, utt), timeout=20)
     chunks = sorted(tap.of(TtsAudioChunk, utt), key=lambda c: c.seq)

@@ -5,10 +5,31 @@ No tests here; the workers run for real on the test's nats-server.
 
 from __future__ import annotations
 
-from schemas import ReplyDone, ReplySentence, derive_id, new_id
+from schemas import ReplyDone, ReplySentence, ReplyStarted, derive_id, new_id
 from tests.support import Tap, running
 
-__all__ = ["Tap", "reply_done", "running", "sentences", "turn"]
+__all__ = ["Tap", "reply", "reply_done", "reply_started", "running", "sentences", "turn"]
+
+
+def reply_started(conversation: str, utterance: str) -> ReplyStarted:
+    """What the llm publishes first: the tts claims the reply on it."""
+    return ReplyStarted(
+        event_id=derive_id(utterance, "reply-started"),
+        endpoint="device",
+        conversation_id=conversation,
+        utterance_id=utterance,
+        producer="llm-test",
+        language="en",
+    )
+
+
+def reply(conversation: str, utterance: str, texts: list[str]) -> list:  # type: ignore[type-arg]
+    """A whole reply as the llm publishes it: started, sentences, done."""
+    return [
+        reply_started(conversation, utterance),
+        *sentences(conversation, utterance, texts),
+        reply_done(conversation, utterance, texts),
+    ]
 
 
 def sentences(conversation: str, utterance: str, texts: list[str]) -> list[ReplySentence]:
@@ -16,6 +37,7 @@ def sentences(conversation: str, utterance: str, texts: list[str]) -> list[Reply
     return [
         ReplySentence(
             event_id=derive_id(utterance, "sentence", i),
+            endpoint="device",
             conversation_id=conversation,
             utterance_id=utterance,
             seq=i,
@@ -30,6 +52,7 @@ def sentences(conversation: str, utterance: str, texts: list[str]) -> list[Reply
 def reply_done(conversation: str, utterance: str, texts: list[str]) -> ReplyDone:
     return ReplyDone(
         event_id=derive_id(utterance, "reply-done"),
+        endpoint="device",
         conversation_id=conversation,
         utterance_id=utterance,
         producer="llm-test",

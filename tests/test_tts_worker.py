@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from schemas import ControlError, Interrupt, SentenceDone, TtsAudioChunk, TtsDone, derive_id
+from schemas import (
+    ControlError,
+    Interrupt,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsDone,
+    TtsStarted,
+    derive_id,
+)
 from tests.conftest import wait_for
-from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from tests.test_tts_support import Tap, reply, reply_done, reply_started, running, sentences, turn
 from workers.tts.backends import PiperBackend
 from workers.tts.config import TtsSettings
 from workers.tts.worker import TtsWorker
@@ -39,6 +47,7 @@ async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, 
     tap = await Tap().start(bus)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         s = sentences(conv, utt, TEXTS)
+        await bus.publish(reply_started(conv, utt))
         await bus.publish(s[0])
         await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
         assert tap.of(TtsAudioChunk, utt), "no audio after the first sentence"
@@ -62,22 +71,46 @@ async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, 
     assert all(0 < p.real_time_factor < 1 and p.first_audio_ms > 0 for p in per_sentence)
     # ids derive from the sentence: a redelivery republishes the same ones
     assert chunks[0].event_id == derive_id(s[0].event_id, "chunk", 0)
+    started = tap.of(TtsStarted, utt)
+    assert len(started) == 1 and started[0].rate == 22050
+    assert tap.arrival(started[0]) <= tap.arrival(chunks[0])
     await tap.stop()
 
 
-async def test_sentences_delivered_out_of_order_are_spoken_in_index_order(bus, settings, piper):
+async def test_a_missing_sentence_ends_the_reply_with_an_error(bus, settings, piper):
+    """The llm publishes sentences in order and JetStream keeps that order: a gap means a
+    sentence was lost, and the reply ends explicitly instead of waiting for it forever."""
     conv, utt = turn()
     tap = await Tap().start(bus)
     s = sentences(conv, utt, TEXTS)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
-        for ev in (s[2], s[0], reply_done(conv, utt, TEXTS), s[1]):
+        for ev in (reply_started(conv, utt), s[0], s[2], reply_done(conv, utt, TEXTS)):
             await bus.publish(ev)
-        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=20))[0]
-    chunks = tap.of(TtsAudioChunk, utt)
-    order = [c.sentence_index for c in chunks]
-    assert order == sorted(order) and set(order) == {0, 1, 2}
-    assert [c.seq for c in chunks] == list(range(len(chunks)))
-    assert done.sentences == 3 and done.chunks == len(chunks)
+        error = (await wait_for(lambda: tap.of(ControlError, utt), timeout=20))[0]
+        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=5))[0]
+    assert error.failed_stage == "tts" and error.code == "sentence-gap"
+    assert done.interrupted and done.sentences == 1
+    assert {c.sentence_index for c in tap.of(TtsAudioChunk, utt)} == {0}
+    await tap.stop()
+
+
+async def test_replies_not_meant_to_be_spoken_are_left_alone(bus, settings, piper):
+    """A conversation bound to be answered in text only (`just ask`): no audio."""
+    from schemas import binding
+
+    conv, utt = turn()
+    tap = await Tap().start(bus)
+    async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(binding("device", conv, "text", last_stage="llm"))
+        for ev in reply(conv, utt, TEXTS[:1]):
+            await bus.publish(ev)
+        spoken = reply(conv2 := turn()[0], utt2 := turn()[1], TEXTS[:1])
+        for ev in spoken:
+            await bus.publish(ev)
+        await wait_for(lambda: tap.of(TtsDone, utt2), timeout=10)
+    assert conv2 != conv
+    assert not tap.of(TtsStarted, utt) and not tap.of(TtsAudioChunk, utt)
+    assert not tap.of(TtsDone, utt)
     await tap.stop()
 
 
@@ -86,9 +119,10 @@ async def test_restarted_tts_continues_the_reply_where_the_last_one_stopped(bus,
     tap = await Tap().start(bus)
     s = sentences(conv, utt, TEXTS)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(reply_started(conv, utt))
         await bus.publish(s[0])
         await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
-    # a fresh process: no memory of the reply, only the bus
+    # stopped mid-reply: the reply was handed back; a fresh process only knows the bus
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
         await bus.publish(s[1])
         await bus.publish(s[2])
@@ -96,6 +130,7 @@ async def test_restarted_tts_continues_the_reply_where_the_last_one_stopped(bus,
         done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=20))[0]
     chunks = tap.of(TtsAudioChunk, utt)
     assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert [p.sentence_index for p in tap.of(SentenceDone, utt)] == [0, 1, 2]
     assert done.sentences == 3 and done.chunks == len(chunks)
     await tap.stop()
 
@@ -106,10 +141,12 @@ async def test_interrupt_stops_synthesis_and_ends_the_reply_at_once(bus, setting
     long_texts = [f"This is sentence number {i} of a long and winding answer." for i in range(8)]
     s = sentences(conv, utt, long_texts)
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(reply_started(conv, utt))
         await bus.publish(s[0])
         await wait_for(lambda: tap.of(TtsAudioChunk, utt), timeout=10)
         stop = Interrupt(
             event_id=derive_id(utt, "interrupt"),
+            endpoint="device",
             conversation_id=conv,
             utterance_id=utt,
             by_utterance_id="next",
@@ -135,7 +172,7 @@ async def test_output_rate_other_than_the_voice_is_resampled_in_the_stream(bus, 
     tap = await Tap().start(bus)
     tts = TtsWorker(bus, settings, tts_settings(output_rate=16000, chunk_ms=40), piper)
     async with running(tts):
-        for ev in [*sentences(conv, utt, TEXTS[:1]), reply_done(conv, utt, TEXTS[:1])]:
+        for ev in reply(conv, utt, TEXTS[:1]):
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=10))[0]
     chunks = tap.of(TtsAudioChunk, utt)
@@ -159,6 +196,7 @@ async def test_tts_synthesize_span_joins_the_sentence_trace_with_its_timings(bus
     tap = await Tap().start(bus)
     tracer = trace.get_tracer("test")
     async with running(TtsWorker(bus, settings, tts_settings(), piper)):
+        await bus.publish(reply_started(conv, utt))
         with tracer.start_as_current_span("llm.generate") as parent:
             await bus.publish(sentences(conv, utt, TEXTS[:1])[0])
         await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
@@ -192,7 +230,7 @@ async def test_a_sentence_that_keeps_failing_ends_the_reply_with_an_error(
     tap = await Tap().start(bus)
     texts = ["Zebras zigzag at the zoo.", "This one is fine."]
     async with running(TtsWorker(bus, settings, tts_settings(voice=broken_voice))):
-        for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+        for ev in reply(conv, utt, texts):
             await bus.publish(ev)
         error = (await wait_for(lambda: tap.of(ControlError, utt), timeout=20))[0]
         done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=5))[0]

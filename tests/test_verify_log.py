@@ -19,11 +19,11 @@ CONV, UTT = "conv-1", "utt-1"
 
 def full_turn(conv: str = CONV, utt: str = UTT, chunks: int = 3) -> list[s.Event]:
     pcm = b"\x00\x00" * 160
-    base = {"conversation_id": conv, "utterance_id": utt}
+    base = {"endpoint": "device", "conversation_id": conv, "utterance_id": utt}
     evs: list[s.Event] = [s.VoiceStarted(**base, producer="mic")]
     evs += [s.MicAudioChunk(**base, producer="mic", seq=i, audio=pcm) for i in range(chunks)]
     evs += [
-        s.VoiceStopped(**base, producer="mic", chunks=chunks, duration_ms=30.0),
+        s.VoiceStopped(**base, producer="mic", chunks=chunks, duration_ms=30.0, speech_end_ts=0),
         s.TranscriptPartial(**base, producer="stt-1", text="hel", audio_ms=10.0),
         s.Transcript(**base, producer="stt-2", text="hello there"),
         s.ReplyToken(**base, producer="llm", text="Hi", index=0),
@@ -75,7 +75,12 @@ def test_a_lost_audio_chunk_is_a_gap_and_a_count_mismatch(log: EventLog) -> None
 def test_two_events_with_one_seq_are_reported(log: EventLog) -> None:
     pcm = b"\x00\x00" * 10
     dup = s.MicAudioChunk(
-        conversation_id=CONV, utterance_id=UTT, producer="mic-2", seq=2, audio=pcm
+        endpoint="device",
+        conversation_id=CONV,
+        utterance_id=UTT,
+        producer="mic-2",
+        seq=2,
+        audio=pcm,
     )
     log.append([Record.of(dup)])
     out = "\n".join(messages(log))
@@ -101,7 +106,12 @@ def test_an_error_event_ends_a_turn_explicitly(tmp_path: Path) -> None:
     log.append([Record.of(e) for e in full_turn(utt="utt-9")])
     assert any("no llm.reply-done" in m for m in messages(log))
     err = s.ControlError(
-        conversation_id=CONV, utterance_id=UTT, failed_stage="llm", code="x", message="boom"
+        endpoint="device",
+        conversation_id=CONV,
+        utterance_id=UTT,
+        failed_stage="llm",
+        code="x",
+        message="boom",
     )
     log.append([Record.of(err)])
     assert messages(log) == []  # ... until the turn ends with an explicit error

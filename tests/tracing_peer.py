@@ -17,7 +17,9 @@ async def produce(settings: Settings) -> None:
     bus = await Bus.connect(settings, "peer-produce")
     await bus.ensure_streams()
     with tracer("peer").start_as_current_span("utterance"):
-        await bus.publish(s.VoiceStarted(conversation_id="tr", utterance_id="u1"))
+        await bus.publish(
+            s.VoiceStarted(endpoint="device", conversation_id="tr", utterance_id="u1")
+        )
     await bus.close()
 
 

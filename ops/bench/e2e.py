@@ -38,7 +38,7 @@ from ops.bench.stats import pct
 from ops.bench.stt import synth_piper
 from ops.bench.tts import direct as piper_direct
 from workers.cli.demo import LiveView, wait_recorded
-from workers.cli.pipeline import Pipeline, progress
+from workers.cli.pipeline import Pipeline, progress, tool_endpoint
 from workers.llm.backends import Generation, make_backend
 from workers.llm.config import LlmSettings
 from workers.llm.worker import turn_seed
@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await models.load()
     rows: list[dict[str, Any]] = []
     env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
-    async with Pipeline(settings, env=env) as p:
+    async with Pipeline(settings, env=env, pool=tool_endpoint("bench")) as p:
         log = EventLog(settings.db_url, migrate=False)
         for i, f in enumerate(files):
             conv = f"bench-{s.new_id()[:10]}"

@@ -39,8 +39,9 @@ import schemas as s
 from ops.bench.e2e import QUESTIONS
 from ops.bench.stats import pct
 from ops.chaos import audit, consumer_states, quiescent
-from workers.cli.pipeline import Pipeline, progress
+from workers.cli.pipeline import Pipeline, progress, tool_endpoint
 from workers.runtime.audio import write_wav
+from workers.runtime.bus import Bus
 from workers.runtime.config import get_settings
 from workers.runtime.eventlog import EventLog, row_event, timings
 from workers.runtime.eventlog.verify import verify
@@ -146,6 +147,8 @@ def queueing(log: EventLog, turn: Any) -> dict[str, float | None]:
 
 
 async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: bool) -> dict:
+    """N conversations at once, one turn each: what they waited, what it cost, what the log
+    and the stream hold afterwards."""
     assert p.bus is not None
     conversations = [f"load{n}-{i}-{s.new_id()[:8]}" for i in range(n)]
     sampler = Sampler()
@@ -154,7 +157,49 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     cpu0 = workers_cpu(p)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load0 = os.getloadavg()[0]
-    mics = [
+    mics = start_turns(p, files, conversations, n, fast)
+    try:
+        turns = await turns_ended(log, conversations, LEVEL_TIMEOUT_S)
+        await quiescent(p.bus, timeout=60)
+    finally:
+        sampling.cancel()
+        for m in mics:
+            await asyncio.to_thread(m.stop)
+    wall = time.monotonic() - t0
+    rows = []
+    for c in conversations:
+        rows.extend(await asyncio.to_thread(log.event_rows, c, None, None, False))
+    configs = {
+        i.name: i.config.max_ack_pending for i in await p.bus.js.consumers_info(p.bus.stream)
+    }
+    return {
+        "n": n,
+        "mode": "fast" if fast else "real time",
+        "wall_s": wall,
+        "turns": len(turns),
+        "errors": [t.error_code for t in turns if t.error_code],
+        **throughput(rows),
+        **latencies(log, turns),
+        **await chunk_counts(p.bus, rows, conversations),
+        "backpressure": {
+            name: {"max_ack_pending": configs.get(name), **pk}
+            for name, pk in sorted(sampler.peak.items())
+        },
+        "peak_rss_mb": {
+            name: vm_hwm_mb(wp.proc.pid)
+            for name, wp in p.procs.items()
+            if wp.proc is not None and not name.startswith("mic")
+        },
+        "cpu_s": cpu_since(p, cpu0, children0),
+        "load_average": {"start": load0, "end": os.getloadavg()[0]},
+        "problems": problems_of(log, conversations),
+    }
+
+
+def start_turns(
+    p: Pipeline, files: list[Path], conversations: list[str], n: int, fast: bool
+) -> list[Any]:
+    return [
         p.start_mic(
             "--file",
             str(files[i % len(files)]),
@@ -165,14 +210,9 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
         )
         for i, c in enumerate(conversations)
     ]
-    try:
-        turns = await turns_ended(log, conversations, LEVEL_TIMEOUT_S)
-        await quiescent(p.bus, timeout=60)
-    finally:
-        sampling.cancel()
-        for m in mics:
-            await asyncio.to_thread(m.stop)
-    wall = time.monotonic() - t0
+
+
+def cpu_since(p: Pipeline, cpu0: dict[str, float], children0: Any) -> dict[str, float]:
     cpu1 = workers_cpu(p)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = {n: cpu1[n] - cpu0.get(n, 0.0) for n in cpu1}
@@ -180,50 +220,25 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     cpu["mics"] = (children.ru_utime + children.ru_stime) - (
         children0.ru_utime + children0.ru_stime
     )
-    rows = []
-    for c in conversations:
-        rows.extend(await asyncio.to_thread(log.event_rows, c, None, None, False))
+    return cpu
+
+
+def throughput(rows: list[Any]) -> dict[str, Any]:
     ts = [r.ts for r in rows]
     rec = [r.recorded_at for r in rows]
     lag = [1000.0 * (r.recorded_at - r.ts) for r in rows]
-    mic_recorded = sum(1 for r in rows if r.type == "mic.audio-chunk")
-    mic_declared = sum(
-        row_event(r).chunks  # type: ignore[attr-defined]
-        for r in rows
-        if r.type == "mic.voice-stopped"
-    )
-    mic_stored = 0
-    for c in conversations:
-        info = await p.bus.js.stream_info(
-            p.bus.stream, subjects_filter=s.subject_filter("*", c, "mic.audio-chunk")
-        )
-        mic_stored += sum((info.state.subjects or {}).values())
-    tts_recorded = sum(1 for r in rows if r.type == "tts.audio-chunk")
-    tts_declared = sum(
-        row_event(r).chunks  # type: ignore[attr-defined]
-        for r in rows
-        if r.type == "tts.done"
-    )
-    q = [queueing(log, t) for t in turns]
-    v2v = [timings(t).voice_to_voice for t in turns]
-    v2v = [x for x in v2v if x is not None]
-    problems = []
-    for c in conversations:
-        problems += audit(log, c).problems
-    problems += [p.line() for p in verify(log, conversations)]
-    configs = {
-        i.name: i.config.max_ack_pending for i in await p.bus.js.consumers_info(p.bus.stream)
-    }
     return {
-        "n": n,
-        "mode": "fast" if fast else "real time",
-        "wall_s": wall,
-        "turns": len(turns),
-        "errors": [t.error_code for t in turns if t.error_code],
         "events": len(rows),
         "bus_events_per_s": len(rows) / max(1e-9, max(ts) - min(ts)),
         "log_events_per_s": len(rows) / max(1e-9, max(rec) - min(rec)),
         "recorder_lag_ms": {"p50": pct(lag, 0.5), "p99": pct(lag, 0.99)},
+    }
+
+
+def latencies(log: EventLog, turns: list[Any]) -> dict[str, Any]:
+    q = [queueing(log, t) for t in turns]
+    v2v = [x for x in (timings(t).voice_to_voice for t in turns) if x is not None]
+    return {
         "queueing_ms": {
             stage: {
                 "p50": pct([x[stage] for x in q if x[stage] is not None], 0.5),
@@ -236,21 +251,40 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
             "p95": pct(v2v, 0.95),
             "mean": statistics.fmean(v2v) if v2v else float("nan"),
         },
-        "mic_chunks": {"declared": mic_declared, "stored": mic_stored, "recorded": mic_recorded},
-        "tts_chunks": {"declared": tts_declared, "recorded": tts_recorded},
-        "backpressure": {
-            name: {"max_ack_pending": configs.get(name), **pk}
-            for name, pk in sorted(sampler.peak.items())
-        },
-        "peak_rss_mb": {
-            name: vm_hwm_mb(wp.proc.pid)
-            for name, wp in p.procs.items()
-            if wp.proc is not None and not name.startswith("mic")
-        },
-        "cpu_s": cpu,
-        "load_average": {"start": load0, "end": os.getloadavg()[0]},
-        "problems": problems,
     }
+
+
+async def chunk_counts(bus: Bus, rows: list[Any], conversations: list[str]) -> dict[str, Any]:
+    """Audio chunks as announced (voice-stopped, tts.done), stored in the stream and
+    recorded in the log: nothing dropped means the three agree."""
+    mic_stored = 0
+    for c in conversations:
+        info = await bus.js.stream_info(
+            bus.stream, subjects_filter=s.subject_filter("*", c, "mic.audio-chunk")
+        )
+        mic_stored += sum((info.state.subjects or {}).values())
+
+    def declared(event_type: str) -> int:
+        return sum(row_event(r).chunks for r in rows if r.type == event_type)  # type: ignore[attr-defined]
+
+    return {
+        "mic_chunks": {
+            "declared": declared("mic.voice-stopped"),
+            "stored": mic_stored,
+            "recorded": sum(1 for r in rows if r.type == "mic.audio-chunk"),
+        },
+        "tts_chunks": {
+            "declared": declared("tts.done"),
+            "recorded": sum(1 for r in rows if r.type == "tts.audio-chunk"),
+        },
+    }
+
+
+def problems_of(log: EventLog, conversations: list[str]) -> list[str]:
+    problems = []
+    for c in conversations:
+        problems += audit(log, c).problems
+    return problems + [p.line() for p in verify(log, conversations)]
 
 
 async def run(levels: list[int], fast: bool, llm_threads: int | None = None) -> list[dict]:
@@ -260,7 +294,7 @@ async def run(levels: list[int], fast: bool, llm_threads: int | None = None) -> 
     if llm_threads:
         env["llm"] = {"LLM_THREADS": str(llm_threads)}
     results = []
-    async with Pipeline(settings, env=env) as p:
+    async with Pipeline(settings, env=env, pool=tool_endpoint("bench")) as p:
         log = EventLog(settings.db_url, migrate=False)
         for n in levels:
             progress(f"load level N={n}: {n} conversation(s) at once ...")

@@ -273,6 +273,8 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
     async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
         ev = decode_event(msg.data)
         now = time.perf_counter()
+        if not ev.TURN_SCOPED:
+            return
         u = seen.setdefault(ev.utterance_id, {"partials": []})
         if isinstance(ev, VoiceStarted):
             u["started"] = now

@@ -71,6 +71,8 @@ class LiveView:
         print(text, end=end, file=self.out, flush=True)
 
     def on_event(self, e: s.Event) -> None:
+        if not e.TURN_SCOPED:
+            return  # the conversation's binding: no turn of its own
         t = self.turns.setdefault(e.utterance_id, TurnView(e.utterance_id))
         match e:
             case s.VoiceStarted():

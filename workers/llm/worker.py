@@ -205,11 +205,12 @@ class LlmWorker(Worker):
 
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
         reply = ReplyWriter(self.bus, t, self.worker_id)
-        # First, so the tts claims the reply while the prompt is built and the model thinks.
-        await reply.started(self.backend.model)
-        messages, kept = await self._prompt(t)
         self.turns += 1
         with self._tracer.start_as_current_span("llm.generate") as span:
+            # First, so the tts claims the reply while the prompt is built and the model
+            # thinks (and its spans join this one).
+            await reply.started(self.backend.model)
+            messages, kept = await self._prompt(t)
             span.set_attribute("llm.backend", self.backend.name)
             span.set_attribute("llm.model", self.backend.model)
             span.set_attribute("llm.history_turns", kept)

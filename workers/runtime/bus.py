@@ -53,6 +53,22 @@ class BusError(RuntimeError):
     """The bus cannot be used; the message says what to do."""
 
 
+class Released(Exception):
+    """Raised by a handler that gives its message back unfinished (the worker is stopping):
+    it is nak'd at once for another instance, and never counts toward dead-lettering."""
+
+
+@dataclass(frozen=True)
+class Followed:
+    """One event read by a `Follower`."""
+
+    event: Event | None
+    """None if the message does not decode (the recorder dead-letters it)."""
+    stream_seq: int
+    context: otel_context.Context
+    """The trace context it was published in."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One received event with what the bus knows about it."""
@@ -363,18 +379,18 @@ class Follower:
     def pending(self) -> int:
         return int(self._sub.pending_msgs) if self._sub is not None else 0
 
-    async def next(self, timeout: float) -> tuple[Event | None, int] | None:
-        """The next (event, stream sequence); the event is None if it does not decode (the
-        recorder dead-letters it); None on timeout."""
+    async def next(self, timeout: float) -> Followed | None:
+        """The next event, or None on timeout."""
         assert self._sub is not None, "use `async with bus.follow(...)`"
         try:
             msg = await self._sub.next_msg(timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             return None
         try:
-            return decode(msg.data), _stream_seq(msg)
+            event: Event | None = decode(msg.data)
         except EventDecodeError:
-            return None, _stream_seq(msg)
+            event = None
+        return Followed(event, _stream_seq(msg), extract_context(dict(msg.headers or {})))
 
 
 def _stream_seq(msg: Msg) -> int:
@@ -563,6 +579,9 @@ class Consumer:
             await self.handler(d.event, d)
         except asyncio.CancelledError:
             raise
+        except Released:
+            await d.nak(0)
+            return
         except Exception as exc:
             await self._failed(d, exc)
             return

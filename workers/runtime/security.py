@@ -37,8 +37,8 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
 }
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
-#: Roles that follow a stream with an ephemeral (ordered) consumer besides their durables.
-EPHEMERAL_CONSUMERS = ("stt",)
+#: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
+EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
 DLQ_STREAM = "VOICE_DLQ"
 
 

@@ -38,7 +38,7 @@ from schemas import (
     derive_id,
 )
 from schemas.routing import STT
-from workers.runtime.bus import Bus, Consumer, Delivery
+from workers.runtime.bus import Bus, Consumer, Delivery, Released
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
@@ -127,6 +127,8 @@ class SttWorker(Worker):
                 await self._follow(event, d)
             except UtteranceFailed as exc:
                 await self._error(event, exc.code, str(exc))
+            except Released:
+                raise
             except Exception as exc:
                 if d.num_delivered < MAX_DELIVER and not isinstance(exc, AssertionError):
                     raise  # nak: retried, possibly by another instance
@@ -145,8 +147,8 @@ class SttWorker(Worker):
             async with self.bus.follow(filters, d.stream_seq + 1) as follower:
                 while True:
                     if self.stopping.is_set():
-                        # Not acked: JetStream hands the utterance to another instance now.
-                        raise RuntimeError("stt shutting down; utterance handed back")
+                        # Nak'd: JetStream hands the utterance to another instance now.
+                        raise Released("stt shutting down; utterance handed back")
                     got = await follower.next(timeout=0.5)
                     if got is None:
                         if loop.time() - last_event >= self.stt.utterance_timeout_s:
@@ -158,7 +160,7 @@ class SttWorker(Worker):
                             )
                         continue
                     last_event = loop.time()
-                    ev = got[0]
+                    ev = got.event
                     if ev is None or ev.utterance_id != started.utterance_id:
                         continue
                     if isinstance(ev, MicAudioChunk):

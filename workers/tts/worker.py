@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import nats.js.errors
 import numpy as np
+from opentelemetry.context import Context
 
 from schemas import (
     ControlError,
@@ -41,7 +42,7 @@ from schemas import (
     subject_filter,
 )
 from schemas.routing import TTS
-from workers.runtime.bus import Bus, Consumer, Delivery, Follower
+from workers.runtime.bus import Bus, Consumer, Delivery, Follower, Released
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
@@ -53,6 +54,9 @@ log = logging.getLogger("voicebus.tts")
 _tracer = tracer("workers.tts")
 MAX_DELIVER = 5
 """Deliveries of a reply-started before a failing reply ends with control.error."""
+SYNTH_ATTEMPTS = 2
+"""Tries of one sentence before the reply ends with control.error (a model that fails on a
+sentence fails the same way again: the reply must not block everything behind it)."""
 
 
 class ReplyFailed(Exception):
@@ -78,8 +82,12 @@ class Reply:
     """Sentences the reply has, once its reply-done arrived."""
     sentence_start: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Sentence index -> (seq, audio_ms) when it started: a re-spoken sentence reuses them."""
-    queue: asyncio.Queue[ReplySentence | None] = field(default_factory=asyncio.Queue)
-    """Sentences to speak, in order; None once the reply is complete or cancelled."""
+    queue: asyncio.Queue[tuple[ReplySentence, Context] | None] = field(
+        default_factory=asyncio.Queue
+    )
+    """Sentences to speak, in order, with their trace context; None at the reply's end."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a chunk or tts.done is published, so nothing follows tts.done."""
 
     @property
     def common(self) -> dict[str, str]:
@@ -144,6 +152,9 @@ class TtsWorker(Worker):
         assert isinstance(event, ReplyStarted)
         if not await self.bindings.goes_to(event.endpoint, event.conversation_id, "tts"):
             return  # answered in text only (`just ask`, Wyoming handle): nothing to speak
+        if event.utterance_id in self.replies:
+            d.defer()  # redelivered while this process still owns it: the owner acks it
+            return
         async with d.working(max(0.2, self.tts.ack_wait_s / 3)):
             r = await self._recover(event)
             self.replies[event.utterance_id] = r
@@ -151,6 +162,8 @@ class TtsWorker(Worker):
                 await self._serve(r, d)
             except ReplyFailed as exc:
                 await self._fail(r, exc.code, str(exc))
+            except Released:
+                raise
             except Exception as exc:
                 if d.num_delivered < MAX_DELIVER and not self.stopping.is_set():
                     raise  # nak: retried, possibly by another instance
@@ -185,6 +198,9 @@ class TtsWorker(Worker):
         loop = asyncio.get_running_loop()
         last = loop.time()
         while not r.cancelled:
+            if self.stopping.is_set():
+                # Nak'd: another instance takes the reply over now, from where it stands.
+                raise Released("tts stopping; reply handed back")
             got = await follower.next(timeout=0.5)
             if got is None:
                 if loop.time() - last > self.tts.reply_timeout_s:
@@ -194,16 +210,18 @@ class TtsWorker(Worker):
                         f"after sentence {r.next_index}",
                     )
                 continue
-            event = got[0]
+            event = got.event
             if event is None or event.utterance_id != r.started.utterance_id:
                 continue
             last = loop.time()
             if isinstance(event, Interrupt):
                 r.cancelled = True
                 log.info("interrupted", extra={"utterance": event.utterance_id})
+                # At once: the sentence being synthesized stops at its next piece.
+                await self._finish(r, derive_id(event.event_id, "tts-done"))
             elif isinstance(event, ReplySentence):
                 if event.index >= r.next_index:  # lower: spoken before an owner restarted
-                    r.queue.put_nowait(event)
+                    r.queue.put_nowait((event, got.context))
             elif isinstance(event, ReplyDone):
                 r.expected = event.sentences
                 if event.interrupted and event.sentences == 0:
@@ -220,14 +238,24 @@ class TtsWorker(Worker):
                 get.cancel()
                 reader.result()  # the reader failed (e.g. reply-timeout): raise it here
                 return
-            s = get.result()
-            if s is None:
+            item = get.result()
+            if item is None:
                 return
+            s, ctx = item
             if s.index != r.next_index:
                 raise ReplyFailed(
                     "sentence-gap", f"sentence {s.index} arrived, {r.next_index} missing"
                 )
-            await self._speak(s, r)
+            for attempt in range(1, SYNTH_ATTEMPTS + 1):
+                try:
+                    await self._speak(s, r, ctx)
+                    break
+                except Exception as exc:
+                    if attempt == SYNTH_ATTEMPTS:
+                        raise ReplyFailed(
+                            "synthesis-failed", f"{exc.__class__.__name__}: {exc}"
+                        ) from exc
+                    log.warning("synthesis failed; trying again", extra={"error": repr(exc)})
             if not r.cancelled:
                 r.next_index += 1
 
@@ -249,21 +277,22 @@ class TtsWorker(Worker):
         await self._finish(r, derive_id(r.started.event_id, "tts-done"))
 
     async def _finish(self, r: Reply, event_id: str) -> None:
-        if r.finished:
-            return
-        interrupted = r.cancelled or (r.expected is not None and r.next_index < r.expected)
-        await self.bus.publish(
-            TtsDone(
-                event_id=event_id,
-                producer=self.worker_id,
-                sentences=r.next_index,
-                chunks=r.seq,
-                audio_ms=round(r.audio_ms, 3),
-                interrupted=interrupted,
-                **r.common,
+        async with r.lock:
+            if r.finished:
+                return
+            interrupted = r.cancelled or (r.expected is not None and r.next_index < r.expected)
+            await self.bus.publish(
+                TtsDone(
+                    event_id=event_id,
+                    producer=self.worker_id,
+                    sentences=r.next_index,
+                    chunks=r.seq,
+                    audio_ms=round(r.audio_ms, 3),
+                    interrupted=interrupted,
+                    **r.common,
+                )
             )
-        )
-        r.finished = True
+            r.finished = True
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -279,8 +308,6 @@ class TtsWorker(Worker):
         """Where a reply stands if an earlier owner worked on it (a redelivery), from the
         last tts events of the conversation; a fresh Reply otherwise."""
         r = Reply(started)
-        if started.utterance_id in self.replies:
-            return r
         utt = started.utterance_id
         done, sentence, chunk = await asyncio.gather(
             self._last(started, TtsDone.type),
@@ -304,7 +331,7 @@ class TtsWorker(Worker):
 
     # -- synthesis -----------------------------------------------------------------------
 
-    async def _speak(self, s: ReplySentence, r: Reply) -> None:
+    async def _speak(self, s: ReplySentence, r: Reply, ctx: Context | None = None) -> None:
         t_arrival = time.perf_counter()
         if s.index in r.sentence_start:  # spoken again after a restart: same seqs again
             r.seq, r.audio_ms = r.sentence_start[s.index]
@@ -317,6 +344,7 @@ class TtsWorker(Worker):
         first_audio_ms: float | None = None
         with _tracer.start_as_current_span(
             "tts.synthesize",
+            context=ctx,
             attributes={
                 "tts.backend": self.backend.name,
                 "tts.sentence_index": s.index,
@@ -352,7 +380,7 @@ class TtsWorker(Worker):
             span.set_attribute("tts.audio_ms", round(audio_ms, 3))
             span.set_attribute("tts.chunks", n_chunks)
             span.set_attribute("tts.interrupted", r.cancelled)
-        if r.cancelled:
+        if r.cancelled or r.finished:
             return
         await self.bus.publish(
             SentenceDone(
@@ -380,21 +408,22 @@ class TtsWorker(Worker):
         self, s: ReplySentence, r: Reply, pcm: np.ndarray, i: int, offset_samples: int
     ) -> bool:
         """Publish chunk `i` of sentence `s`; False once the reply is interrupted."""
-        if r.cancelled or r.finished:
-            return False
         rate = self.tts.output_rate
-        await self.bus.publish(
-            TtsAudioChunk(
-                event_id=derive_id(s.event_id, "chunk", i),
-                seq=r.seq,
-                producer=self.worker_id,
-                rate=rate,
-                sentence_index=s.index,
-                offset_ms=round(1000.0 * offset_samples / rate, 3),
-                audio=pcm.tobytes(),
-                **r.common,
+        async with r.lock:
+            if r.cancelled or r.finished:
+                return False
+            await self.bus.publish(
+                TtsAudioChunk(
+                    event_id=derive_id(s.event_id, "chunk", i),
+                    seq=r.seq,
+                    producer=self.worker_id,
+                    rate=rate,
+                    sentence_index=s.index,
+                    offset_ms=round(1000.0 * offset_samples / rate, 3),
+                    audio=pcm.tobytes(),
+                    **r.common,
+                )
             )
-        )
-        r.seq += 1
-        r.audio_ms += 1000.0 * len(pcm) / rate
+            r.seq += 1
+            r.audio_ms += 1000.0 * len(pcm) / rate
         return True

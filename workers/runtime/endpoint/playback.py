@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from schemas import (
     ControlError,
@@ -49,7 +50,7 @@ from schemas import (
 )
 from schemas.routing import SPEAKER
 from workers.runtime.audio import resample_pcm16
-from workers.runtime.bus import Bus, Delivery, Follower
+from workers.runtime.bus import Bus, Delivery, Follower, Released
 from workers.runtime.endpoint.sinks import Output, Sink
 from workers.runtime.telemetry import tracer
 
@@ -81,6 +82,9 @@ class Playback:
     samples: int = 0
     last_seq: int = -1
     first_chunk: TtsAudioChunk | None = None
+    first_context: Context | None = None
+    """Trace context of the first audio chunk: the playback span is a child of its
+    synthesis."""
     marks: list[tuple[int, int]] = field(default_factory=list)
     """(sentence_index, first sample) in play order."""
     sentence_end: dict[int, int] = field(default_factory=dict)
@@ -146,6 +150,15 @@ class Player:
                     await self._restarted(event)
                     return
             pb = Playback(event, event.rate)
+            if (event.width, event.channels) != (2, 1):
+                # The sinks play 16-bit mono; a reply in another format ends, said so.
+                await self._error(
+                    pb,
+                    "unsupported-audio",
+                    f"{8 * event.width}-bit, {event.channels} channels: the speaker plays "
+                    "16-bit mono (set the tts output format)",
+                )
+                return
             queue = self.order[pb.conversation_id]
             queue.append(pb)
             try:
@@ -168,7 +181,7 @@ class Player:
             last = loop.time()
             while not pb.finished:
                 if self.stopping.is_set():
-                    raise RuntimeError("speaker stopping; reply handed back")
+                    raise Released("speaker stopping; reply handed back")
                 got = await follower.next(timeout=0.2)
                 if got is None:
                     if pb.tts_done is None and loop.time() - last > self.config.reply_timeout_s:
@@ -176,8 +189,10 @@ class Player:
                         await self._finish(pb, derive_id(pb.started_event.event_id, "timeout"))
                     continue
                 last = loop.time()
-                if got[0] is not None:
-                    await self._on_event(pb, got[0])
+                if got.event is not None:
+                    if pb.first_context is None and isinstance(got.event, TtsAudioChunk):
+                        pb.first_context = got.context
+                    await self._on_event(pb, got.event)
             await pb.published.wait()  # finished by the watcher: its publish completes first
         finally:
             watch.cancel()
@@ -299,6 +314,7 @@ class Player:
         )
         pb.span = _tracer.start_span(
             "speaker.playback",
+            context=pb.first_context,
             attributes={
                 "speaker.sink": self.sink.kind,
                 "voice.conversation_id": pb.conversation_id,

@@ -9,6 +9,7 @@ synchronous=FULL (each commit is fsynced); PostgreSQL goes through the same code
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from schemas import Event, decode, event_types
 from workers.runtime.eventlog import projections
 from workers.runtime.eventlog.tables import ConversationRow, EventRow, TurnRow
 from workers.runtime.telemetry import trace_id_of
+
+#: The version a producer wrote, read from the envelope as received (before upcasting).
+_VERSION = re.compile(rb'"schema_version":\s*(\d+)')
 
 EVENTS = EventRow.__table__
 TURNS = TurnRow.__table__
@@ -39,6 +43,8 @@ class Record:
     subject: str = ""
     traceparent: str = ""
     stream_seq: int = 0
+    received_version: int = 0
+    """The schema version the producer wrote (the event itself is upcast to the current)."""
 
     @classmethod
     def from_body(
@@ -46,6 +52,8 @@ class Record:
     ) -> Record:
         head, _, payload = body.partition(b"\n")
         event = decode(body)
+        found = _VERSION.search(head)
+        version = int(found.group(1)) if found else 1  # no version written: the first
         return cls(
             event,
             head.decode(),
@@ -53,6 +61,7 @@ class Record:
             subject,
             traceparent,
             stream_seq,
+            version,
         )
 
     @classmethod
@@ -71,7 +80,7 @@ class Record:
             "producer": e.producer,
             "seq": e.seq,
             "ts": e.ts,
-            "schema_version": e.schema_version,
+            "schema_version": self.received_version or e.schema_version,
             "subject": self.subject,
             "envelope": self.envelope,
             "payload": self.payload,

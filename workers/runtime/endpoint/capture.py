@@ -1,0 +1,169 @@
+"""Audio in: one conversation's microphone blocks -> end-pointing -> mic events on the bus.
+
+A `Capture` is the listening side of one endpoint's conversation (the mic worker, a browser
+tab in the web gateway, a Wyoming client). Every endpoint uses this one piece, so an
+utterance means the same thing wherever it is spoken: the same end-pointer, the same
+events, the same trace (an "utterance" root span from the speech onset that every
+downstream span joins), and the same clock for when speech really ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from opentelemetry import trace
+
+from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, binding, new_id
+from workers.runtime.bus import Bus
+from workers.runtime.endpoint.endpointer import Chunk, Endpointer, Segment, Started, Stopped
+from workers.runtime.endpoint.vad import RATE
+from workers.runtime.telemetry import tracer
+
+log = logging.getLogger("voicebus.capture")
+
+
+class Capture:
+    """Publishes the utterances found in one conversation's audio. Feed it blocks of 16 kHz
+    mono int16 as they are captured (`feed`), and `close()` it when the audio ends."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        endpointer: Endpointer,
+        endpoint: str,
+        conversation_id: str,
+        producer: str,
+        source: str,
+    ) -> None:
+        self.bus = bus
+        self.endpointer = endpointer
+        self.endpoint = endpoint
+        self.conversation_id = conversation_id
+        self.producer = producer
+        self.source = source[:256]
+        self.utterances = 0
+        self.utterance_id = ""
+        """The utterance being published ("" between utterances)."""
+        self._tracer = tracer("voicebus.mic")
+        self._span: trace.Span | None = None
+        self._ctx = None
+        self._fed_samples = 0
+        """Samples handed to the end-pointer so far (the source's clock)."""
+        self._fed_at = 0.0
+        """Wall-clock time the last block was captured."""
+        self._utterance_start_ms = 0.0
+
+    async def bind(
+        self, medium: str, last_stage: str = "speaker", session: str = "", replay_of: str = ""
+    ) -> None:
+        """Bind the conversation to this endpoint (before its first event)."""
+        await self.bus.publish(
+            binding(
+                self.endpoint,
+                self.conversation_id,
+                medium,
+                last_stage=last_stage,
+                session=session,
+                producer=self.producer,
+                replay_of=replay_of,
+            )
+        )
+
+    async def feed(self, block: np.ndarray | bytes, captured_at: float | None = None) -> None:
+        """One block of audio, captured (its last sample) at `captured_at` (default: now)."""
+        self._fed_at = time.time() if captured_at is None else captured_at
+        n = len(block) // 2 if isinstance(block, bytes | bytearray) else len(block)
+        self._fed_samples += n
+        for seg in self.endpointer.feed(block):
+            await self.publish(seg)
+
+    async def close(self) -> None:
+        """The audio ended: an open utterance ends with reason end-of-stream."""
+        for seg in self.endpointer.flush():
+            await self.publish(seg)
+        await self.bus.flush_publishes()
+
+    @property
+    def in_utterance(self) -> bool:
+        return self.endpointer.in_utterance
+
+    async def publish(self, seg: Segment) -> None:
+        base = {
+            "endpoint": self.endpoint,
+            "conversation_id": self.conversation_id,
+            "producer": self.producer,
+        }
+        if isinstance(seg, Started):
+            await self._started(seg, base)
+        elif isinstance(seg, Chunk):
+            chunk = MicAudioChunk(
+                **base,
+                utterance_id=self.utterance_id,
+                seq=seg.seq,
+                audio=seg.pcm,
+                offset_ms=seg.offset_ms,
+            )
+            # Pipelined: chunks keep their order on one connection; acks are awaited at stop.
+            await self.bus.publish_nowait(chunk, ctx=self._ctx)
+        elif isinstance(seg, Stopped):
+            await self._stopped(seg, base)
+
+    async def _started(self, seg: Started, base: dict[str, str]) -> None:
+        self._utterance_start_ms = seg.stream_offset_ms - seg.preroll_ms
+        self.utterance_id = new_id()
+        self._span = self._tracer.start_span(
+            "utterance",
+            context=None,
+            attributes={
+                "conversation_id": self.conversation_id,
+                "utterance_id": self.utterance_id,
+                "endpoint": self.endpoint,
+                "source": self.source,
+                "stream_offset_ms": seg.stream_offset_ms,
+            },
+        )
+        self._ctx = trace.set_span_in_context(self._span)
+        await self.bus.publish(
+            VoiceStarted(
+                **base,
+                utterance_id=self.utterance_id,
+                seq=0,
+                source=self.source,
+                stream_offset_ms=seg.stream_offset_ms,
+                preroll_ms=seg.preroll_ms,
+            ),
+            ctx=self._ctx,
+        )
+
+    async def _stopped(self, seg: Stopped, base: dict[str, str]) -> None:
+        await self.bus.flush_publishes()
+        await self.bus.publish(
+            VoiceStopped(
+                **base,
+                utterance_id=self.utterance_id,
+                seq=0,
+                reason=seg.reason,
+                chunks=seg.chunks,
+                duration_ms=seg.duration_ms,
+                speech_end_offset_ms=seg.speech_end_offset_ms,
+                speech_end_ts=self.speech_end_ts(seg.speech_end_offset_ms),
+            ),
+            ctx=self._ctx,
+        )
+        self.utterances += 1
+        if self._span is not None:
+            self._span.set_attribute("audio_ms", seg.duration_ms)
+            self._span.set_attribute("end_reason", seg.reason)
+            self._span.end()
+        self._span = None
+        self.utterance_id = ""
+        log.debug("utterance", extra={"chunks": seg.chunks, "reason": seg.reason})
+
+    def speech_end_ts(self, speech_end_offset_ms: float) -> float:
+        """Wall-clock capture time of the end of speech: the last block fed was captured at
+        `_fed_at`, and speech ended that much source audio before its last sample."""
+        fed_ms = 1000.0 * self._fed_samples / RATE
+        since_ms = fed_ms - (self._utterance_start_ms + speech_end_offset_ms)
+        return self._fed_at - max(0.0, since_ms) / 1000.0
