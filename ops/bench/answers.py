@@ -209,9 +209,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # A block of questions per setting, every setting in turn (the order rotated per
         # block), so machine load drifts over all settings alike; within a block the system
         # prompt stays the same, so llama.cpp reuses it as the worker does turn after turn.
-        for b, start in enumerate(range(0, len(questions), BLOCK)):
+        blocks = [
+            (seed, start) for seed in range(args.seeds) for start in range(0, len(questions), BLOCK)
+        ]
+        for b, (seed, start) in enumerate(blocks):
             order = matrix[b % len(matrix) :] + matrix[: b % len(matrix)]
             for s in order:
+                if seed and s.temperature == 0:
+                    continue  # greedy: another seed gives the same answer
                 for i in range(start, min(start + BLOCK, len(questions))):
                     question, language, facts = questions[i]
                     r = await ask(
@@ -219,7 +224,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         s,
                         question,
                         language,
-                        turn_seed(f"bench-answers/{i}"),
+                        turn_seed(f"bench-answers/{seed}/{i}" if seed else f"bench-answers/{i}"),
                         args.max_tokens,
                     )
                     heard = language_of(r["answer"])
@@ -227,6 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         {
                             **r,
                             "index": i,
+                            "seed": seed,
                             "question": question,
                             "language": language,
                             "correct": holds_fact(r["answer"], facts),
@@ -238,13 +244,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(".", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         for rs in rows.values():
-            rs.sort(key=lambda r: r["index"])
+            rs.sort(key=lambda r: (r["seed"], r["index"]))
     finally:
         for b in backends.values():
             await b.aclose()
     summary = {label: summarise(rs) for label, rs in rows.items()}
     return {
         "questions": len(questions),
+        "seeds": args.seeds,
         "max_tokens": args.max_tokens,
         "prompts": {k: PROMPTS[k] for k in args.prompts},
         "summary": summary,
@@ -272,7 +279,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     n = report["questions"]
-    print(f"\n{n} questions per setting; wrong language counted over answers of 4+ words")
+    print(
+        f"\n{n} questions per setting ({report['seeds']} samples each at temperature > 0); "
+        "wrong language counted over answers of 4+ words"
+    )
     width = max(len(label) for label in report["summary"]) + 2
     head = f"{'setting':{width}}{'acc':>6}{'acc en':>8}{'acc other':>10}"
     print(f"{head}{'wrong lang':>12}{'words':>7}{'1st tok ms':>11}{'total ms':>10}")
@@ -309,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ollama", default="auto", help="auto (OLLAMA_HOST), off, or a URL")
     ap.add_argument("--ollama-model", default="", help="default: the first model it lists")
     ap.add_argument("--limit", type=int, default=0, help="first N questions only")
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="samples per question at temperature > 0 (default 1)"
+    )
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     ap.add_argument("--out", help="also write the JSON report (with every answer) here")
     args = ap.parse_args(argv)
