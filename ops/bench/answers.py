@@ -80,14 +80,14 @@ QUESTIONS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 PROMPTS = {
-    "today": DEFAULT_SYSTEM_PROMPT,
+    "default": DEFAULT_SYSTEM_PROMPT,  # LLM_SYSTEM_PROMPT's default ("fact" when chosen)
     "one-sentence": (
         "You are a helpful voice assistant. Answer the user's question directly in one "
         "short sentence."
     ),
-    "fact": (
-        "You are a voice assistant. Answer with the fact the user asks for, in one short, "
-        "complete sentence. No lists, no markdown."
+    "friendly": (  # the default before this benchmark
+        "You are a friendly voice assistant. Answer in one to three short, plain spoken "
+        "sentences. Never use lists, markdown, emojis or code."
     ),
 }
 
