@@ -18,6 +18,7 @@ from workers.runtime.config import Settings
 
 def spoken(text: str, language: str, probability: float = 0.95) -> Transcript:
     return Transcript(
+        endpoint="device",
         conversation_id=new_id()[:12],
         utterance_id=new_id(),
         text=text,

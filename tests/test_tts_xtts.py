@@ -23,9 +23,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas import Interrupt, SentenceDone, TtsAudioChunk, TtsDone, derive_id
+from schemas import (
+    Interrupt,
+    ReplyDone,
+    ReplySentence,
+    ReplyStarted,
+    SentenceDone,
+    TtsAudioChunk,
+    TtsDone,
+    derive_id,
+    new_id,
+)
 from tests.conftest import ROOT, wait_for
-from tests.test_tts_support import Tap, reply_done, running, sentences, turn
+from tests.support import Tap, running
 from workers.runtime.audio import write_wav
 from workers.runtime.config import Settings
 from workers.runtime.models import ModelNotFoundError
@@ -53,6 +63,48 @@ TOKENS = 12
 """Audio tokens the tiny GPT runs to per call (~0.56 s of noise)."""
 CHUNK_TOKENS = 4
 """TTS_XTTS_STREAM_CHUNK_SIZE in these tests: 3 streamed chunks per call."""
+
+
+ENDPOINT = "device"
+"""An endpoint the tts serves by default (ENDPOINTS)."""
+
+
+class Reply:
+    """One reply as the llm publishes it: started (with the user's language), sentences, done."""
+
+    def __init__(self, texts: list[str], language: str = "") -> None:
+        self.conversation, self.utterance = new_id()[:12], new_id()
+        self.texts = texts
+        self.language = language
+
+    def _common(self, kind: str, *n: int) -> dict[str, object]:
+        return {
+            "event_id": derive_id(self.utterance, kind, *n),
+            "endpoint": ENDPOINT,
+            "conversation_id": self.conversation,
+            "utterance_id": self.utterance,
+            "producer": "llm-test",
+        }
+
+    def started(self) -> ReplyStarted:
+        return ReplyStarted(**self._common("reply-started"), language=self.language)  # type: ignore[arg-type]
+
+    def sentences(self) -> list[ReplySentence]:
+        return [
+            ReplySentence(**self._common("sentence", i), seq=i, text=t, index=i)  # type: ignore[arg-type]
+            for i, t in enumerate(self.texts)
+        ]
+
+    def done(self) -> ReplyDone:
+        return ReplyDone(
+            **self._common("reply-done"),  # type: ignore[arg-type]
+            text=" ".join(self.texts),
+            sentences=len(self.texts),
+            tokens=sum(len(t.split()) for t in self.texts),
+        )
+
+    def interrupt(self) -> Interrupt:
+        return Interrupt(**self._common("interrupt"), by_utterance_id="next")  # type: ignore[arg-type]
 
 
 def coqui_installed() -> bool:
@@ -403,26 +455,38 @@ async def test_unsupported_tts_language_fails_at_start_with_the_languages(
 
 
 @needs_coqui
-async def test_tts_worker_on_xtts_streams_chunks_on_the_bus(bus, settings, tiny_model, reference):
-    """The worker loads XTTS itself (weights, latents, warm-up), as `just worker tts` does."""
-    conv, utt = turn()
+async def test_tts_worker_on_xtts_streams_chunks_on_the_bus_in_the_replys_language(
+    bus, settings, tiny_model, reference, caplog
+):
+    """The worker loads XTTS itself (weights, latents, warm-up), as `just worker tts` does,
+    and speaks the language llm.reply-started carries (the user's transcript's)."""
     tap = await Tap().start(bus)
     cfg = xtts_settings(
         xtts_model_dir=tiny_model, speaker_wav=reference, xtts_stream_chunk_size=CHUNK_TOKENS
     )
     worker = TtsWorker(bus, settings, cfg)
-    texts = ["Hello there.", "This is the second sentence."]
+    reply = Reply(["Guten Tag.", "Das ist der zweite Satz."], language="de")
+    spoken: list[str | None] = []
     async with running(worker):
-        for ev in [*sentences(conv, utt, texts), reply_done(conv, utt, texts)]:
+        backend = worker.backend
+        assert isinstance(backend, XttsBackend) and backend.latents is not None
+        synthesize = backend.synthesize
+
+        def recording(text: str, language: str | None = None):  # type: ignore[no-untyped-def]
+            spoken.append(backend.language_for(language))  # what XTTS is asked to speak
+            return synthesize(text, language)
+
+        backend.synthesize = recording  # type: ignore[method-assign]
+        for ev in [reply.started(), *reply.sentences(), reply.done()]:
             await bus.publish(ev)
-        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=120))[0]
-    assert isinstance(worker.backend, XttsBackend) and worker.backend.latents is not None
-    chunks = tap.of(TtsAudioChunk, utt)
+        done = (await wait_for(lambda: tap.of(TtsDone, reply.utterance), timeout=120))[0]
+    assert spoken and set(spoken) == {"de"}
+    chunks = tap.of(TtsAudioChunk, reply.utterance)
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert {c.sentence_index for c in chunks} == {0, 1}
     assert {c.rate for c in chunks} == {22050}  # 24 kHz resampled to the pipeline's rate
     assert done.sentences == 2 and done.chunks == len(chunks) and not done.interrupted
-    per_sentence = tap.of(SentenceDone, utt)
+    per_sentence = tap.of(SentenceDone, reply.utterance)
     # each sentence runs the tiny GPT to its cap: ~0.56 s of audio
     assert all(400 < p.audio_ms < 800 and p.first_audio_ms > 0 for p in per_sentence)
     await tap.stop()
@@ -430,7 +494,6 @@ async def test_tts_worker_on_xtts_streams_chunks_on_the_bus(bus, settings, tiny_
 
 @needs_coqui
 async def test_interrupt_stops_xtts_mid_sentence(bus, settings, tiny_model, reference):
-    conv, utt = turn()
     tap = await Tap().start(bus)
     cfg = xtts_settings(
         xtts_model_dir=tiny_model,
@@ -439,24 +502,19 @@ async def test_interrupt_stops_xtts_mid_sentence(bus, settings, tiny_model, refe
         clause_split_chars=0,
         first_clause_chars=0,
     )
-    texts = ["A sentence that the user will cut short before its end."]
+    reply = Reply(["A sentence that the user will cut short before its end."])
     async with running(TtsWorker(bus, settings, cfg)):
-        await bus.publish(sentences(conv, utt, texts)[0])
-        await wait_for(lambda: tap.of(TtsAudioChunk, utt), timeout=60)
-        stop = Interrupt(
-            event_id=derive_id(utt, "interrupt"),
-            conversation_id=conv,
-            utterance_id=utt,
-            by_utterance_id="next",
-        )
-        await bus.publish(stop)
-        done = (await wait_for(lambda: tap.of(TtsDone, utt), timeout=30))[0]
-        await bus.publish(reply_done(conv, utt, texts))
+        await bus.publish(reply.started())
+        await bus.publish(reply.sentences()[0])
+        await wait_for(lambda: tap.of(TtsAudioChunk, reply.utterance), timeout=60)
+        await bus.publish(reply.interrupt())
+        done = (await wait_for(lambda: tap.of(TtsDone, reply.utterance), timeout=30))[0]
+        await bus.publish(reply.done())
         await asyncio.sleep(1.0)  # room for any chunk that should not come
     assert done.interrupted
-    chunks = tap.of(TtsAudioChunk, utt)
-    assert done.chunks == len(chunks) and len(tap.of(TtsDone, utt)) == 1
-    assert not tap.of(SentenceDone, utt), "the sentence was finished, not cut"
+    chunks = tap.of(TtsAudioChunk, reply.utterance)
+    assert done.chunks == len(chunks) and len(tap.of(TtsDone, reply.utterance)) == 1
+    assert not tap.of(SentenceDone, reply.utterance), "the sentence was finished, not cut"
     # far less than the TOKENS-token sentence was spoken
     audio_ms = sum(len(c.audio) for c in chunks) / 2 / 22.05
     assert audio_ms < 0.75 * TOKENS * 1024 / 22.05
