@@ -10,9 +10,9 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 default:
     @{{just_executable()}} --list --unsorted
 
-# Install everything into .venv (llama-cpp-python compiles: about 3 minutes the first time)
-install:
-    @sh ops/install.sh
+# Install everything into .venv (llama-cpp-python compiles: ~3 minutes once) [--xtts]
+install *ARGS:
+    @sh ops/install.sh "$@"
 
 # One spoken turn (or one per FILE.wav) through every worker on the embedded models [--json]
 demo *ARGS:
@@ -43,7 +43,7 @@ worker NAME *ARGS:
 up *ARGS:
     @{{python}} -m workers.cli.up "$@"
 
-# Benchmarks: bus, stt, llm, tts, e2e, load N (ratios measured side by side in one run)
+# Benchmarks: bus, stt, llm, tts, e2e, load N, answers (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"
 

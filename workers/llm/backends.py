@@ -113,7 +113,7 @@ class EmbeddedBackend:
         threads: int = 0,
         context_tokens: int = 2048,
         max_tokens: int = 120,
-        temperature: float = 0.3,
+        temperature: float = 0.0,
         repeat_penalty: float = 1.1,
     ) -> None:
         self.path = embedded_model_path(str(model_path))
@@ -279,7 +279,7 @@ class OllamaBackend:
         *,
         options: dict[str, Any] | None = None,
         max_tokens: int = 120,
-        temperature: float = 0.3,
+        temperature: float = 0.0,
         context_tokens: int = 2048,
     ) -> None:
         self.host = host

@@ -41,6 +41,7 @@ from schemas import (
 from schemas.routing import LLM, LLM_CONTROL
 from workers.llm.backends import Backend, BackendError, Generation, make_backend
 from workers.llm.config import LlmSettings, get_llm_settings
+from workers.llm.language import system_prompt_for
 from workers.llm.memory import EventLogMemory, build_messages
 from workers.llm.sentences import SentenceSplitter
 from workers.runtime.bus import MSG_ID, Bus, Consumer, Delivery
@@ -240,9 +241,9 @@ class LlmWorker(Worker):
         await self._wait_for_log(t)
         turns = await self.memory.previous_turns(t.conversation_id, t.utterance_id)
         budget = self.options.context_tokens - self.options.max_tokens
-        return build_messages(
-            self.options.system_prompt, turns, t.text.strip(), budget, self.backend.count_tokens
-        )
+        # Reply in the language the user spoke (Whisper's), not the one the model drifts to.
+        system = system_prompt_for(self.options.system_prompt, t.language, t.language_probability)
+        return build_messages(system, turns, t.text.strip(), budget, self.backend.count_tokens)
 
     async def _wait_for_log(self, t: Transcript) -> None:
         """Wait until the conversation's latest reply and playback outcome are in the log,

@@ -31,8 +31,12 @@ class TtsBackend(Protocol):
     def load(self) -> None:
         """Load the model (slow); raises ModelNotFoundError with what to do when absent."""
 
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        """Speak `text`: int16 mono pieces in order, each yielded as soon as it exists."""
+    def synthesize(self, text: str, language: str | None = None) -> Iterator[np.ndarray]:
+        """Speak `text`: int16 mono pieces in order, each yielded as soon as it exists.
+
+        `language` is the reply's language as the transcript names it ("en", "de", "zh");
+        None: the backend's configured one (TTS_LANGUAGE). A single-language voice ignores it.
+        """
 
 
 _CLAUSE_END = re.compile(r"(?<=[,;:\u2014])\s+")
@@ -103,7 +107,8 @@ class PiperBackend:
         self._syn_config = SynthesisConfig(length_scale=self.tts.length_scale)
         self.load_s = time.perf_counter() - t0
 
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, language: str | None = None) -> Iterator[np.ndarray]:
+        # A Piper voice speaks one language: `language` cannot change it.
         if self._voice is None:
             raise RuntimeError("PiperBackend.synthesize before load()")
         for chunk in self._voice.synthesize(text, syn_config=self._syn_config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,6 +51,10 @@ class TtsSettings(BaseSettings):
     """TTS_LATENT_CACHE_DIR: where speaker latents are cached; default DATA_DIR/xtts-latents."""
     language: str = "en"
     """TTS_LANGUAGE: XTTS language code."""
+    threads: int = Field(default=0, ge=0)
+    """TTS_THREADS: CPU threads XTTS's torch uses (0: torch's default, one per core). On a
+    busy 2-core machine 1 thread ran the tiny model's sentence in 3.0-3.2 s, 2 threads in
+    4.5-10 s (they wait on each other's barriers while other processes hold a core)."""
     xtts_stream_chunk_size: int = 20
     """TTS_XTTS_STREAM_CHUNK_SIZE: GPT tokens per streamed XTTS chunk (smaller: sooner audio)."""
 

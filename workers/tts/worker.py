@@ -339,7 +339,9 @@ class TtsWorker(Worker):
         rate = self.tts.output_rate
         rechunk = Rechunker(self.backend.sample_rate, rate, self.chunk_samples)
         limit = self.tts.first_clause_chars if s.index == 0 else self.tts.clause_split_chars
-        pieces = self._pieces(s.text, limit)
+        # The user's language (the transcript's, carried by llm.reply-started): XTTS speaks
+        # it when it can; Piper's single voice ignores it.
+        pieces = self._pieces(s.text, limit, r.started.language or None)
         n_chunks, samples, compute_s = 0, 0, 0.0
         first_audio_ms: float | None = None
         with _tracer.start_as_current_span(
@@ -400,9 +402,11 @@ class TtsWorker(Worker):
             extra={"index": s.index, "audio_ms": round(audio_ms), "rtf": round(rtf, 3)},
         )
 
-    def _pieces(self, text: str, max_chars: int) -> Iterator[np.ndarray]:
+    def _pieces(
+        self, text: str, max_chars: int, language: str | None = None
+    ) -> Iterator[np.ndarray]:
         for clause in split_clauses(text, max_chars):
-            yield from self.backend.synthesize(clause)
+            yield from self.backend.synthesize(clause, language)
 
     async def _publish_chunk(
         self, s: ReplySentence, r: Reply, pcm: np.ndarray, i: int, offset_samples: int
