@@ -163,3 +163,25 @@ def test_missing_input_device_is_a_clear_error() -> None:
     # This machine has no sound card: the real PortAudio path must say so in one line.
     with pytest.raises(AudioSourceError, match=r"no input device|PortAudio|sounddevice"):
         MicSource("no-such-device-42")
+
+
+def test_the_end_of_speech_is_where_the_voice_stops_not_where_the_vad_frame_ends() -> None:
+    """A loud vowel, a quiet final consonant (-35 dB), then silence: the end of speech is
+    the consonant's end, within one 10 ms window, although the VAD's last voiced frame (and
+    its hangover) runs on."""
+    from workers.runtime.endpoint.endpointer import AcousticEnd
+
+    rate = 16_000
+    rng = np.random.default_rng(3)
+    vowel = (8000 * np.sin(np.arange(rate * 4 // 10) * 2 * np.pi * 220 / rate)).astype(np.int16)
+    consonant = (rng.normal(0, 8000 * 10 ** (-35 / 20), rate * 8 // 100)).astype(np.int16)
+    silence = np.zeros(rate // 2, dtype=np.int16)  # the hangover, fed before the decision
+    end = AcousticEnd()
+    for part in (vowel, consonant, silence):
+        for i in range(0, len(part), 512):  # fed in VAD frames, as the end-pointer does
+            end.add(part[i : i + 512])
+    true_end = len(vowel) + len(consonant)
+    vad_end = true_end + 2 * 512  # the VAD held on for two more frames
+    assert abs(end.refine(vad_end) - true_end) <= rate // 100
+    # never later than the VAD says
+    assert end.refine(len(vowel) // 2) <= len(vowel) // 2

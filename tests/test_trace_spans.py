@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import schemas as s
@@ -24,7 +25,7 @@ from workers.cli import conversations, replay, trace
 from workers.cli.demo import run as demo_run
 from workers.cli.demo import synthesize_question
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.eventlog import EventLog
+from workers.runtime.eventlog import EventLog, timings
 from workers.runtime.natsd import NatsServer, free_port
 from workers.runtime.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -68,7 +69,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     try:
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         wav = synthesize_question("What is the capital of France?", tmp / "question.wav")
-        args = argparse.Namespace(files=[str(wav)], json=True, fast=True, conversation=None)
+        # In real time, as a microphone would: the as-heard rendering needs its clock.
+        args = argparse.Namespace(files=[str(wav)], json=True, fast=False, conversation=None)
         # Leaving the pipeline SIGTERMs every worker, which flushes its spans.
         result = asyncio.run(demo_run(args, settings))
         (turn,) = result["turns"]
@@ -243,6 +245,37 @@ def test_listen_renders_both_sides_to_one_wav(
     assert user and t.played_ms > 0
     assert abs(seconds - expected) < 0.05
     assert Path(result["wav"]).parent == cli_env.settings.data_dir / "replays"
+
+
+def test_as_heard_wav_shows_the_wait_the_log_reports(
+    cli_env: Recorded, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stereo rendering on the recorded clock, measured from the audio alone: the gap
+    between the end of the user's voice (left) and the first sound of the reply (right) is
+    the voice-to-voice latency the log reports, within 30 ms."""
+    args = [cli_env.conversation_id, "--listen", "--as-heard", "--no-play", "--json"]
+    assert replay.main(args) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    (reported,) = result["turns"]
+    with wave.open(result["wav"], "rb") as w:
+        assert w.getnchannels() == 2
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+    # -50 dBFS: a quiet final consonant is still speech, the digital silence around is not
+    loud = 10 ** (-50 / 20) * 32768
+    user_end = np.flatnonzero(np.abs(pcm[:, 0]) > loud)[-1] / rate
+    reply_start = np.flatnonzero(np.abs(pcm[:, 1]) > loud)[0] / rate
+    log = EventLog(cli_env.settings.db_url, migrate=False)
+    try:
+        v2v_ms = timings(log.turn(cli_env.utterance_id)).voice_to_voice
+    finally:
+        log.close()
+    measured_ms = 1000 * (reply_start - user_end)
+    print(f"\nas heard: {measured_ms:.0f} ms from the audio, {v2v_ms:.0f} ms in the log")
+    assert reported["utterance_id"] == cli_env.utterance_id
+    reported_ms = 1000 * (reported["first_audio_s"] - reported["speech_end_s"])
+    assert reported_ms == pytest.approx(v2v_ms, abs=1)
+    assert measured_ms == pytest.approx(v2v_ms, abs=30)
 
 
 def test_replay_runs_the_recorded_audio_through_the_pipeline_again(

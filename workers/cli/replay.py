@@ -10,7 +10,11 @@ recorded audio (typed with `just ask`) are replayed by publishing their transcri
 
 --listen: no pipeline; renders the recorded conversation, both sides in turn order (the
 user's audio, then the reply as it was heard), to DATA_DIR/replays/ID.wav and plays it when
-an audio output device exists.
+an audio output device exists. --listen --as-heard renders it on its recorded clock instead,
+in stereo (left: the user when they were captured; right: each reply when it was played, cut
+where it stopped), to DATA_DIR/replays/ID-as-heard.wav; with --json the last line is
+{"wav", "turns": [{"utterance_id", "speech_end_s", "first_audio_s"}]} (seconds from the
+file's start): the gap between the two is the voice-to-voice latency the user waited.
 """
 
 from __future__ import annotations
@@ -285,6 +289,85 @@ def render(log: EventLog, conversation_id: str, out: Path) -> tuple[Path, float]
     return out, len(audio) / rate
 
 
+#: Silence before the first sound of an as-heard rendering, seconds.
+AS_HEARD_LEAD_S = 0.5
+
+
+@dataclass
+class HeardTurn:
+    utterance_id: str
+    speech_end_s: float | None
+    """When the user's speech really ended, seconds from the file's start."""
+    first_audio_s: float | None
+    """When the first sample of the reply was played, seconds from the file's start."""
+
+
+def render_as_heard(
+    log: EventLog, conversation_id: str, out: Path
+) -> tuple[Path, float, list[HeardTurn]]:
+    """The conversation on its recorded clock, in stereo: left the user's audio where it was
+    captured, right each reply where it was played (cut where it stopped being heard), so a
+    barge-in sounds like one and every wait is as long as it was."""
+    from workers.runtime.audio import resample_pcm16
+
+    turns = recorded_turns(log, conversation_id)
+    user: list[tuple[float, np.ndarray]] = []
+    replies: list[tuple[float, np.ndarray, int]] = []
+    for rt in turns:
+        row = rt.row
+        if rt.pcm and row.speech_end_at is not None:
+            # Utterance start on the capture clock: speech ended speech_end_offset into it.
+            end_offset_s = _speech_end_offset_s(log, row.utterance_id)
+            user.append((row.speech_end_at - end_offset_s, np.frombuffer(rt.pcm, np.int16)))
+        if row.playback_started_at is not None:
+            pcm, rate = reply_audio(log, row)
+            if len(pcm):
+                replies.append((row.playback_started_at, pcm, rate))
+    if not user and not replies:
+        raise ReplayError(f"conversation {conversation_id!r} has no recorded audio")
+    rate = max([r for _, _, r in replies] + [RATE])
+    t0 = min([t for t, _ in user] + [t for t, _, _ in replies]) - AS_HEARD_LEAD_S
+    placed_user = [(t, _at_rate(pcm, RATE, rate, resample_pcm16)) for t, pcm in user]
+    placed_reply = [(t, _at_rate(pcm, r, rate, resample_pcm16)) for t, pcm, r in replies]
+    end = max(int((t - t0) * rate) + len(pcm) for t, pcm in placed_user + placed_reply)
+    stereo = np.zeros((end + int(AS_HEARD_LEAD_S * rate), 2), dtype=np.int16)
+    for channel, placed in ((0, placed_user), (1, placed_reply)):
+        for t, pcm in placed:
+            a = round((t - t0) * rate)
+            stereo[a : a + len(pcm), channel] = pcm
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+    heard = [
+        HeardTurn(
+            rt.row.utterance_id,
+            None if rt.row.speech_end_at is None else round(rt.row.speech_end_at - t0, 4),
+            None
+            if rt.row.playback_started_at is None
+            else round(rt.row.playback_started_at - t0, 4),
+        )
+        for rt in turns
+    ]
+    return out, len(stereo) / rate, heard
+
+
+def _speech_end_offset_s(log: EventLog, utterance_id: str) -> float:
+    stopped = log.events(utterance_id=utterance_id, types=[s.VoiceStopped.type])
+    for e in stopped:
+        if isinstance(e, s.VoiceStopped):
+            return e.speech_end_offset_ms / 1000.0
+    return 0.0
+
+
+def _at_rate(pcm: np.ndarray, rate: int, want: int, resample: Any) -> np.ndarray:
+    if rate == want:
+        return pcm
+    return np.frombuffer(resample(pcm.tobytes(), rate, want), dtype=np.int16)
+
+
 def play(path: Path) -> str:
     """Play the file on the default output device; returns why not when it cannot."""
     try:
@@ -306,17 +389,36 @@ def play(path: Path) -> str:
 
 def listen(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     log = EventLog(settings.db_url)
+    folder = settings.data_dir / "replays"
+    heard: list[HeardTurn] = []
     try:
-        path, seconds = render(
-            log, args.conversation, settings.data_dir / "replays" / f"{args.conversation}.wav"
-        )
+        if args.as_heard:
+            out = folder / f"{args.conversation}-as-heard.wav"
+            path, seconds, heard = render_as_heard(log, args.conversation, out)
+        else:
+            path, seconds = render(log, args.conversation, folder / f"{args.conversation}.wav")
     finally:
         log.close()
-    out = sys.stderr if args.json else sys.stdout
-    print(f"{path}  ({seconds:.1f} s)", file=out)
+    out_stream = sys.stderr if args.json else sys.stdout
+    print(f"{path}  ({seconds:.1f} s)", file=out_stream)
+    for h in heard:
+        if h.speech_end_s is not None and h.first_audio_s is not None:
+            wait = 1000 * (h.first_audio_s - h.speech_end_s)
+            print(
+                f"  {h.utterance_id}: you stopped at {h.speech_end_s:.2f} s, the reply began "
+                f"at {h.first_audio_s:.2f} s ({wait:.0f} ms later)",
+                file=out_stream,
+            )
     played = "not played (--no-play)" if args.no_play else play(path)
     progress(played)
-    return {"conversation_id": args.conversation, "wav": str(path), "seconds": round(seconds, 2)}
+    result: dict[str, Any] = {
+        "conversation_id": args.conversation,
+        "wav": str(path),
+        "seconds": round(seconds, 2),
+    }
+    if args.as_heard:
+        result["turns"] = [h.__dict__ for h in heard]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--as", dest="as_conversation", help="id of the new conversation")
     p.add_argument("--listen", action="store_true", help="render the recording to one WAV")
     p.add_argument("--no-play", action="store_true", help="with --listen: only write the WAV")
+    p.add_argument(
+        "--as-heard",
+        action="store_true",
+        help="with --listen: stereo on the recorded clock (left you, right the replies), "
+        "every wait as long as it was",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.fast:

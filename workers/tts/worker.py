@@ -59,6 +59,21 @@ SYNTH_ATTEMPTS = 2
 sentence fails the same way again: the reply must not block everything behind it)."""
 
 
+#: A reply's first audio starts at its first sample this loud (about -46 dBFS), less a few
+#: milliseconds so the onset keeps its shape. Piper's voices open with 30-70 ms of near
+#: silence that the listener would wait through.
+LEAD_IN_THRESHOLD = 164
+LEAD_IN_KEEP_MS = 5
+
+
+def trim_leading_silence(pcm: np.ndarray, rate: int) -> np.ndarray:
+    """`pcm` from its first audible sample on (all of it if it never gets loud)."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > LEAD_IN_THRESHOLD)
+    if not len(loud):
+        return pcm
+    return pcm[max(0, int(loud[0]) - rate * LEAD_IN_KEEP_MS // 1000) :]
+
+
 class ReplyFailed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -361,6 +376,10 @@ class TtsWorker(Worker):
                         t0 = time.perf_counter()
                         piece = await asyncio.to_thread(next, pieces, None)
                         compute_s += time.perf_counter() - t0
+                    if piece is not None and s.index == 0 and samples == 0 and not n_chunks:
+                        # The first sound the user waits for: the voice's lead-in silence
+                        # would only make the wait longer.
+                        piece = trim_leading_silence(piece, self.backend.sample_rate)
                     chunks = rechunk.flush() if piece is None else rechunk.push(piece)
                     for pcm in chunks:
                         if not await self._publish_chunk(s, r, pcm, n_chunks, samples):

@@ -56,6 +56,52 @@ class EndpointConfig:
     """...and continues while above threshold - hysteresis (Silero's own rule)."""
 
 
+#: The end of speech is the last 10 ms of the utterance within this many dB of its loudest:
+#: the VAD's last voiced frame runs past it (a frame is 32 ms and its probability lags the
+#: voice), and a quiet final consonant ("France?") is still speech the listener hears.
+END_FLOOR_DB = -45.0
+END_WINDOW_MS = 10
+#: How far back from the VAD's last voiced frame the acoustic end is looked for.
+END_LOOKBACK_MS = 300
+
+
+class AcousticEnd:
+    """Tracks an utterance's loudness in 10 ms windows to place its end of speech where the
+    voice really stops, not where the VAD's last voiced frame ends."""
+
+    def __init__(self) -> None:
+        self.window = RATE * END_WINDOW_MS // 1000
+        self._rms: list[float] = []
+        """Per window of the utterance (at most 20 s: 2000 floats)."""
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._peak = 0.0
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def add(self, audio: np.ndarray) -> None:
+        x = np.concatenate([self._partial, audio.astype(np.float32)])
+        n = len(x) // self.window
+        if n:
+            w = x[: n * self.window].reshape(n, self.window)
+            rms = np.sqrt(np.mean(w * w, axis=1))
+            self._rms.extend(rms.tolist())
+            self._peak = max(self._peak, float(rms.max()))
+        self._partial = x[n * self.window :]
+
+    def refine(self, vad_end_samples: int) -> int:
+        """The end of speech, in samples from the utterance start, at or before the VAD's."""
+        if self._peak <= 0:
+            return vad_end_samples
+        floor = self._peak * 10 ** (END_FLOOR_DB / 20)
+        last_window = min(len(self._rms), vad_end_samples // self.window) - 1
+        oldest = max(0, last_window - END_LOOKBACK_MS // END_WINDOW_MS)
+        for i in range(last_window, oldest - 1, -1):
+            if self._rms[i] >= floor:
+                return min(vad_end_samples, (i + 1) * self.window)
+        return vad_end_samples  # nothing loud near the VAD's end: keep the VAD's word
+
+
 class Endpointer:
     def __init__(self, vad: Vad, config: EndpointConfig | None = None) -> None:
         self.vad = vad
@@ -79,6 +125,7 @@ class Endpointer:
         self._seq = 0
         self._silence_ms = 0.0
         self._speech_end_samples = 0
+        self._loudness = AcousticEnd()
 
     def feed(self, pcm: np.ndarray | bytes) -> list[Segment]:
         a = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes | bytearray) else pcm
@@ -124,6 +171,7 @@ class Endpointer:
         speech = self._speech_frames * self.frame_samples
         onset = self._stream_samples - speech
         self.in_utterance = True
+        self._loudness.reset()
         self._seq = 0
         self._utt = np.zeros(0, dtype=np.int16)
         self._utt_samples = 0
@@ -135,6 +183,7 @@ class Endpointer:
         self._speech_end_samples = self._utt_samples
 
     def _append(self, audio: np.ndarray, out: list[Segment]) -> None:
+        self._loudness.add(audio)
         self._utt = np.concatenate([self._utt, audio])
         self._utt_samples += len(audio)
         n = len(self._utt) // self.chunk_samples * self.chunk_samples
@@ -156,7 +205,9 @@ class Endpointer:
                 reason=reason,
                 chunks=self._seq,
                 duration_ms=1000.0 * self._seq * self.chunk_samples / RATE,
-                speech_end_offset_ms=1000.0 * self._speech_end_samples / RATE,
+                speech_end_offset_ms=1000.0
+                * self._loudness.refine(self._speech_end_samples)
+                / RATE,
             )
         )
         self.in_utterance = False
