@@ -163,7 +163,10 @@ class EmbeddedBackend:
             tokens, _ = self.prompt_tokens(messages)
             # The first evaluation pages the weights in (seconds on a cold disk cache); the
             # cached prefix then serves every prompt that starts with the same system prompt.
-            await asyncio.to_thread(self.llm.create_completion, tokens, max_tokens=1)
+            # A few tokens, so sampling and decoding have run once too.
+            await asyncio.to_thread(
+                self.llm.create_completion, tokens, max_tokens=4, temperature=self.temperature
+            )
 
     def count_tokens(self, text: str) -> int:
         if self.llm is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -96,13 +97,17 @@ class LlmWorker(Worker):
     async def setup(self) -> None:
         if self.options.nice and self.options.backend == "embedded":
             lower_cpu_priority(self.options.nice)
+        t0 = time.perf_counter()
+        print(f"llm: loading {self.backend.name} {self.backend.model} ...", file=sys.stderr)
         await self.backend.start()
+        # The first turn must be as fast as the fifth: evaluate the system prompt real turns
+        # start with (with the language line of the most likely language), so its prefix is
+        # cached and the weights are paged in before the first question.
+        system = system_prompt_for(self.options.system_prompt, "en", 1.0)
         await self.backend.warmup(
-            [
-                {"role": "system", "content": self.options.system_prompt},
-                {"role": "user", "content": "Hello."},
-            ]
+            [{"role": "system", "content": system}, {"role": "user", "content": "Hello."}]
         )
+        print(f"llm: ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     def consumers(self) -> list[Consumer]:
         return [

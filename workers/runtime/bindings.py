@@ -36,13 +36,15 @@ class Bindings:
             return self._known[key]
         found: ConversationStarted | None = None
         subject = subject_filter(endpoint, conversation_id, ConversationStarted.type)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            try:
-                msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
-            except (nats.errors.Error, TimeoutError) as exc:
-                # Unknown is not "unbound": do not remember it, ask again next time.
-                log.warning("binding lookup failed", extra={"error": repr(exc)})
-                return None
+        try:
+            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
+        except nats.js.errors.NotFoundError:
+            msg = None  # never bound
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Unknown is not "unbound": do not remember it, ask again next time.
+            log.warning("binding lookup failed", extra={"error": repr(exc)})
+            return None
+        if msg is not None:
             with contextlib.suppress(EventDecodeError):
                 event = decode(msg.data)
                 if isinstance(event, ConversationStarted):
