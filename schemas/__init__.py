@@ -9,6 +9,7 @@ from schemas.envelope import (
     SUBJECT_ROOT,
     Event,
     EventDecodeError,
+    OfGeneration,
     PayloadEvent,
     decode,
     derive_id,
@@ -21,7 +22,14 @@ from schemas.envelope import (
     subject_parts,
     upcaster,
 )
-from schemas.llm import ReplyDone, ReplySentence, ReplyStarted, ReplyToken
+from schemas.llm import (
+    ReplyCommitted,
+    ReplyDiscarded,
+    ReplyDone,
+    ReplySentence,
+    ReplyStarted,
+    ReplyToken,
+)
 from schemas.mic import (
     PIPELINE_CHANNELS,
     PIPELINE_RATE,
@@ -49,9 +57,12 @@ __all__ = [
     "Interrupt",
     "LastStage",
     "MicAudioChunk",
+    "OfGeneration",
     "PayloadEvent",
     "PlaybackDone",
     "PlaybackStarted",
+    "ReplyCommitted",
+    "ReplyDiscarded",
     "ReplyDone",
     "ReplySentence",
     "ReplyStarted",

@@ -136,6 +136,17 @@ class Event(BaseModel):
             register(cls)
 
 
+class OfGeneration(BaseModel):
+    """Mixin of the events of a reply: which generation of the turn's reply they belong to.
+
+    A turn can be answered more than once: speculatively, while the end-pointer still waits
+    (then committed or discarded), or again after a crash. Each answer is a generation, named
+    by the id of the transcript it answers; only the committed one is heard, kept in memory
+    and replayed. "" in events recorded before generations existed."""
+
+    generation: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_-]{0,64}$")
+
+
 class PayloadEvent(Event):
     """An event whose `audio` bytes travel as the binary message body, not in JSON."""
 

@@ -6,10 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.envelope import Event, add_endpoint, upcaster
+from schemas.envelope import Event, OfGeneration, add_endpoint, upcaster
 
 
-class ReplyStarted(Event):
+class ReplyStarted(OfGeneration, Event):
     """The llm took this turn and will answer it: tokens, sentences and reply-done follow.
 
     Published before the first token, so the tts can claim the reply (and get ready) while
@@ -20,9 +20,34 @@ class ReplyStarted(Event):
     language: str = Field(default="", max_length=16)
     """Language of the user's transcript (and so of the reply), e.g. "en"; "" if unknown."""
     model: str = Field(default="", max_length=256)
+    question: str = Field(default="", max_length=10_000)
+    """The transcript this generation answers."""
+    speculative: bool = False
+    """Started on a speculative transcript while the end-pointer still waited: nothing of
+    it may be heard until llm.reply-committed names its generation."""
 
 
-class ReplyToken(Event):
+class ReplyCommitted(OfGeneration, Event):
+    """The turn is over and its final transcript is the one this speculative generation
+    answers: it is the reply (it may now be heard)."""
+
+    type: ClassVar[str] = "llm.reply-committed"
+
+    transcript_event_id: str = Field(default="", max_length=64)
+    """The final transcript that confirmed it."""
+
+
+class ReplyDiscarded(OfGeneration, Event):
+    """This speculative generation answers a question the user did not end up asking (they
+    went on speaking): it is never heard, kept in memory or replayed as the answer."""
+
+    type: ClassVar[str] = "llm.reply-discarded"
+
+    reason: Literal["changed", "superseded", "error"] = "changed"
+    """changed: the final transcript differs; superseded: a newer speculation replaced it."""
+
+
+class ReplyToken(OfGeneration, Event):
     """One streamed piece of the reply (a model token, possibly several characters)."""
 
     type: ClassVar[str] = "llm.reply-token"
@@ -33,7 +58,7 @@ class ReplyToken(Event):
     """Token index in the reply, from 0."""
 
 
-class ReplySentence(Event):
+class ReplySentence(OfGeneration, Event):
     """A speakable piece of the reply (sentence or clause), ready for TTS."""
 
     type: ClassVar[str] = "llm.reply-sentence"
@@ -44,7 +69,7 @@ class ReplySentence(Event):
     """Sentence index in the reply, from 0."""
 
 
-class ReplyDone(Event):
+class ReplyDone(OfGeneration, Event):
     """The reply is complete (or was cut short); `text` is everything generated."""
 
     type: ClassVar[str] = "llm.reply-done"
@@ -54,7 +79,7 @@ class ReplyDone(Event):
     sentences: int = Field(ge=0)
     """Number of reply-sentence events emitted (index 0..sentences-1)."""
     tokens: int = Field(ge=0)
-    finish_reason: Literal["stop", "length", "interrupted", "error"] = "stop"
+    finish_reason: Literal["stop", "length", "interrupted", "error", "discarded"] = "stop"
     model: str = ""
     prompt_tokens: int = Field(default=0, ge=0)
     first_token_ms: float = Field(default=0.0, ge=0)

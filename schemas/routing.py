@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from schemas.control import Interrupt
 from schemas.envelope import subject_filter
-from schemas.llm import ReplyDone, ReplySentence, ReplyStarted
+from schemas.llm import ReplyCommitted, ReplyDiscarded, ReplyDone, ReplySentence, ReplyStarted
 from schemas.mic import VoiceStarted
 from schemas.stt import Transcript
 from schemas.tts import SentenceDone, TtsAudioChunk, TtsDone, TtsStarted
@@ -59,12 +59,13 @@ class Route:
 RECORDER = Route("recorder", ())
 STT = Route("stt", (VoiceStarted.type,), follows=("mic.>",))
 LLM = Route("llm", (Transcript.type,))
-#: Per llm instance: an interrupt (or a new utterance) must reach the instance generating.
-LLM_CONTROL = Route("llm-control", (Interrupt.type, Transcript.type))
+#: Per llm instance: an interrupt, a new utterance or a discarded speculation must reach the
+#: instance generating.
+LLM_CONTROL = Route("llm-control", (Interrupt.type, Transcript.type, ReplyDiscarded.type))
 TTS = Route(
     "tts",
     (ReplyStarted.type,),
-    follows=(ReplySentence.type, ReplyDone.type, Interrupt.type),
+    follows=(ReplySentence.type, ReplyDone.type, Interrupt.type, ReplyDiscarded.type),
 )
 SPEAKER = Route(
     "speaker",
@@ -75,6 +76,8 @@ SPEAKER = Route(
         TtsDone.type,
         Interrupt.type,
         VoiceStarted.type,
+        ReplyCommitted.type,
+        ReplyDiscarded.type,
     ),
     per_endpoint=True,
 )

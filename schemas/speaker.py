@@ -6,10 +6,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.envelope import Event, add_endpoint, upcaster
+from schemas.envelope import Event, OfGeneration, add_endpoint, upcaster
 
 
-class PlaybackStarted(Event):
+class PlaybackStarted(OfGeneration, Event):
     """The first sample of the reply reached the output device (or sink)."""
 
     type: ClassVar[str] = "speaker.playback-started"
@@ -19,7 +19,7 @@ class PlaybackStarted(Event):
     """"device" or the WAV path."""
 
 
-class PlaybackDone(Event):
+class PlaybackDone(OfGeneration, Event):
     """Playback of the reply ended; says exactly how much was heard."""
 
     type: ClassVar[str] = "speaker.playback-done"

@@ -52,6 +52,9 @@ class Transcript(Event):
     decode_ms: float = Field(default=0.0, ge=0)
     """Time the final decode took, milliseconds."""
     model: str = ""
+    speculative: bool = False
+    """Decoded at a pause while the end-pointer still waits: the llm may start answering it,
+    but nothing is heard until the final transcript (not speculative) agrees."""
 
 
 for _cls in (TranscriptPartial, Transcript):

@@ -6,11 +6,11 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.envelope import Event, PayloadEvent, add_endpoint, upcaster
+from schemas.envelope import Event, OfGeneration, PayloadEvent, add_endpoint, upcaster
 from schemas.mic import PcmFormat
 
 
-class TtsStarted(Event):
+class TtsStarted(OfGeneration, Event):
     """The tts took this reply: its audio chunks follow in this format (Wyoming's
     audio-start). The endpoint's speaker claims the reply on this event."""
 
@@ -22,9 +22,11 @@ class TtsStarted(Event):
     """Bytes per sample."""
     channels: int = Field(default=1, ge=1, le=8)
     voice: str = Field(default="", max_length=256)
+    speculative: bool = False
+    """Its generation is speculative: the speaker holds it until llm.reply-committed."""
 
 
-class TtsAudioChunk(PcmFormat, PayloadEvent):
+class TtsAudioChunk(PcmFormat, OfGeneration, PayloadEvent):
     """A slice of synthesized reply audio; `seq` orders the chunks of one reply."""
 
     type: ClassVar[str] = "tts.audio-chunk"
@@ -41,7 +43,7 @@ class TtsAudioChunk(PcmFormat, PayloadEvent):
     """Position of the first sample inside its sentence, milliseconds."""
 
 
-class SentenceDone(Event):
+class SentenceDone(OfGeneration, Event):
     """One sentence has been fully synthesized."""
 
     type: ClassVar[str] = "tts.sentence-done"
@@ -55,7 +57,7 @@ class SentenceDone(Event):
     real_time_factor: float = Field(default=0.0, ge=0)
 
 
-class TtsDone(Event):
+class TtsDone(OfGeneration, Event):
     """All sentences of the reply are synthesized (or synthesis was interrupted)."""
 
     type: ClassVar[str] = "tts.done"

@@ -22,8 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import (
     PlaybackDone,
+    ReplyDiscarded,
     ReplyDone,
     ReplySentence,
+    ReplyStarted,
     SentenceDone,
     Transcript,
 )
@@ -41,6 +43,8 @@ MESSAGE_OVERHEAD_TOKENS = 4
 CUT_MARK = "..."
 
 _REPLY_TYPES = (
+    ReplyStarted.type,
+    ReplyDiscarded.type,
     ReplySentence.type,
     ReplyDone.type,
     PlaybackDone.type,
@@ -189,11 +193,14 @@ class EventLogMemory:
             cutoff = next(
                 (r.id for r in transcripts if r.utterance_id == before_utterance_id), None
             )
-            firsts: dict[str, Any] = {}
+            finals: dict[str, Any] = {}
             for r in transcripts:
                 if (cutoff is not None and r.id >= cutoff) or r.utterance_id == before_utterance_id:
                     continue
-                firsts.setdefault(r.utterance_id, r)
+                if '"speculative":true' in r.envelope:
+                    continue  # what the user had said so far, not what they asked
+                finals.setdefault(r.utterance_id, r)
+            firsts = finals
             chosen = list(firsts.values())[-self.max_turns :] if self.max_turns else []
             if not chosen:
                 return []
@@ -218,12 +225,25 @@ class EventLogMemory:
         return turns
 
 
+def _answer(events: list[Any]) -> list[Any]:
+    """The events of the generation that answered the turn: the last one started and not
+    discarded (a speculation the user did not end up asking is never remembered)."""
+    discarded = {e.generation for e in events if isinstance(e, ReplyDiscarded)}
+    started = [e.generation for e in events if isinstance(e, ReplyStarted)]
+    kept = [g for g in started if g not in discarded]
+    if not started:
+        return events  # recorded before generations existed
+    if not kept:
+        return []
+    return [e for e in events if getattr(e, "generation", None) == kept[-1]]
+
+
 def _reply_of(events: list[Any]) -> tuple[str, bool]:
     sentences: dict[int, str] = {}
     sentence_ms: dict[int, float] = {}
     done: ReplyDone | None = None
     playback: PlaybackDone | None = None
-    for e in events:
+    for e in _answer(events):
         if isinstance(e, ReplySentence):
             sentences.setdefault(e.index, e.text)
         elif isinstance(e, SentenceDone):

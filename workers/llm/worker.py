@@ -30,12 +30,16 @@ from opentelemetry.trace import Status, StatusCode
 from schemas import (
     ControlError,
     Event,
+    EventDecodeError,
     Interrupt,
+    ReplyCommitted,
+    ReplyDiscarded,
     ReplyDone,
     ReplySentence,
     ReplyStarted,
     ReplyToken,
     Transcript,
+    decode,
     derive_id,
     subject_filter,
 )
@@ -58,18 +62,25 @@ def turn_seed(utterance_id: str) -> int:
     return uuid.uuid5(uuid.NAMESPACE_OID, f"llm-seed/{utterance_id}").int % (2**31)
 
 
-def control_durable(worker_id: str) -> str:
-    """Each instance needs its own control consumer: an interrupt must reach the instance
-    that generates the reply, not whichever instance pulls first."""
-    return "llm-control" if worker_id in ("", "llm") else f"llm-control-{worker_id}"
-
-
 @dataclass
 class ActiveTurn:
     conversation_id: str
     utterance_id: str
+    generation: str = ""
+    """The id of the transcript this generation answers."""
+    question: str = ""
+    speculative: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
+
+
+def same_question(a: str, b: str) -> bool:
+    """Whether two transcripts ask the same (case, spacing and final punctuation aside)."""
+
+    def norm(s: str) -> str:
+        return " ".join(s.lower().split()).rstrip(".?!,;: ")
+
+    return norm(a) == norm(b)
 
 
 class LlmWorker(Worker):
@@ -92,6 +103,7 @@ class LlmWorker(Worker):
         """Utterances interrupted before (or while) their turn ran: id -> reason."""
         self._memory_wait = self.options.memory_wait_s
         self._tracer = tracer("voicebus.llm")
+        self._speculations: set[asyncio.Task[None]] = set()
         self.turns = 0
 
     async def setup(self) -> None:
@@ -126,13 +138,20 @@ class LlmWorker(Worker):
         for turn in self.active.values():
             turn.reason = "shutdown"
             turn.cancel.set()
+        if self._speculations:  # they end at their next token and ack their transcripts
+            await asyncio.wait(list(self._speculations), timeout=5)
         await self.backend.aclose()
         self.memory.close()
 
     # -- control ----------------------------------------------------------------------
 
     async def on_control(self, event: Event, _delivery: Delivery) -> None:
-        if isinstance(event, Interrupt):
+        if isinstance(event, ReplyDiscarded):
+            turn = self.active.get(event.conversation_id)
+            if turn is not None and turn.generation == event.generation:
+                turn.reason = "discarded"
+                turn.cancel.set()
+        elif isinstance(event, Interrupt):
             self._mark_interrupted(event.utterance_id, event.reason)
             turn = self.active.get(event.conversation_id)
             if turn is not None and turn.utterance_id == event.utterance_id:
@@ -164,7 +183,15 @@ class LlmWorker(Worker):
         if age_s > self.options.max_age_s:
             await self._stale(event, age_s)
             return
-        turn = ActiveTurn(event.conversation_id, event.utterance_id)
+        if await self._settle_speculation(event):
+            return  # the speculative answer already running is this turn's answer
+        turn = ActiveTurn(
+            event.conversation_id,
+            event.utterance_id,
+            generation=event.event_id,
+            question=event.text,
+            speculative=event.speculative,
+        )
         if event.utterance_id in self._interrupted:
             turn.reason = self._interrupted[event.utterance_id]
             turn.cancel.set()  # interrupted before its turn came
@@ -172,15 +199,104 @@ class LlmWorker(Worker):
         if previous is not None:
             previous.cancel.set()
         self.active[event.conversation_id] = turn
-        generation = asyncio.create_task(self._turn(event, turn, arrived))
+        if event.speculative:
+            # Not awaited: the final transcript must get through this consumer while the
+            # speculative answer runs; the transcript is acked when its answer ends.
+            delivery.defer()
+            task = asyncio.create_task(self._run(event, turn, arrived, delivery))
+            self._speculations.add(task)
+            task.add_done_callback(self._speculations.discard)
+            return
+        await self._run(event, turn, arrived, delivery)
+
+    async def _run(
+        self, event: Transcript, turn: ActiveTurn, arrived: float, delivery: Delivery
+    ) -> None:
         # A long generation tells JetStream it is still working on the transcript.
         progress = asyncio.create_task(self._keep_alive(delivery, self.options.ack_wait_s / 3))
         try:
-            await generation
+            await self._turn(event, turn, arrived)
         finally:
             progress.cancel()
             if self.active.get(event.conversation_id) is turn:
                 del self.active[event.conversation_id]
+            if delivery.deferred:
+                await delivery.ack()
+
+    # -- speculation --------------------------------------------------------------------
+
+    async def _settle_speculation(self, t: Transcript) -> bool:
+        """A speculative answer of this utterance may be running (here or in another
+        instance). If `t` asks the same, it stands (a final transcript commits it) and True
+        is returned; otherwise it is discarded and `t` gets an answer of its own."""
+        spec = await self._speculation_of(t)
+        if spec is None:
+            return False
+        generation, question = spec
+        if same_question(question, t.text):
+            if not t.speculative:
+                await self._decide(t, generation, commit=True)
+            return True
+        await self._decide(t, generation, commit=False)
+        return False
+
+    async def _speculation_of(self, t: Transcript) -> tuple[str, str] | None:
+        """(generation, question) of an undecided speculative answer of `t`'s utterance."""
+        local = self.active.get(t.conversation_id)
+        if local is not None and local.utterance_id == t.utterance_id and local.speculative:
+            if local.generation != t.event_id and local.reason != "discarded":
+                return local.generation, local.question
+        started = await self._last(t, ReplyStarted.type)
+        if not (
+            isinstance(started, ReplyStarted)
+            and started.speculative
+            and started.utterance_id == t.utterance_id
+            and started.generation != t.event_id
+        ):
+            return None
+        for decided_type in (ReplyCommitted.type, ReplyDiscarded.type):
+            decided = await self._last(t, decided_type)
+            if decided is not None and decided.generation == started.generation:  # type: ignore[attr-defined]
+                return None
+        return started.generation, started.question
+
+    async def _decide(self, t: Transcript, generation: str, *, commit: bool) -> None:
+        common = {
+            "endpoint": t.endpoint,
+            "conversation_id": t.conversation_id,
+            "utterance_id": t.utterance_id,
+            "producer": self.worker_id,
+            "generation": generation,
+        }
+        if commit:
+            event: Event = ReplyCommitted(
+                event_id=derive_id(generation, "committed"),
+                transcript_event_id=t.event_id,
+                **common,
+            )
+        else:
+            event = ReplyDiscarded(
+                event_id=derive_id(generation, "discarded"),
+                reason="superseded" if t.speculative else "changed",
+                **common,
+            )
+            local = self.active.get(t.conversation_id)
+            if local is not None and local.generation == generation:
+                local.reason = "discarded"
+                local.cancel.set()
+        await self.bus.publish(event)
+        log.info(
+            "speculation " + ("committed" if commit else "discarded"),
+            extra={"utterance": t.utterance_id, "generation": generation},
+        )
+
+    async def _last(self, t: Transcript, event_type: str) -> Event | None:
+        subject = subject_filter(t.endpoint, t.conversation_id, event_type)
+        try:
+            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
+            return decode(msg.data)
+        except (nats.js.errors.NotFoundError, EventDecodeError):
+            return None
 
     async def _stale(self, t: Transcript, age_s: float) -> None:
         """A transcript this old is not a question someone is waiting for (it sat in the
@@ -216,6 +332,7 @@ class LlmWorker(Worker):
             # First, so the tts claims the reply while the prompt is built and the model
             # thinks (and its spans join this one).
             await reply.started(self.backend.model)
+            span.set_attribute("llm.speculative", t.speculative)
             messages, kept = await self._prompt(t)
             span.set_attribute("llm.backend", self.backend.name)
             span.set_attribute("llm.model", self.backend.model)
@@ -299,7 +416,8 @@ class LlmWorker(Worker):
                 error = exc
         finish = gen.finish_reason
         if turn.cancel.is_set():
-            finish = "interrupted"  # what was not yet a sentence is never spoken
+            # What was not yet a sentence is never spoken; a discarded speculation says so.
+            finish = "discarded" if turn.reason == "discarded" else "interrupted"
         elif error is not None:
             finish = "error"
             log.warning("llm turn failed: %s", error)
@@ -316,12 +434,13 @@ class ReplyWriter:
     def __init__(self, bus: Bus, t: Transcript, producer: str) -> None:
         self.bus = bus
         self.t = t
-        self.common = {
+        self.turn = {
             "endpoint": t.endpoint,
             "conversation_id": t.conversation_id,
             "utterance_id": t.utterance_id,
             "producer": producer,
         }
+        self.common = {**self.turn, "generation": t.event_id}
         self.parts: list[str] = []
         self.sentence_count = 0
         self.first_token_at = 0.0
@@ -332,6 +451,8 @@ class ReplyWriter:
                 event_id=derive_id(self.t.event_id, "reply-started"),
                 language=self.t.language[:16],
                 model=model[:256],
+                question=self.t.text[:10_000],
+                speculative=self.t.speculative,
                 **self.common,
             )
         )
@@ -374,7 +495,7 @@ class ReplyWriter:
                 message=str(error)[:4096],
                 cause_event_id=self.t.event_id,
                 retryable=error.retryable,
-                **self.common,
+                **self.turn,
             )
         )
 

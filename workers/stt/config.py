@@ -26,6 +26,10 @@ class SttSettings(BaseSettings):
     """STT_BEAM_SIZE: beam of the final decode (partials always use 1)."""
     language: str = ""
     """STT_LANGUAGE: e.g. "en"; empty = detect once per utterance (multilingual models)."""
+    speculate: bool = True
+    """STT_SPECULATE: publish the decode made when speech pauses as a speculative
+    transcript, so the llm and the tts start the answer while the end-pointer still waits
+    (nothing of it is heard unless the final transcript agrees)."""
     partial_interval_ms: int = 600
     """STT_PARTIAL_INTERVAL_MS: new audio between partial decodes; 0 = no partials."""
     full_context: bool = False

@@ -243,6 +243,8 @@ class SttWorker(Worker):
             utt.best = Coverage(out, samples, final_quality)
         if out.language and not state["language"]:
             state["language"] = out.language
+        if quiet and final_quality and self.stt.speculate:
+            await self._speculate(started, out, utt, state, samples)
         if state.get("final") or not out.text or out.text == utt.last_partial_text:
             return
         seq = state["partials"]
@@ -260,6 +262,58 @@ class SttWorker(Worker):
         )
         utt.last_partial_text = out.text
         await self.bus.publish(partial)
+
+    async def _speculate(
+        self,
+        started: VoiceStarted,
+        out: Decoded,
+        utt: UtteranceAudio,
+        state: dict[str, Any],
+        samples: int,
+    ) -> None:
+        """The speech has paused and this decode saw all of it: publish it as a speculative
+        transcript, so the llm (and the tts) can start answering while the end-pointer still
+        waits. Nothing of that answer is heard unless the final transcript agrees."""
+        if state.get("final") or not out.text.strip() or out.text == state.get("speculated"):
+            return
+        k = state.get("speculations", 0)
+        state["speculations"] = k + 1
+        state["speculated"] = out.text
+        await self.bus.publish(
+            self._transcript(
+                started, out, derive_id(started.event_id, "speculative", k), samples, True
+            )
+        )
+
+    def _transcript(
+        self,
+        started: VoiceStarted,
+        out: Decoded,
+        event_id: str,
+        samples: int,
+        speculative: bool,
+        decode_ms: float | None = None,
+    ) -> Transcript:
+        return Transcript(
+            event_id=event_id,
+            endpoint=started.endpoint,
+            conversation_id=started.conversation_id,
+            utterance_id=started.utterance_id,
+            seq=0,
+            producer=self.worker_id,
+            text=out.text,
+            language=out.language,
+            language_probability=min(1.0, max(0.0, out.language_probability)),
+            confidence=min(1.0, max(0.0, out.confidence)),
+            words=tuple(
+                Word(word=w.word, start_s=w.start_s, end_s=w.end_s, probability=w.probability)
+                for w in out.words
+            ),
+            audio_ms=1000.0 * samples / RATE,
+            decode_ms=out.decode_ms if decode_ms is None else decode_ms,
+            model=self.backend.name,
+            speculative=speculative,
+        )
 
     async def _final(
         self,
@@ -279,24 +333,13 @@ class SttWorker(Worker):
                     final=True,
                 )
                 assert out is not None
-            transcript = Transcript(
-                event_id=derive_id(started.event_id, "transcript"),
-                endpoint=started.endpoint,
-                conversation_id=started.conversation_id,
-                utterance_id=started.utterance_id,
-                seq=0,
-                producer=self.worker_id,
-                text=out.text,
-                language=out.language,
-                language_probability=min(1.0, max(0.0, out.language_probability)),
-                confidence=min(1.0, max(0.0, out.confidence)),
-                words=tuple(
-                    Word(word=w.word, start_s=w.start_s, end_s=w.end_s, probability=w.probability)
-                    for w in out.words
-                ),
-                audio_ms=1000.0 * utt.samples / RATE,
+            transcript = self._transcript(
+                started,
+                out,
+                derive_id(started.event_id, "transcript"),
+                utt.samples,
+                False,
                 decode_ms=0.0 if reused else out.decode_ms,
-                model=self.backend.name,
             )
             await self.bus.publish(transcript)
             latency_ms = 1000.0 * (time.time() - stopped.ts)

@@ -30,6 +30,7 @@ from schemas import (
     ControlError,
     Event,
     Interrupt,
+    ReplyDiscarded,
     ReplyDone,
     ReplySentence,
     ReplyStarted,
@@ -105,13 +106,24 @@ class Reply:
     """Held while a chunk or tts.done is published, so nothing follows tts.done."""
 
     @property
-    def common(self) -> dict[str, str]:
+    def turn(self) -> dict[str, str]:
         s = self.started
         return {
             "endpoint": s.endpoint,
             "conversation_id": s.conversation_id,
             "utterance_id": s.utterance_id,
         }
+
+    @property
+    def common(self) -> dict[str, str]:
+        """The fields of this reply's events: its turn and its generation."""
+        return {**self.turn, "generation": self.started.generation}
+
+    def owns(self, event: Event) -> bool:
+        """Whether `event` belongs to this reply (its turn and its generation)."""
+        return event.utterance_id == self.started.utterance_id and (
+            getattr(event, "generation", "") == self.started.generation
+        )
 
 
 class TtsWorker(Worker):
@@ -195,6 +207,7 @@ class TtsWorker(Worker):
                 producer=self.worker_id,
                 rate=self.tts.output_rate,
                 voice=self.backend.name[:256],
+                speculative=r.started.speculative,
                 **r.common,
             )
         )
@@ -228,6 +241,13 @@ class TtsWorker(Worker):
             event = got.event
             if event is None or event.utterance_id != r.started.utterance_id:
                 continue
+            if isinstance(event, ReplyDiscarded):
+                if event.generation == r.started.generation:
+                    r.cancelled = True  # a speculation the user did not end up asking for
+                    await self._finish(r, derive_id(event.event_id, "tts-done"))
+                continue
+            if not isinstance(event, Interrupt) and not r.owns(event):
+                continue  # another generation of the same turn
             last = loop.time()
             if isinstance(event, Interrupt):
                 r.cancelled = True
@@ -286,7 +306,7 @@ class TtsWorker(Worker):
                 code=code,
                 message=message[:4096],
                 cause_event_id=r.started.event_id,
-                **r.common,
+                **r.turn,
             )
         )
         await self._finish(r, derive_id(r.started.event_id, "tts-done"))
@@ -323,17 +343,16 @@ class TtsWorker(Worker):
         """Where a reply stands if an earlier owner worked on it (a redelivery), from the
         last tts events of the conversation; a fresh Reply otherwise."""
         r = Reply(started)
-        utt = started.utterance_id
         done, sentence, chunk = await asyncio.gather(
             self._last(started, TtsDone.type),
             self._last(started, SentenceDone.type),
             self._last(started, TtsAudioChunk.type),
         )
-        if isinstance(done, TtsDone) and done.utterance_id == utt:
+        if isinstance(done, TtsDone) and r.owns(done):
             r.finished = True
-        if isinstance(sentence, SentenceDone) and sentence.utterance_id == utt:
+        if isinstance(sentence, SentenceDone) and r.owns(sentence):
             r.next_index = sentence.sentence_index + 1
-        if isinstance(chunk, TtsAudioChunk) and chunk.utterance_id == utt:
+        if isinstance(chunk, TtsAudioChunk) and r.owns(chunk):
             r.seq = chunk.seq + 1
             r.audio_ms = r.seq * self.tts.chunk_ms  # close enough for the done summary
             if chunk.sentence_index >= r.next_index:

@@ -39,6 +39,8 @@ from schemas import (
     Interrupt,
     PlaybackDone,
     PlaybackStarted,
+    ReplyCommitted,
+    ReplyDiscarded,
     SentenceDone,
     TtsAudioChunk,
     TtsDone,
@@ -68,6 +70,8 @@ class PlaybackConfig:
     """A reply whose tts goes silent this long (no chunk, no tts.done) ends with an error."""
     order_wait_s: float = 60.0
     """Longest wait for another instance's reply of the same conversation to stop playing."""
+    commit_wait_s: float = 60.0
+    """Longest wait for a speculative reply to be committed before it is dropped unheard."""
 
 
 @dataclass
@@ -92,6 +96,9 @@ class Playback:
     started: bool = False
     finished: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at once for a reply that is not speculative; else by llm.reply-committed."""
+    discarded: bool = False
     published: asyncio.Event = field(default_factory=asyncio.Event)
     """playback-done is on the bus."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,13 +113,24 @@ class Playback:
         return self.started_event.utterance_id
 
     @property
-    def common(self) -> dict[str, str]:
+    def turn(self) -> dict[str, str]:
         e = self.started_event
         return {
             "endpoint": e.endpoint,
             "conversation_id": e.conversation_id,
             "utterance_id": e.utterance_id,
         }
+
+    @property
+    def common(self) -> dict[str, str]:
+        """The fields of this reply's events: its turn and its generation."""
+        return {**self.turn, "generation": self.started_event.generation}
+
+    def owns(self, event: Event) -> bool:
+        """Whether `event` belongs to this reply (its turn and its generation)."""
+        return event.utterance_id == self.utterance_id and (
+            getattr(event, "generation", "") == self.started_event.generation
+        )
 
     def heard(self, played: int) -> tuple[int, int, float]:
         """(sentences heard to their end, sentence playing at `played`, ms into it)."""
@@ -150,6 +168,17 @@ class Player:
                     await self._restarted(event)
                     return
             pb = Playback(event, event.rate)
+            if not event.speculative:
+                pb.committed.set()
+            else:
+                # The decision may have come before this claim (the follower starts after it).
+                for decided_type in (ReplyCommitted.type, ReplyDiscarded.type):
+                    decided = await self._last(pb, decided_type)
+                    if decided is not None and pb.owns(decided):
+                        if isinstance(decided, ReplyCommitted):
+                            pb.committed.set()
+                        else:
+                            return  # discarded before it was claimed: never heard
             if (event.width, event.channels) != (2, 1):
                 # The sinks play 16-bit mono; a reply in another format ends, said so.
                 await self._error(
@@ -202,8 +231,16 @@ class Player:
             if e.utterance_id != pb.utterance_id:
                 await self._barge_in(pb, e)
             return
-        if e.utterance_id != pb.utterance_id:
+        if isinstance(e, Interrupt):
+            if e.utterance_id == pb.utterance_id:
+                await self._finish(pb, derive_id(e.event_id, "playback-done"), interrupted=True)
             return
+        if not pb.owns(e):
+            return  # another turn, or another generation of this one
+        if isinstance(e, ReplyCommitted):
+            pb.committed.set()
+        elif isinstance(e, ReplyDiscarded):
+            self._drop(pb)
         if isinstance(e, TtsAudioChunk):
             self._on_chunk(pb, e)
         elif isinstance(e, SentenceDone):
@@ -211,8 +248,6 @@ class Player:
         elif isinstance(e, TtsDone):
             pb.tts_done = e
             pb.changed.set()
-        elif isinstance(e, Interrupt):
-            await self._finish(pb, derive_id(e.event_id, "playback-done"), interrupted=True)
 
     def _on_chunk(self, pb: Playback, c: TtsAudioChunk) -> None:
         if c.seq <= pb.last_seq:
@@ -230,9 +265,25 @@ class Player:
             pb.pending.append(pcm)
         pb.changed.set()
 
+    def _drop(self, pb: Playback) -> None:
+        """A discarded speculation: never heard, so it ends without a trace of playback."""
+        pb.discarded = pb.finished = True
+        pb.changed.set()
+        pb.committed.set()
+        pb.published.set()
+        log.info("speculation discarded", extra={"utterance": pb.utterance_id})
+
     async def _watch(self, pb: Playback) -> None:
         """Open the output when the reply's turn comes; publish playback-started at the first
         sample heard and playback-done at the last."""
+        # A speculative reply is synthesized (and buffered here) while the end-pointer still
+        # waits; it is heard only once the turn is confirmed as the one it answers.
+        try:
+            await asyncio.wait_for(pb.committed.wait(), self.config.commit_wait_s)
+        except TimeoutError:  # nobody decided (its llm died): it was never the answer
+            self._drop(pb)
+        if pb.finished:
+            return
         await self._wait_turn(pb)
         if pb.finished:
             return
@@ -378,7 +429,7 @@ class Player:
             producer=self.producer,
             reason="barge-in",
             by_utterance_id=v.utterance_id,
-            **pb.common,
+            **pb.turn,
         )
         await self.bus.publish(stop)
         await self._finish(pb, derive_id(stop.event_id, "playback-done"), interrupted=True)
@@ -393,7 +444,7 @@ class Player:
                 code=code,
                 message=message,
                 cause_event_id=pb.started_event.event_id,
-                **pb.common,
+                **pb.turn,
             )
         )
 

@@ -15,10 +15,14 @@ from schemas import (
     Event,
     Interrupt,
     MicAudioChunk,
+    OfGeneration,
     PlaybackDone,
     PlaybackStarted,
+    ReplyCommitted,
+    ReplyDiscarded,
     ReplyDone,
     ReplySentence,
+    ReplyStarted,
     ReplyToken,
     Transcript,
     TranscriptPartial,
@@ -66,6 +70,9 @@ def new_turn(event: Event, turn_index: int) -> dict[str, Any]:
         "language": "",
         "stt_first_partial_at": None,
         "stt_final_at": None,
+        "generation": "",
+        "speculations": 0,
+        "speculation": "",
         "llm_first_token_at": None,
         "llm_first_sentence_at": None,
         "llm_done_at": None,
@@ -99,10 +106,50 @@ def new_conversation(event: Event) -> dict[str, Any]:
     }
 
 
+#: What a new generation of the reply resets: the row describes one generation's answer.
+_REPLY_FIELDS = {
+    "llm_first_token_at": None,
+    "llm_first_sentence_at": None,
+    "llm_done_at": None,
+    "reply_text": "",
+    "finish_reason": "",
+    "tts_first_audio_at": None,
+    "tts_done_at": None,
+}
+#: A discarded generation's id in the row: none of its late events match it any more.
+_DISCARDED = "-discarded-"
+
+
+def _generation(row: dict[str, Any], e: Event) -> bool:
+    """Whether `e` belongs to the generation the row describes (and follow a new one)."""
+    if isinstance(e, ReplyStarted):
+        if e.generation != row["generation"]:
+            row["generation"] = e.generation
+            row.update(_REPLY_FIELDS)
+        if e.speculative:
+            row["speculations"] += 1
+        return True
+    if isinstance(e, ReplyDiscarded):
+        if e.generation == row["generation"]:
+            row["generation"] = _DISCARDED
+            row.update(_REPLY_FIELDS)
+        if row["speculation"] != "committed":
+            row["speculation"] = "discarded"
+        return False
+    if isinstance(e, ReplyCommitted):
+        row["speculation"] = "committed"
+        return False
+    return not isinstance(e, OfGeneration) or e.generation == row["generation"]
+
+
 def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
-    """Fold one event into its turn row (in place)."""
+    """Fold one event into its turn row (in place). A turn may be answered more than once
+    (a speculation discarded, then the real answer): the row follows the generation of the
+    last reply-started, and events of other generations leave it alone."""
     if trace_id and not row["trace_id"]:
         row["trace_id"] = trace_id
+    if not _generation(row, e):
+        return
     match e:
         case VoiceStarted():
             row["speech_started_at"] = e.ts
@@ -115,7 +162,7 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
             row["audio_ms"] = e.duration_ms
         case TranscriptPartial():
             _first(row, "stt_first_partial_at", e.ts)
-        case Transcript():
+        case Transcript() if not e.speculative:
             row["transcript"] = e.text
             row["language"] = e.language[:16]
             row["stt_final_at"] = e.ts
@@ -167,7 +214,12 @@ def apply_conversation(row: dict[str, Any], e: Event) -> None:
         row["replay_of"] = e.replay_of
     row["started_at"] = min(row["started_at"], e.ts)
     row["last_event_at"] = max(row["last_event_at"], e.ts)
-    if isinstance(e, Transcript) and not row["first_words"] and e.text.strip():
+    if (
+        isinstance(e, Transcript)
+        and not e.speculative
+        and not row["first_words"]
+        and e.text.strip()
+    ):
         row["first_words"] = " ".join(e.text.split()[:8])[:200]
 
 

@@ -82,6 +82,13 @@ class TurnRow(SQLModel, table=True):
     language: str = Field(default="", max_length=16)
     stt_first_partial_at: float | None = None
     stt_final_at: float | None = None
+    generation: str = Field(default="", max_length=64)
+    """The generation of the reply the row describes (the transcript id it answers)."""
+    speculations: int = 0
+    """Answers started speculatively, before the end-pointer decided."""
+    speculation: str = Field(default="", max_length=16)
+    """"committed" (the answer began during the end-pointer's wait and was the one heard),
+    "discarded" (a speculation was thrown away), or ""."""
     llm_first_token_at: float | None = None
     llm_first_sentence_at: float | None = None
     llm_done_at: float | None = None

@@ -91,11 +91,14 @@ def _load(log: EventLog, conversation_id: str) -> tuple[list[_Ev], list[Problem]
 
 def check_sequences(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
     problems: list[Problem] = []
-    groups: dict[tuple[str, str, str], list[_Ev]] = defaultdict(list)
+    # Per generation: a turn answered twice (a discarded speculation, then the answer) has
+    # two sequences of tokens, sentences and chunks, each from 0.
+    groups: dict[tuple[str, str, str, str], list[_Ev]] = defaultdict(list)
     for e in evs:
         if e.type in SEQUENCED:
-            groups[(e.utterance_id, e.type, role_of(e.producer))].append(e)
-    for (utt, type_, role), group in sorted(groups.items()):
+            gen = str(e.fields.get("generation", ""))
+            groups[(e.utterance_id, gen, e.type, role_of(e.producer))].append(e)
+    for (utt, _gen, type_, role), group in sorted(groups.items()):
         by_seq: dict[int, list[str]] = defaultdict(list)
         for e in group:
             by_seq[e.seq].append(e.event_id)
@@ -120,14 +123,15 @@ def check_sequences(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
                     f"(have {len(by_seq)} of 0..{max(by_seq)})",
                 )
             )
-    counts: dict[tuple[str, str], int] = defaultdict(int)
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
     for e in evs:
-        counts[(e.utterance_id, e.type)] += 1
+        counts[(e.utterance_id, str(e.fields.get("generation", "")), e.type)] += 1
     for e in evs:
         for closing, field, counted in COUNTS:
             if e.type != closing:
                 continue
-            announced, have = int(e.fields[field]), counts[(e.utterance_id, counted)]
+            key = (e.utterance_id, str(e.fields.get("generation", "")), counted)
+            announced, have = int(e.fields[field]), counts[key]
             if announced != have:
                 problems.append(
                     Problem(
@@ -189,7 +193,7 @@ def check_lifecycle(conversation_id: str, evs: Sequence[_Ev]) -> list[Problem]:
         for what, then, stage, interrupt_ends in _expectations(turn, last_stage):
             if stage not in stages or then in types:
                 continue
-            if interrupt_ends and "control.interrupt" in types:
+            if interrupt_ends and types & {"control.interrupt", "llm.reply-discarded"}:
                 continue
             problems.append(
                 Problem(
