@@ -154,9 +154,10 @@ async def test_utterances_get_partials_then_one_final_in_one_trace(
         assert kinds.index("stt.transcript-partial") < kinds.index("mic.voice-stopped")
         final = next(e for e in mine if isinstance(e, Transcript) and not e.speculative)
         assert mine.index(final) > kinds.index("mic.voice-stopped")
-        # Decoded at the pause while the end-pointer waited, published before the final.
+        # A decode made at a pause may be published first, speculatively (whether one is
+        # depends on timing: `just bench e2e` counts them); never after the final.
         spec = [e for e in mine if isinstance(e, Transcript) and e.speculative]
-        assert spec and mine.index(spec[0]) < mine.index(final)
+        assert all(mine.index(e) < mine.index(final) for e in spec)
         partial_seqs = [e.seq for e in mine if isinstance(e, TranscriptPartial)]
         assert partial_seqs == list(range(len(partial_seqs)))
         assert final.language == "en" and final.words and 0 < final.confidence <= 1
