@@ -8,12 +8,16 @@ For each spoken question (synthesized with the bundled voice), in one run, inter
    to the first speakable sentence, Piper time to the first audio of that sentence;
 3. a sequential baseline on the same models: transcribe the whole utterance, then generate
    the whole reply, then synthesize it all.
-Printed: per-stage p50/p95, voice-to-voice p50/p95, and two ratios: sequential / streaming
-(what streaming buys) and streaming / isolated sum (what bus, log and tracing cost; target
-<= 1.15). Voice-to-voice is measured from the VAD endpoint (mic.voice-stopped), which comes
-MIC_HANGOVER_MS of silence after the user's last word. A Markdown table and a PNG chart go to
-DATA_DIR/bench/. Replies are greedy (LLM_TEMPERATURE=0 unless set) so two runs, e.g. with
-different settings, speak the same sentences and can be compared.
+Printed: per-stage p50/p95, voice-to-voice p50/p95 (turn 1 apart: it shows whether the
+models were warm), the end-of-turn wait, speculation (answers started during the wait,
+committed, discarded, and the work thrown away), and two ratios: sequential / streaming (what
+streaming buys) and streaming / isolated sum (what bus, log and tracing cost; target
+<= 1.15). Voice-to-voice runs from the real end of the user's speech (the last voiced
+audio, before the end-pointer's wait) to the first reply sample played, as people feel it;
+"from the endpoint" leaves the wait out and is labelled so. `--compare-speculation` runs the
+pipeline with and without speculation (STT_SPECULATE), alternated, and prints both.
+A Markdown table and a PNG chart go to DATA_DIR/bench/. Replies are greedy
+(LLM_TEMPERATURE=0 unless set) so two runs speak the same sentences and can be compared.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ QUESTIONS = [
     "How far away is the moon?",
     "What is a good name for a cat?",
 ]
-STAGES = ["stt_final", "llm_first_sentence", "tts_first_audio", "playback_start"]
+STAGES = ["endpoint_wait", "stt_final", "llm_first_sentence", "tts_first_audio", "playback_start"]
+#: The figures of a turn kept per row (stages, then what the user waited).
+FIGURES = [*STAGES, "voice_to_voice", "voice_to_voice_from_endpoint"]
 
 
 class Models:
@@ -146,7 +152,26 @@ def transport_ms(log: EventLog, utterance_id: str) -> float | None:
     return max(0.0, llm_hop) + max(0.0, tts_hop) + speaker_hop
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def speculation_of(log: EventLog, utterance_id: str) -> dict[str, Any]:
+    """What speculation did in a turn: answers started during the wait, whether one was
+    the answer, and the work thrown away with the discarded ones."""
+    ev = log.events(utterance_id=utterance_id, with_payload=False)
+    discarded = {e.generation for e in ev if isinstance(e, s.ReplyDiscarded)}
+    started = [e for e in ev if isinstance(e, s.ReplyStarted) and e.speculative]
+    thrown_tokens = sum(1 for e in ev if isinstance(e, s.ReplyToken) and e.generation in discarded)
+    thrown_audio = sum(
+        e.audio_ms for e in ev if isinstance(e, s.SentenceDone) and e.generation in discarded
+    )
+    return {
+        "speculations": len(started),
+        "committed": any(isinstance(e, s.ReplyCommitted) for e in ev),
+        "discarded": len(discarded),
+        "discarded_tokens": thrown_tokens,
+        "discarded_audio_ms": thrown_audio,
+    }
+
+
+async def run(args: argparse.Namespace, speculate: bool | None = None) -> dict[str, Any]:
     settings = get_settings()
     work = settings.data_dir / "bench" / "e2e-inputs"
     questions = (QUESTIONS * ((args.turns // len(QUESTIONS)) + 1))[: args.turns]
@@ -161,6 +186,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await models.load()
     rows: list[dict[str, Any]] = []
     env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
+    if speculate is not None:
+        env["stt"] = {"STT_SPECULATE": "1" if speculate else "0"}
     async with Pipeline(settings, env=env, pool=tool_endpoint("bench")) as p:
         log = EventLog(settings.db_url, migrate=False)
         for i, f in enumerate(files):
@@ -189,7 +216,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "question": questions[i],
                     "transcript": row.transcript,
                     "reply": row.reply_text,
-                    **{k: ms[k] for k in [*STAGES, "voice_to_voice"]},
+                    **{k: ms[k] for k in FIGURES},
+                    **speculation_of(log, row.utterance_id),
                     "isolated_decode_ms": decode_ms,
                     "isolated_first_sentence_ms": llm_first["first_sentence_ms"],
                     "isolated_first_audio_ms": tts_first,
@@ -211,13 +239,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     col = {
         k: [r[k] for r in rows if r[k] is not None]
         for k in rows[0]
-        if k.endswith("ms") or k in (*STAGES, "voice_to_voice")
+        if (k.endswith("ms") and not k.startswith("discarded")) or k in FIGURES
     }
     stats = {k: {"p50": pct(v, 0.5), "p95": pct(v, 0.95)} for k, v in col.items()}
     v2v = statistics.median(col["voice_to_voice"])
+    later = [r["voice_to_voice"] for r in rows[1:] if r["voice_to_voice"] is not None]
     return {
         "turns": rows,
         "stats": stats,
+        "first_turn_ms": rows[0]["voice_to_voice"],
+        "later_turns_p50_ms": statistics.median(later) if later else float("nan"),
+        "speculation": {
+            "turns_with": sum(1 for r in rows if r["speculations"]),
+            "committed": sum(1 for r in rows if r["committed"]),
+            "discarded": sum(r["discarded"] for r in rows),
+            "discarded_tokens": sum(r["discarded_tokens"] for r in rows),
+            "discarded_audio_ms": sum(r["discarded_audio_ms"] for r in rows),
+        },
         "ratios": {
             "sequential_over_streaming": statistics.median(col["sequential_ms"]) / v2v,
             "streaming_over_isolated_sum": v2v / statistics.median(col["isolated_sum_ms"]),
@@ -245,7 +283,7 @@ def report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         "|---|---|---|",
         *[
             f"| {k} | {st[k]['p50']:.0f} | {st[k]['p95']:.0f} |"
-            for k in [*STAGES, "voice_to_voice", "isolated_sum_ms", "sequential_ms", "transport_ms"]
+            for k in [*FIGURES, "isolated_sum_ms", "sequential_ms", "transport_ms"]
         ],
         "",
         "- sequential / streaming (what streaming buys): "
@@ -278,11 +316,12 @@ def report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     x = np.arange(len(res["turns"]))
-    bottom = np.zeros(len(x))
-    for stage in STAGES:
-        vals = np.array([r[stage] or 0.0 for r in res["turns"]])
-        ax.bar(x, vals, bottom=bottom, label=stage.replace("_", " "))
-        bottom += vals
+    # Two parts of what the user waited: the end-pointer's decision, then the answer (whose
+    # stages overlap the wait when the answer was started speculatively).
+    wait = np.array([r["endpoint_wait"] or 0.0 for r in res["turns"]])
+    after = np.array([r["voice_to_voice_from_endpoint"] or 0.0 for r in res["turns"]])
+    ax.bar(x, wait, label="end-of-turn wait")
+    ax.bar(x, after, bottom=wait, label="decision to first audio")
     ax.scatter(
         x,
         [r["isolated_sum_ms"] for r in res["turns"]],
@@ -301,7 +340,7 @@ def report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         zorder=3,
     )
     ax.set_xticks(x, [f"turn {i + 1}" for i in x])
-    ax.set_ylabel("ms after end of speech (VAD endpoint)")
+    ax.set_ylabel("ms after the real end of speech")
     ax.set_title("Voice-to-voice latency by stage (streaming pipeline)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -318,15 +357,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--compare-speculation",
+        action="store_true",
+        help="alternate runs with and without STT_SPECULATE and print both",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare-speculation")
     args = ap.parse_args(argv)
     # Sampled replies differ run to run, and the first sentence's length moves every stage
     # after it; the workers inherit this environment.
     os.environ.setdefault("LLM_TEMPERATURE", "0")
+    if args.compare_speculation:
+        return compare_speculation(args)
     res = asyncio.run(run(args))
     st, ra = res["stats"], res["ratios"]
     print(f"{'stage (ms)':28}{'p50':>8}{'p95':>8}")
-    for k in [*STAGES, "voice_to_voice", "isolated_sum_ms", "sequential_ms", "transport_ms"]:
-        print(f"{k:28}{st[k]['p50']:>8.0f}{st[k]['p95']:>8.0f}")
+    for k in [*FIGURES, "isolated_sum_ms", "sequential_ms", "transport_ms"]:
+        print(f"{k:32}{st[k]['p50']:>8.0f}{st[k]['p95']:>8.0f}")
+    print(
+        f"turn 1 voice-to-voice {res['first_turn_ms']:.0f} ms, later turns p50 "
+        f"{res['later_turns_p50_ms']:.0f} ms (warm start: turn 1 as fast as the rest)"
+    )
+    sp = res["speculation"]
+    print(
+        f"speculation: {sp['turns_with']} of {len(res['turns'])} turns answered during the "
+        f"wait, {sp['committed']} committed, {sp['discarded']} answers discarded "
+        f"({sp['discarded_tokens']} tokens, {sp['discarded_audio_ms']:.0f} ms of audio "
+        "synthesized for nothing)"
+    )
     print(
         "sequential / streaming (what streaming buys):        "
         f"{ra['sequential_over_streaming']:.2f}x"
@@ -345,6 +403,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {md}\nchart:  {png}")
     if args.json:
         print(json.dumps(res))
+    return 0
+
+
+def compare_speculation(args: argparse.Namespace) -> int:
+    """Speculation on and off, alternated (on, off, off, on, ...), same turns: its gain in
+    voice-to-voice and its cost (the stt, llm and tts share 2 cores with thrown-away work)."""
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for i in range(args.rounds):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        for speculate in order:
+            progress(f"round {i + 1}: speculation {'on' if speculate else 'off'}")
+            runs[speculate].append(asyncio.run(run(args, speculate=speculate)))
+    print(f"{'':34}{'on':>10}{'off':>10}{'on/off':>9}")
+    for key in ("voice_to_voice", "endpoint_wait", "voice_to_voice_from_endpoint"):
+        for q in ("p50", "p95"):
+            on = statistics.median(r["stats"][key][q] for r in runs[True])
+            off = statistics.median(r["stats"][key][q] for r in runs[False])
+            print(f"{key + ' ' + q:34}{on:>10.0f}{off:>10.0f}{on / off:>9.2f}")
+    spec = [r["speculation"] for r in runs[True]]
+    print(
+        "speculation on: committed "
+        f"{sum(x['committed'] for x in spec)}, discarded {sum(x['discarded'] for x in spec)}, "
+        f"thrown away {sum(x['discarded_tokens'] for x in spec)} tokens and "
+        f"{sum(x['discarded_audio_ms'] for x in spec):.0f} ms of audio over "
+        f"{sum(len(r['turns']) for r in runs[True])} turns; rounds: "
+        + ", ".join(f"{r['stats']['voice_to_voice']['p50']:.0f}" for r in runs[True])
+        + " (on) vs "
+        + ", ".join(f"{r['stats']['voice_to_voice']['p50']:.0f}" for r in runs[False])
+        + " (off) ms p50"
+    )
+    if args.json:
+        print(json.dumps({"on": runs[True], "off": runs[False]}))
     return 0
 
 
