@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.envelope import Event, add_endpoint, upcaster
+from schemas.envelope import Event, add_endpoint, derive_id, upcaster
 
 
 class Interrupt(Event):
@@ -33,6 +33,33 @@ class ControlError(Event):
     message: str = Field(max_length=4096)
     cause_event_id: str = ""
     retryable: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        cause: Event,
+        stage: str,
+        code: str,
+        message: str,
+        *,
+        producer: str,
+        event_id: str | None = None,
+        retryable: bool = False,
+    ) -> ControlError:
+        """The error that ends `cause`'s turn, with an id derived from the cause and the code
+        (a redelivered cause fails with the same event, which the stream drops)."""
+        return cls(
+            event_id=event_id or derive_id(cause.event_id, f"{stage}-error", code),
+            endpoint=cause.endpoint,
+            conversation_id=cause.conversation_id,
+            utterance_id=cause.utterance_id,
+            producer=producer,
+            failed_stage=stage,
+            code=code,
+            message=message[:4096],
+            cause_event_id=cause.event_id,
+            retryable=retryable,
+        )
 
 
 for _cls in (Interrupt, ControlError):

@@ -30,7 +30,6 @@ from opentelemetry.trace import Status, StatusCode
 from schemas import (
     ControlError,
     Event,
-    EventDecodeError,
     Interrupt,
     ReplyCommitted,
     ReplyDiscarded,
@@ -39,7 +38,6 @@ from schemas import (
     ReplyStarted,
     ReplyToken,
     Transcript,
-    decode,
     derive_id,
     subject_filter,
 )
@@ -246,7 +244,7 @@ class LlmWorker(Worker):
         if local is not None and local.utterance_id == t.utterance_id and local.speculative:
             if local.generation != t.event_id and local.reason != "discarded":
                 return local.generation, local.question
-        started = await self._last(t, ReplyStarted.type)
+        started = await self.bus.last(t.endpoint, t.conversation_id, ReplyStarted.type)
         if not (
             isinstance(started, ReplyStarted)
             and started.speculative
@@ -255,7 +253,7 @@ class LlmWorker(Worker):
         ):
             return None
         for decided_type in (ReplyCommitted.type, ReplyDiscarded.type):
-            decided = await self._last(t, decided_type)
+            decided = await self.bus.last(t.endpoint, t.conversation_id, decided_type)
             if decided is not None and decided.generation == started.generation:  # type: ignore[attr-defined]
                 return None
         return started.generation, started.question
@@ -290,32 +288,15 @@ class LlmWorker(Worker):
             extra={"utterance": t.utterance_id, "generation": generation},
         )
 
-    async def _last(self, t: Transcript, event_type: str) -> Event | None:
-        subject = subject_filter(t.endpoint, t.conversation_id, event_type)
-        try:
-            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
-            return decode(msg.data)
-        except (nats.js.errors.NotFoundError, EventDecodeError):
-            return None
-
     async def _stale(self, t: Transcript, age_s: float) -> None:
         """A transcript this old is not a question someone is waiting for (it sat in the
         stream while no llm ran): the turn ends with an error, not a late spoken answer."""
         log.warning("stale transcript", extra={"utterance": t.utterance_id, "age_s": age_s})
-        await self.bus.publish(
-            ControlError(
-                event_id=derive_id(t.event_id, "stale"),
-                endpoint=t.endpoint,
-                conversation_id=t.conversation_id,
-                utterance_id=t.utterance_id,
-                producer=self.worker_id,
-                failed_stage="llm",
-                code="stale",
-                message=f"the transcript is {age_s:.0f} s old (LLM_MAX_AGE_S="
-                f"{self.options.max_age_s:.0f}); not answered",
-                cause_event_id=t.event_id,
-            )
+        message = (
+            f"the transcript is {age_s:.0f} s old (LLM_MAX_AGE_S={self.options.max_age_s:.0f}); "
+            "not answered"
         )
+        await self.bus.publish(ControlError.of(t, "llm", "stale", message, producer=self.worker_id))
 
     async def _keep_alive(self, delivery: Delivery, every_s: float) -> None:
         while True:
@@ -488,14 +469,13 @@ class ReplyWriter:
 
     async def error(self, error: BackendError) -> None:
         await self.bus.publish_nowait(
-            ControlError(
-                event_id=derive_id(self.t.event_id, "error"),
-                failed_stage="llm",
-                code=error.code,
-                message=str(error)[:4096],
-                cause_event_id=self.t.event_id,
+            ControlError.of(
+                self.t,
+                "llm",
+                error.code,
+                str(error),
+                producer=self.turn["producer"],
                 retryable=error.retryable,
-                **self.turn,
             )
         )
 

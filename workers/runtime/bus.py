@@ -36,7 +36,16 @@ from nats.js.api import (
 )
 from opentelemetry import context as otel_context
 
-from schemas import DLQ_ROOT, SUBJECT_ROOT, Event, EventDecodeError, decode, dlq_subject, encode
+from schemas import (
+    DLQ_ROOT,
+    SUBJECT_ROOT,
+    Event,
+    EventDecodeError,
+    decode,
+    dlq_subject,
+    encode,
+    subject_filter,
+)
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.telemetry import extract_context, inject_headers
 
@@ -312,6 +321,20 @@ class Bus:
         **options: Any,
     ) -> Consumer:
         return Consumer(self, durable, list(filter_subjects), handler, batch_handler, **options)
+
+    async def last(self, endpoint: str, conversation_id: str, event_type: str) -> Event | None:
+        """The last event of a type in a conversation, from the stream (None if there is none,
+        it does not decode, or the stream cannot say): how workers learn where a turn stands
+        when they did not see it happen (a restart, another instance's work)."""
+        subject = subject_filter(endpoint, conversation_id, event_type)
+        try:
+            msg = await self.js.get_last_msg(self.stream, subject)
+            return decode(msg.data)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (EventDecodeError, nats.errors.Error, TimeoutError) as exc:
+            log.info("last-event lookup failed", extra={"subject": subject, "error": repr(exc)})
+            return None
 
     def follow(self, filter_subjects: Sequence[str], start_seq: int) -> Follower:
         """The events on `filter_subjects` from stream sequence `start_seq` on, in order."""

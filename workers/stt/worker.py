@@ -363,15 +363,5 @@ class SttWorker(Worker):
         trace.get_current_span().set_status(trace.StatusCode.ERROR, message)
         log.warning("utterance failed", extra={"code": code, "reason": message})
         await self.bus.publish(
-            ControlError(
-                event_id=derive_id(started.event_id, "error", code),
-                endpoint=started.endpoint,
-                conversation_id=started.conversation_id,
-                utterance_id=started.utterance_id,
-                producer=self.worker_id,
-                failed_stage="stt",
-                code=code,
-                message=message[:4096],
-                cause_event_id=started.event_id,
-            )
+            ControlError.of(started, "stt", code, message, producer=self.worker_id)
         )

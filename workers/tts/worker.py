@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import nats.js.errors
 import numpy as np
 from opentelemetry.context import Context
 
@@ -38,9 +37,7 @@ from schemas import (
     TtsAudioChunk,
     TtsDone,
     TtsStarted,
-    decode,
     derive_id,
-    subject_filter,
 )
 from schemas.routing import TTS
 from workers.runtime.bus import Bus, Consumer, Delivery, Follower, Released
@@ -299,15 +296,7 @@ class TtsWorker(Worker):
         log.error("synthesis failed", extra={"code": code, "error": message})
         r.cancelled = True
         await self.bus.publish(
-            ControlError(
-                event_id=derive_id(r.started.event_id, "tts-error", code),
-                producer=self.worker_id,
-                failed_stage="tts",
-                code=code,
-                message=message[:4096],
-                cause_event_id=r.started.event_id,
-                **r.turn,
-            )
+            ControlError.of(r.started, "tts", code, message, producer=self.worker_id)
         )
         await self._finish(r, derive_id(r.started.event_id, "tts-done"))
 
@@ -331,22 +320,14 @@ class TtsWorker(Worker):
 
     # -- recovery ------------------------------------------------------------------------
 
-    async def _last(self, started: ReplyStarted, event_type: str) -> Event | None:
-        subject = subject_filter(started.endpoint, started.conversation_id, event_type)
-        try:
-            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        return decode(msg.data) if msg.data else None
-
     async def _recover(self, started: ReplyStarted) -> Reply:
         """Where a reply stands if an earlier owner worked on it (a redelivery), from the
         last tts events of the conversation; a fresh Reply otherwise."""
         r = Reply(started)
         done, sentence, chunk = await asyncio.gather(
-            self._last(started, TtsDone.type),
-            self._last(started, SentenceDone.type),
-            self._last(started, TtsAudioChunk.type),
+            self.bus.last(started.endpoint, started.conversation_id, TtsDone.type),
+            self.bus.last(started.endpoint, started.conversation_id, SentenceDone.type),
+            self.bus.last(started.endpoint, started.conversation_id, TtsAudioChunk.type),
         )
         if isinstance(done, TtsDone) and r.owns(done):
             r.finished = True

@@ -27,15 +27,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import nats.errors
-import nats.js.errors
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from schemas import (
     ControlError,
     Event,
-    EventDecodeError,
     Interrupt,
     PlaybackDone,
     PlaybackStarted,
@@ -46,9 +43,7 @@ from schemas import (
     TtsDone,
     TtsStarted,
     VoiceStarted,
-    decode,
     derive_id,
-    subject_filter,
 )
 from schemas.routing import SPEAKER
 from workers.runtime.audio import resample_pcm16
@@ -173,7 +168,9 @@ class Player:
             else:
                 # The decision may have come before this claim (the follower starts after it).
                 for decided_type in (ReplyCommitted.type, ReplyDiscarded.type):
-                    decided = await self._last(pb, decided_type)
+                    decided = await self.bus.last(
+                        pb.started_event.endpoint, pb.conversation_id, decided_type
+                    )
                     if decided is not None and pb.owns(decided):
                         if isinstance(decided, ReplyCommitted):
                             pb.committed.set()
@@ -332,25 +329,16 @@ class Player:
     async def _other_playing(self, pb: Playback) -> bool:
         """Whether the conversation's last reply to start playing is another one that has
         not ended (played out, or ended by an error)."""
-        started = await self._last(pb, PlaybackStarted.type)
+        started = await self.bus.last(
+            pb.started_event.endpoint, pb.conversation_id, PlaybackStarted.type
+        )
         if started is None or started.utterance_id == pb.utterance_id:
             return False
         for ended_type in (PlaybackDone.type, ControlError.type):
-            ended = await self._last(pb, ended_type)
+            ended = await self.bus.last(pb.started_event.endpoint, pb.conversation_id, ended_type)
             if ended is not None and ended.utterance_id == started.utterance_id:
                 return False
         return True
-
-    async def _last(self, pb: Playback, event_type: str) -> Event | None:
-        subject = subject_filter(pb.started_event.endpoint, pb.conversation_id, event_type)
-        try:
-            msg = await self.bus.js.get_last_msg(self.bus.stream, subject)
-        except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
-            return None
-        try:
-            return decode(msg.data)
-        except EventDecodeError:
-            return None
 
     async def _started(self, pb: Playback) -> None:
         pb.started = True
@@ -437,15 +425,7 @@ class Player:
 
     async def _error(self, pb: Playback, code: str, message: str) -> None:
         await self.bus.publish(
-            ControlError(
-                event_id=derive_id(pb.started_event.event_id, "speaker-error", code),
-                producer=self.producer,
-                failed_stage="speaker",
-                code=code,
-                message=message,
-                cause_event_id=pb.started_event.event_id,
-                **pb.turn,
-            )
+            ControlError.of(pb.started_event, "speaker", code, message, producer=self.producer)
         )
 
     # -- an owner that died --------------------------------------------------------------
@@ -454,26 +434,17 @@ class Player:
         """How far an earlier owner of this reply got before it died: "done" (playback-done
         published), "playing" (playback-started published) or "" (nothing heard)."""
         for state, event_type in (("done", PlaybackDone.type), ("playing", PlaybackStarted.type)):
-            subject = subject_filter(started.endpoint, started.conversation_id, event_type)
-            try:
-                last = await self.bus.js.get_last_msg(self.bus.stream, subject)
-                if decode(last.data).utterance_id == started.utterance_id:
-                    return state
-            except Exception:  # not found, undecodable, or the stream unreachable
-                continue
+            last = await self.bus.last(started.endpoint, started.conversation_id, event_type)
+            if last is not None and last.utterance_id == started.utterance_id:
+                return state
         return ""
 
     async def _restarted(self, started: TtsStarted) -> None:
+        message = (
+            "the speaker stopped while this reply was playing; how much of it was heard is unknown"
+        )
         await self.bus.publish(
-            ControlError(
-                event_id=derive_id(started.event_id, "speaker-restarted"),
-                endpoint=started.endpoint,
-                conversation_id=started.conversation_id,
-                utterance_id=started.utterance_id,
-                producer=self.producer,
-                failed_stage="speaker",
-                code="speaker-restarted",
-                message="the speaker stopped while this reply was playing; how much of it "
-                "was heard is unknown",
+            ControlError.of(
+                started, "speaker", "speaker-restarted", message, producer=self.producer
             )
         )
