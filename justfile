@@ -43,6 +43,10 @@ worker NAME *ARGS:
 up *ARGS:
     @{{python}} -m workers.cli.up "$@"
 
+# Serve the pipeline as Wyoming services (asr, tts, handle) for Home Assistant [--uri tcp://HOST:PORT]
+wyoming *ARGS:
+    @{{python}} -m workers.wyoming "$@"
+
 # Benchmarks: bus, stt, llm, tts, e2e, load N, answers (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"

@@ -8,6 +8,11 @@ consumers of VOICE, but not delete or purge anything; it subscribes only to `_IN
 (where pull consumers deliver), never to voice subjects directly. `cli` is the operator
 (CLIs, demo, benchmarks, purge): everything.
 
+An endpoint gateway (`wyoming`, the Wyoming bridge) is the user's side of one endpoint: it
+publishes only that endpoint's input (`voice.<endpoint>.*.` bindings, mic audio, a typed
+transcript, a reply's text to speak, an interrupt or error when its client goes) and reads
+only that endpoint's events (a core subscription to `voice.<endpoint>.>`).
+
 Reading is not restricted per role: a JetStream pull consumer reads through the API, and
 durable names carry instance ids, which subject wildcards (whole tokens only) cannot match.
 
@@ -24,7 +29,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "cli")
+ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "wyoming", "cli")
 OPERATOR = "cli"
 #: Stages whose events a role publishes (besides control.error).
 PUBLISHES: dict[str, tuple[str, ...]] = {
@@ -34,6 +39,22 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "llm": ("llm",),
     "tts": ("tts",),
     "speaker": ("speaker",),
+}
+#: Endpoint gateways: role -> (its endpoint, the event types or stages it may publish there).
+GATEWAYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "wyoming": (
+        "wyoming",
+        (
+            "endpoint.>",
+            "mic.>",
+            "stt.transcript",
+            "llm.reply-started",
+            "llm.reply-sentence",
+            "llm.reply-done",
+            "control.error",
+            "control.interrupt",
+        ),
+    ),
 }
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
@@ -108,13 +129,35 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
     """`{"publish": [...], "subscribe": [...]}` allowed to a role."""
     if role == OPERATOR:
         return {"publish": [">"], "subscribe": [">"]}
+    if role in GATEWAYS:
+        return _gateway_permissions(role, stream)
     if role not in PUBLISHES:
         raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
-    api = "$JS.API"
     pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
     pub.append("voice.*.*.control.error")
     if role in INTERRUPTS:
         pub.append("voice.*.*.control.interrupt")
+    pub += _api_permissions(role, stream)
+    return {"publish": pub, "subscribe": ["_INBOX.>"]}
+
+
+def _gateway_permissions(role: str, stream: str) -> dict[str, list[str]]:
+    endpoint, types = GATEWAYS[role]
+    pub = [f"voice.{endpoint}.*.{t}" for t in types]
+    # It provisions the streams like every worker, and reads its endpoint's events as they
+    # are published; it consumes nothing from JetStream.
+    api = "$JS.API"
+    pub.append(f"{api}.INFO")
+    for s in (stream, DLQ_STREAM):
+        pub += [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}", f"{api}.STREAM.UPDATE.{s}"]
+    pub.append(f"{api}.STREAM.NAMES")
+    return {"publish": pub, "subscribe": ["_INBOX.>", f"voice.{endpoint}.>"]}
+
+
+def _api_permissions(role: str, stream: str) -> list[str]:
+    """The JetStream API and dead-letter subjects a worker role needs."""
+    api = "$JS.API"
+    pub: list[str] = []
     # Subject wildcards match whole tokens only, and durable names carry instance ids
     # ("llm-control-llm-2"), so consumers and dead letters are not restricted by name.
     pub.append("dlq.*")
@@ -142,7 +185,7 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
             f"{api}.CONSUMER.DELETE.{stream}.*",
             f"$JS.FC.{stream}.>",
         ]
-    return {"publish": pub, "subscribe": ["_INBOX.>"]}
+    return pub
 
 
 def _quote(s: str) -> str:
