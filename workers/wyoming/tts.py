@@ -230,6 +230,12 @@ class Synthesis:
         self.bridge.unlisten(self.conversation_id, self.queue)
         if self.started is None or self.done:
             return
+        # The interrupt first: the tts stops at once, even if it already has every sentence.
+        await self.bridge.bus.publish(
+            Interrupt(
+                event_id=derive_id(self.utterance_id, "interrupt"), reason="user", **self._base()
+            )
+        )
         if not self.finished:
             self.finished = True
             await self.bridge.bus.publish(
@@ -242,8 +248,3 @@ class Synthesis:
                     **self._base(),
                 )
             )
-        await self.bridge.bus.publish(
-            Interrupt(
-                event_id=derive_id(self.utterance_id, "interrupt"), reason="user", **self._base()
-            )
-        )
