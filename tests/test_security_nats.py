@@ -214,3 +214,33 @@ def test_the_shipped_config_is_the_permission_table_and_nats_accepts_it(tmp_path
         timeout=30,
     )
     assert ok.returncode == 0 and "valid" in (ok.stdout + ok.stderr), ok.stderr
+
+
+async def test_the_wyoming_bridge_publishes_only_its_endpoints_input(
+    auth_settings: Settings,
+) -> None:
+    bridge, errors = await connect_as(auth_settings, "wyoming")
+    try:
+        await bridge.ensure_streams()
+        mine = {"endpoint": "wyoming", "conversation_id": "c3", "utterance_id": "u1"}
+        # Its endpoint's input goes through: a binding, audio, a typed question, text to speak.
+        await bridge.publish(s.binding("wyoming", "c3", "wyoming", last_stage="stt"))
+        await bridge.publish(s.VoiceStarted(**mine))
+        await bridge.publish(s.Transcript(**mine, text="hi"))
+        await bridge.publish(s.ReplyStarted(**mine))
+        await bridge.publish(s.Interrupt(**mine, reason="user"))
+        await bridge.nc.subscribe("voice.wyoming.>")
+        # Another endpoint's input, or a worker's output on its own endpoint, does not.
+        other = {**mine, "endpoint": "device"}
+        with pytest.raises(nats.errors.TimeoutError):
+            await bridge.publish(s.VoiceStarted(**other), timeout=1.0)
+        with pytest.raises(nats.errors.TimeoutError):
+            await bridge.publish(
+                s.TtsDone(**mine, sentences=0, chunks=0, audio_ms=0.0), timeout=1.0
+            )
+        await bridge.nc.subscribe("voice.device.>")
+        await wait_for(lambda: any("subscription to" in e.lower() for e in errors), 5)
+        assert any("voice.device.c3.mic.voice-started" in e for e in errors)
+        assert any("voice.wyoming.c3.tts.done" in e for e in errors)
+    finally:
+        await bridge.close()
