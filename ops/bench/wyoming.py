@@ -272,8 +272,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def ratio(summary: dict[str, Any], a: str, b: str, metric: str) -> float | None:
-    sa, sb = summary.get(a, {}).get(metric), summary.get(b, {}).get(metric)
+def ratio(
+    summary: dict[str, Any], a: str, b: str, metric: str, metric_b: str | None = None
+) -> float | None:
+    sa, sb = summary.get(a, {}).get(metric), summary.get(b, {}).get(metric_b or metric)
     if not sa or not sb or not sb["p50"]:
         return None
     return round(sa["p50"] / sb["p50"], 2)
@@ -303,6 +305,7 @@ def report(summary: dict[str, Any]) -> dict[str, Any]:
             "stt/voicebus/streaming",
             "stt/wyoming-faster-whisper/non_streaming",
             "after_audio_ms",
+            "total_ms",
         ),
         "tts_first_audio_non_streaming": ratio(
             summary, "tts/voicebus/non_streaming", "tts/wyoming-piper/non_streaming", "first_ms"
