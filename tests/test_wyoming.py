@@ -7,6 +7,7 @@ recorder, stt, llm and tts workers itself), real models, a real event log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -459,3 +460,33 @@ async def test_every_wyoming_conversation_passes_the_log_checks(bridge: Bridge) 
     finally:
         log.close()
     assert not problems, [p.line() for p in problems]
+
+
+async def test_workers_already_serving_the_endpoint_are_not_started_again(bus) -> None:  # type: ignore[no-untyped-def]
+    """`just wyoming` beside `just up`: a worker pulling from its shared durable on the
+    wyoming endpoint counts as running; one serving only other endpoints does not."""
+    from nats.js.api import ConsumerConfig
+
+    from schemas.routing import LLM, STT
+    from workers.wyoming.services import serving
+
+    assert not await serving(bus, "stt")  # no durable at all
+    for route, endpoints in ((STT, ["device", "wyoming"]), (LLM, ["device"])):
+        await bus.js.add_consumer(
+            bus.stream,
+            ConsumerConfig(durable_name=route.durable(), filter_subjects=route.filters(endpoints)),
+        )
+    stt_pull = await bus.js.pull_subscribe_bind(STT.durable(), stream=bus.stream)
+    llm_pull = await bus.js.pull_subscribe_bind(LLM.durable(), stream=bus.stream)
+    assert not await serving(bus, "stt")  # the durable exists but nobody pulls
+
+    async def pull(sub) -> None:  # type: ignore[no-untyped-def]
+        with contextlib.suppress(Exception):
+            await sub.fetch(1, timeout=5)
+
+    pulls = [asyncio.create_task(pull(stt_pull)), asyncio.create_task(pull(llm_pull))]
+    await asyncio.sleep(0.2)
+    assert await serving(bus, "stt")
+    assert not await serving(bus, "llm")  # it serves the device only
+    for t in pulls:
+        t.cancel()
