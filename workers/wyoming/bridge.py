@@ -14,10 +14,13 @@ import logging
 from collections import defaultdict
 
 from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from schemas import Event, EventDecodeError, binding, decode, subject_filter
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
+from workers.runtime.telemetry import tracer
 from workers.wyoming.config import ENDPOINT
 
 log = logging.getLogger("voicebus.wyoming")
@@ -65,6 +68,21 @@ class Bridge:
             queues.discard(q)
             if not queues:
                 del self._queues[conversation_id]
+
+    def span(
+        self, name: str, conversation_id: str, utterance_id: str
+    ) -> tuple[trace.Span, otel_context.Context]:
+        """The root span of one request's turn: every stage's span joins it through the
+        trace context published with the request's events."""
+        span = tracer("voicebus.wyoming").start_span(
+            name,
+            attributes={
+                "conversation_id": conversation_id,
+                "utterance_id": utterance_id,
+                "endpoint": self.endpoint,
+            },
+        )
+        return span, trace.set_span_in_context(span)
 
     async def bind(self, conversation_id: str, last_stage: str, session: str) -> None:
         """Bind a conversation to the endpoint (a second binding is a duplicate, dropped)."""

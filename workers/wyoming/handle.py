@@ -22,6 +22,7 @@ from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop
 
 from schemas import (
     ControlError,
+    Event,
     Interrupt,
     ReplyDone,
     ReplyStarted,
@@ -81,16 +82,20 @@ class Handling:
         context["conversation_id"] = client_id or self.conversation_id
         self.context: dict[str, Any] = context
         self.utterance_id = new_id()
+        self._span, self._ctx = bridge.span("handle", self.conversation_id, self.utterance_id)
         self.queue = bridge.listen(self.conversation_id)
         self.result: asyncio.Task[None] | None = None
         self.finished = False
         self.begun = False
 
+    async def _publish(self, event: Event) -> None:
+        await self.bridge.bus.publish(event, ctx=self._ctx)
+
     async def begin(self) -> None:
         self.result = asyncio.create_task(self._relay())
         self.begun = True
         await self.bridge.bind(self.conversation_id, "llm", self.session)
-        await self.bridge.bus.publish(
+        await self._publish(
             Transcript(
                 endpoint=self.bridge.endpoint,
                 conversation_id=self.conversation_id,
@@ -138,6 +143,7 @@ class Handling:
                     raise RequestError(f"{ev.failed_stage}-{ev.code}", ev.message)
         finally:
             self.bridge.unlisten(self.conversation_id, self.queue)
+            self._span.end()
 
     async def cancel(self) -> None:
         """The client went away: the llm stops generating for no one."""
@@ -146,7 +152,7 @@ class Handling:
         self.bridge.unlisten(self.conversation_id, self.queue)
         if self.begun and not self.finished:
             self.finished = True
-            await self.bridge.bus.publish(
+            await self._publish(
                 Interrupt(
                     event_id=derive_id(self.utterance_id, "interrupt"),
                     endpoint=self.bridge.endpoint,

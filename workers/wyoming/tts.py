@@ -21,6 +21,7 @@ from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
 from schemas import (
     ControlError,
+    Event,
     Interrupt,
     ReplyDone,
     ReplySentence,
@@ -103,6 +104,7 @@ class Synthesis:
         self.streaming = streaming
         self.conversation_id = new_id()
         self.utterance_id = new_id()
+        self._span, self._ctx = bridge.span("synthesize", self.conversation_id, self.utterance_id)
         self.splitter = SentenceSplitter()
         self.sentences: list[str] = []
         self.text = ""
@@ -121,13 +123,16 @@ class Synthesis:
             "producer": PRODUCER,
         }
 
+    async def _publish(self, event: Event) -> None:
+        await self.bridge.bus.publish(event, ctx=self._ctx)
+
     async def begin(self) -> None:
         self.result = asyncio.create_task(self._relay())
         await self.bridge.bind(self.conversation_id, "speaker", self.session)
         self.started = ReplyStarted(
             event_id=derive_id(self.utterance_id, "reply-started"), **self._base()
         )
-        await self.bridge.bus.publish(self.started)
+        await self._publish(self.started)
 
     def check_length(self, text: str) -> None:
         if len(self.text) + len(text) > self.settings.max_text_chars:
@@ -146,7 +151,7 @@ class Synthesis:
     async def _sentence(self, text: str) -> None:
         i = len(self.sentences)
         self.sentences.append(text)
-        await self.bridge.bus.publish(
+        await self._publish(
             ReplySentence(
                 event_id=derive_id(self.utterance_id, "sentence", i),
                 seq=i,
@@ -163,7 +168,7 @@ class Synthesis:
         if not self.sentences:
             raise RequestError("empty-text", "nothing to synthesize (empty text)")
         self.finished = True
-        await self.bridge.bus.publish(
+        await self._publish(
             ReplyDone(
                 event_id=derive_id(self.utterance_id, "reply-done"),
                 text=self.text.strip(),
@@ -218,6 +223,7 @@ class Synthesis:
                     raise RequestError(f"{ev.failed_stage}-{ev.code}", ev.message)
         finally:
             self.bridge.unlisten(self.conversation_id, self.queue)
+            self._span.end()
 
     def _remaining(self) -> float:
         return self.settings.timeout_s
@@ -231,14 +237,14 @@ class Synthesis:
         if self.started is None or self.done:
             return
         # The interrupt first: the tts stops at once, even if it already has every sentence.
-        await self.bridge.bus.publish(
+        await self._publish(
             Interrupt(
                 event_id=derive_id(self.utterance_id, "interrupt"), reason="user", **self._base()
             )
         )
         if not self.finished:
             self.finished = True
-            await self.bridge.bus.publish(
+            await self._publish(
                 ReplyDone(
                     event_id=derive_id(self.utterance_id, "reply-done"),
                     text=self.text.strip(),
