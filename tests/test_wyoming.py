@@ -41,6 +41,7 @@ from tests.conftest import ROOT
 from workers.runtime.eventlog import EventLog, row_event
 from workers.runtime.eventlog.verify import verify
 from workers.runtime.natsd import free_port
+from workers.runtime.otlp_receiver import OtlpReceiver
 from workers.wyoming.handle import bus_conversation
 
 RATE = 16_000
@@ -54,6 +55,7 @@ class Bridge:
     data_dir: Path
     db_url: str
     log_file: Path
+    spans: OtlpReceiver
 
     def client(self) -> AsyncTcpClient:
         return AsyncTcpClient("127.0.0.1", self.port, read_timeout=60.0)
@@ -69,6 +71,7 @@ def _listening(port: int) -> bool:
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
     tmp = tmp_path_factory.mktemp("wyoming")
     port = free_port()
+    receiver = OtlpReceiver().start()
     db_url = f"sqlite:///{(tmp / 'voice.db').as_posix()}"
     env = {
         **os.environ,
@@ -78,6 +81,9 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
         "WYOMING_URI": f"tcp://127.0.0.1:{port}",
         "LLM_MAX_TOKENS": "32",
         "WYOMING_MAX_TEXT_CHARS": "500",
+        # Every process (bridge and workers) exports its spans here.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     log_file = tmp / "wyoming.log"
     with open(log_file, "wb") as out:
@@ -95,8 +101,9 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
             assert proc.poll() is None, log_file.read_text()[-3000:]
             assert time.monotonic() < deadline, "the bridge did not start"
             time.sleep(0.1)
-        yield Bridge(port, tmp / "data", db_url, log_file)
+        yield Bridge(port, tmp / "data", db_url, log_file, receiver)
     finally:
+        receiver.stop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
@@ -340,6 +347,29 @@ async def test_handle_answers_and_a_second_turn_remembers_the_first(bridge: Brid
     # The last reply-done of each conversation is the "What is my name?" turn.
     tokens = {d.conversation_id: d.prompt_tokens for d in sorted(done, key=lambda d: d.ts)}
     assert tokens[conv] > tokens[other] + 10
+
+
+async def test_a_request_is_one_trace_across_the_bridge_and_the_workers(bridge: Bridge) -> None:
+    events = await handle(bridge, "Hello!", "ha-traced")
+    assert events[-2].type == "handled"
+    conv = bus_conversation("ha-traced")
+
+    def spans_of_request() -> list[Any]:
+        spans = bridge.spans.snapshot()
+        roots = [
+            sp
+            for sp in spans
+            if sp.service == "wyoming"
+            and sp.name == "handle"
+            and sp.attributes.get("conversation_id") == conv
+        ]
+        if not roots:
+            return []
+        joined = [sp for sp in spans if sp.trace_id == roots[0].trace_id]
+        return joined if {"wyoming", "llm"} <= {sp.service for sp in joined} else []
+
+    joined = await recorded(bridge, spans_of_request)
+    assert {sp.service for sp in joined} >= {"wyoming", "llm"}
 
 
 # -- bad input ----------------------------------------------------------------------------
