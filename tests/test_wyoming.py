@@ -402,6 +402,16 @@ async def test_audio_without_audio_start_is_refused(bridge: Bridge) -> None:
     await still_serving(bridge)
 
 
+async def test_a_malformed_event_is_refused(bridge: Bridge) -> None:
+    async with bridge.client() as client:
+        await client.write_event(Event(type="audio-start", data={"width": 2}))  # no rate
+        assert (await error_of(client)).code == "bad-event"
+        await client.write_event(Transcript(text="nul \x00 byte").event())
+        assert (await error_of(client)).code == "bad-event"
+        await client.write_event(Describe().event())
+        assert Info.is_type((await client.read_event()).type)  # type: ignore[union-attr]
+
+
 async def test_an_unknown_voice_is_refused(bridge: Bridge) -> None:
     async with bridge.client() as client:
         await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice("nobody")).event())

@@ -76,6 +76,12 @@ class WyomingHandler(AsyncEventHandler):
         except RequestError as exc:
             log.info("request refused", extra={"code": exc.code, "reason": exc.message})
             await self._refuse(exc, event)
+        except (ConnectionError, OSError):
+            self.gone = True
+        except Exception as exc:  # a malformed event (missing field, text the log refuses)
+            log.info("bad event", extra={"type": event.type, "error": repr(exc)})
+            reason = f"bad {event.type} event: {exc.__class__.__name__}: {exc}"
+            await self._refuse(RequestError("bad-event", reason[:500]), event)
         return not self.gone
 
     async def _dispatch(self, event: WyEvent) -> None:
