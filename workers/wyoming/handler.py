@@ -173,7 +173,11 @@ class WyomingHandler(AsyncEventHandler):
 
     async def _begin(self, request: Request) -> None:
         self.requests.add(request)
-        await request.begin()
+        try:
+            await request.begin()
+        except BaseException:
+            await self._cancel(request)  # nothing half-started is left waiting
+            raise
         assert request.result is not None
         task = asyncio.create_task(self._answer(request))
         self.tasks.add(task)
