@@ -47,7 +47,7 @@ up *ARGS:
 wyoming *ARGS:
     @{{python}} -m workers.wyoming "$@"
 
-# Benchmarks: bus, stt, llm, tts, e2e, load N, answers, wyoming (side by side in one run)
+# Benchmarks: bus, stt, llm, tts, e2e, load N, answers, peers, wyoming (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"
 

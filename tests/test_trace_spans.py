@@ -102,6 +102,26 @@ def turn_spans(r: Recorded) -> list[ReceivedSpan]:
     return [sp for sp in r.spans if sp.trace_id == root.trace_id]
 
 
+def answered(r: Recorded) -> ReceivedSpan:
+    """The llm span of the generation that was heard (a discarded speculation has its own)."""
+    log = EventLog(r.settings.db_url, migrate=False)
+    try:
+        generation = log.turn(r.utterance_id).generation
+    finally:
+        log.close()
+    (sp,) = [
+        sp
+        for sp in turn_spans(r)
+        if sp.name == "llm.generate" and sp.attributes.get("llm.generation") == generation
+    ]
+    return sp
+
+
+def played(r: Recorded) -> ReceivedSpan:
+    (sp,) = [sp for sp in turn_spans(r) if sp.name == "speaker.playback"]
+    return sp
+
+
 def test_a_spoken_turn_is_one_trace_through_all_five_workers(recorded: Recorded) -> None:
     services = {sp.service for sp in recorded.spans}
     assert STAGES <= services, f"spans from {services}"
@@ -119,11 +139,19 @@ def test_a_spoken_turn_is_one_trace_through_all_five_workers(recorded: Recorded)
     by_id = {sp.span_id: sp for sp in spans}
     parent = {sp.name: by_id[sp.parent_span_id].name for sp in spans if sp.parent_span_id in by_id}
     assert parent["stt.final"] == "utterance"
-    assert parent["llm.generate"] == "stt.final"
-    assert parent["tts.synthesize"] == "llm.generate"
-    assert parent["speaker.playback"] == "tts.synthesize"
+    # The answer heard is the llm generation of the transcript it answers: the final, or
+    # the speculative one published at the pause (then committed by the final).
+    answer = answered(recorded)
+    question = by_id[answer.parent_span_id].name
+    speculated = answer.attributes["llm.speculative"]
+    assert question == ("stt.speculative" if speculated else "stt.final")
+    if speculated:
+        assert parent["stt.speculative"] == "utterance"
+    assert by_id[played(recorded).parent_span_id].name == "tts.synthesize"
+    assert by_id[by_id[played(recorded).parent_span_id].parent_span_id] == answer
     # The stage spans carry the latency attributes.
     by_name = {sp.name: sp for sp in spans}
+    by_name["llm.generate"] = answer
     assert by_name["utterance"].attributes["utterance_id"] == recorded.utterance_id
     assert "final_latency_ms" in by_name["stt.final"].attributes
     assert "llm.first_token_ms" in by_name["llm.generate"].attributes
@@ -157,12 +185,23 @@ def test_span_times_agree_with_the_event_log(recorded: Recorded) -> None:
     stt = by_name["stt.final"]
     assert t.speech_ended_at - eps <= sec(stt.start_ns)
     assert sec(stt.start_ns) - eps <= t.stt_final_at <= sec(stt.end_ns) + eps
-    llm = by_name["llm.generate"]
-    assert t.stt_final_at - eps <= sec(llm.start_ns)
+    llm = answered(recorded)
+    if llm.attributes["llm.speculative"]:
+        # It answered the transcript of the pause, before the final: after that decode.
+        spec = next(sp for sp in turn_spans(recorded) if sp.span_id == llm.parent_span_id)
+        assert sec(spec.start_ns) - eps <= sec(llm.start_ns)
+        assert t.speech_end_at - eps <= sec(spec.start_ns)
+    else:
+        assert t.stt_final_at - eps <= sec(llm.start_ns)
     assert sec(llm.start_ns) - eps <= t.llm_first_token_at <= t.llm_done_at
     assert t.llm_done_at <= sec(llm.end_ns) + eps
     tts = min(
-        (sp for sp in turn_spans(recorded) if sp.name == "tts.synthesize"), key=lambda x: x.start_ns
+        (
+            sp
+            for sp in turn_spans(recorded)
+            if sp.name == "tts.synthesize" and sp.parent_span_id == llm.span_id
+        ),
+        key=lambda x: x.start_ns,
     )
     assert t.llm_first_sentence_at - eps <= sec(tts.start_ns)
     assert sec(tts.start_ns) - eps <= t.tts_first_audio_at <= sec(tts.end_ns) + eps

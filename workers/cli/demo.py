@@ -81,9 +81,18 @@ class LiveView:
                 if e.text.strip() and e.text != t.partial:
                     t.partial = e.text
                     self._p(f"  you (partial): {e.text.strip()}")
+            case s.Transcript() if e.speculative:
+                # Heard at a pause: answered at once, but unheard unless the turn ends here.
+                self._p(f"  you (pause): {e.text.strip()}")
             case s.Transcript():
                 t.transcript = e.text
                 self._p(f"  you: {e.text.strip()}")
+            case s.ReplyDiscarded():
+                if self._in_reply == e.utterance_id:
+                    self._p("")
+                    self._in_reply = None
+                t.reply.clear()
+                self._p("  [answer to the pause discarded: you went on]")
             case s.ReplyToken():
                 if self._in_reply != e.utterance_id:
                     self._in_reply = e.utterance_id

@@ -127,7 +127,7 @@ def _collect(r: FileRun, quiet: bool, changed: asyncio.Event):  # type: ignore[n
             r.stopped[ev.utterance_id] = ev.ts
         elif isinstance(ev, TranscriptPartial) and not quiet:
             print(f"[{name}] ... {ev.text}", flush=True)
-        elif isinstance(ev, Transcript) and ev.utterance_id not in r.finals:
+        elif isinstance(ev, Transcript) and not ev.speculative and ev.utterance_id not in r.finals:
             r.finals[ev.utterance_id] = ev
             print(f"[{name}] {ev.text}", flush=True)
         elif isinstance(ev, ControlError):

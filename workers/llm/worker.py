@@ -314,6 +314,7 @@ class LlmWorker(Worker):
             # thinks (and its spans join this one).
             await reply.started(self.backend.model)
             span.set_attribute("llm.speculative", t.speculative)
+            span.set_attribute("llm.generation", t.event_id)
             messages, kept = await self._prompt(t)
             span.set_attribute("llm.backend", self.backend.name)
             span.set_attribute("llm.model", self.backend.model)

@@ -279,11 +279,15 @@ class SttWorker(Worker):
         k = state.get("speculations", 0)
         state["speculations"] = k + 1
         state["speculated"] = out.text
-        await self.bus.publish(
-            self._transcript(
-                started, out, derive_id(started.event_id, "speculative", k), samples, True
+        # Its own span, so the llm's answer to it hangs under the decode that heard it.
+        with self._tracer.start_as_current_span("stt.speculative") as span:
+            span.set_attribute("audio_ms", 1000.0 * samples / RATE)
+            span.set_attribute("decode_ms", out.decode_ms)
+            await self.bus.publish(
+                self._transcript(
+                    started, out, derive_id(started.event_id, "speculative", k), samples, True
+                )
             )
-        )
 
     def _transcript(
         self,
