@@ -43,6 +43,10 @@ worker NAME *ARGS:
 up *ARGS:
     @{{python}} -m workers.cli.up "$@"
 
+# The web page at http://127.0.0.1:8765 (WEB_HOST, WEB_PORT), with the services it needs; prints its URL
+web *ARGS:
+    @{{python}} -m workers.cli.web "$@"
+
 # Benchmarks: bus, stt, llm, tts, e2e, load N, answers (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"

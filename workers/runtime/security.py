@@ -3,7 +3,9 @@
 A role publishes only the events of its own stage (`voice.*.*.<stage>.>`: any endpoint, any
 conversation; the mic also binds conversations, `endpoint.>`) and `control.error`
 (any stage may fail a turn; only the speaker may also publish `control.interrupt`), and
-dead letters (`dlq.*`). It may provision the VOICE and VOICE_DLQ streams and pull from
+dead letters (`dlq.*`). The web gateway (`web`) is bound to its endpoint: it publishes only
+`voice.web.*` subjects (the page's audio, bindings, playback and barge-in).
+Every role may provision the VOICE and VOICE_DLQ streams and pull from
 consumers of VOICE, but not delete or purge anything; it subscribes only to `_INBOX.>`
 (where pull consumers deliver), never to voice subjects directly. `cli` is the operator
 (CLIs, demo, benchmarks, purge): everything.
@@ -24,7 +26,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "cli")
+ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "web", "cli")
 OPERATOR = "cli"
 #: Stages whose events a role publishes (besides control.error).
 PUBLISHES: dict[str, tuple[str, ...]] = {
@@ -37,8 +39,14 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
 }
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
+#: Roles bound to one endpoint: they publish only that endpoint's subjects (`voice.web.>`),
+#: its input (mic, bindings), what it heard (speaker) and its barge-ins, nothing else. The web
+#: gateway faces browsers: a bug there must not let it speak for another endpoint or stage.
+ENDPOINT_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "web": ("web", ("mic", "endpoint", "speaker")),
+}
 #: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
-EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
+EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker", "web")
 DLQ_STREAM = "VOICE_DLQ"
 
 
@@ -108,13 +116,18 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
     """`{"publish": [...], "subscribe": [...]}` allowed to a role."""
     if role == OPERATOR:
         return {"publish": [">"], "subscribe": [">"]}
-    if role not in PUBLISHES:
-        raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
     api = "$JS.API"
-    pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
-    pub.append("voice.*.*.control.error")
-    if role in INTERRUPTS:
-        pub.append("voice.*.*.control.interrupt")
+    if role in ENDPOINT_ROLES:
+        endpoint, stages = ENDPOINT_ROLES[role]
+        pub = [f"voice.{endpoint}.*.{stage}.>" for stage in stages]
+        pub += [f"voice.{endpoint}.*.control.error", f"voice.{endpoint}.*.control.interrupt"]
+    elif role in PUBLISHES:
+        pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
+        pub.append("voice.*.*.control.error")
+        if role in INTERRUPTS:
+            pub.append("voice.*.*.control.interrupt")
+    else:
+        raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
     # Subject wildcards match whole tokens only, and durable names carry instance ids
     # ("llm-control-llm-2"), so consumers and dead letters are not restricted by name.
     pub.append("dlq.*")
