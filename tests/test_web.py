@@ -162,6 +162,7 @@ def test_spoken_question_is_transcribed_answered_heard_and_timed(web, tmp_path: 
         browser.close()
     assert np.abs(pcm).max() > 1000, "the page played nothing"
     heard = transcribe(pcm, rate)
+    print(f"reply {reply_text!r}; played {heard!r}; browser v2v {v2v}")
     said, got = words(reply_text), words(heard)
     overlap = len(said & got) / max(1, len(said))
     assert overlap >= 0.5, f"played {heard!r} for reply {reply_text!r}"
@@ -174,3 +175,120 @@ def test_the_page_without_its_token_is_refused(web) -> None:
             urllib.request.urlopen(url, timeout=5)
         assert exc.value.code == 403
     assert urllib.request.urlopen(web["url"], timeout=5).status == 200
+
+
+def trimmed(pcm: np.ndarray, floor: int = 300) -> np.ndarray:
+    """Speech from its first loud sample on (the onset the barge-in is timed from)."""
+    loud = np.flatnonzero(np.abs(pcm) > floor)
+    return pcm[loud[0] :] if len(loud) else pcm
+
+
+def test_barge_in_stops_the_reply_and_the_text_and_log_stop_at_what_was_heard(
+    web, tmp_path: Path
+) -> None:
+    from workers.runtime.eventlog import EventLog
+
+    wav = mic_wav(tmp_path / "q.wav", speech(QUESTION, 0.5, 30.0))
+    interruption = trimmed(speech("Wait, stop, I have another question.", 0, 0, rate=22_050))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, wav)
+        page = open_page(browser, web["url"])
+        page.get_by_role("button", name="Talk").click()
+        page.wait_for_function(
+            "voicebus.events.some(e => e.type === 'speaker.playback-started')", timeout=90_000
+        )
+        page.wait_for_timeout(400)  # well into the reply
+        onset = page.evaluate(
+            "pcm => voicebus.audio.inject(Int16Array.from(pcm), 22050)", interruption.tolist()
+        )
+        page.wait_for_function(
+            "voicebus.events.some(e => e.type === 'speaker.playback-done' && e.interrupted)",
+            timeout=30_000,
+        )
+        halts = page.evaluate("voicebus.audio.halts")
+        done = page.evaluate(
+            "voicebus.events.find(e => e.type === 'speaker.playback-done' && e.interrupted)"
+        )
+        shown = page.locator("li.turn").first.locator(".assistant .sentence")
+        shown_n = shown.count()
+        cut = page.locator("li.turn").first.locator(".assistant .sentence.cut").count()
+        browser.close()
+    assert halts, "the reply was never stopped in the browser"
+    stop_ms = (halts[0]["at"] - onset) * 1000
+    print(f"barge-in: stopped {stop_ms:.0f} ms after the onset; done {done}; halts {halts}")
+    assert 0 < stop_ms < 150, f"the reply stopped {stop_ms:.0f} ms after the user spoke"
+    # The log says how much was heard: what the browser had played when the gateway halted.
+    rate = 22_050
+    browser_ms = 1000 * halts[0]["samples"] / rate
+    assert abs(browser_ms - done["played_ms"]) < 150, (browser_ms, done["played_ms"])
+    log = EventLog(f"sqlite:///{web['db']}", migrate=False)
+    try:
+        row = log.turn(done["utterance_id"])
+    finally:
+        log.close()
+    assert row is not None and row.interrupted and row.played_ms == done["played_ms"]
+    # The page shows the sentences heard, the last one marked as cut off, none unheard.
+    assert shown_n == done["last_sentence_index"] + 1
+    assert cut == (1 if done["sentences_heard"] <= done["last_sentence_index"] else 0)
+
+
+def test_two_tabs_are_two_conversations_each_hearing_only_its_own_reply(
+    web, tmp_path: Path
+) -> None:
+    questions = {"france": QUESTION, "italy": "What is the capital of Italy?"}
+    results = {}
+    with playwright.sync_playwright() as pw:
+        tabs = {}
+        for name, text in questions.items():
+            browser = launch(pw, mic_wav(tmp_path / f"{name}.wav", speech(text, 0.5, 15.0)))
+            tabs[name] = (browser, open_page(browser, web["url"]))
+        for _, page in tabs.values():
+            page.get_by_role("button", name="Talk").click()
+        for name, (browser, page) in tabs.items():
+            page.wait_for_function(
+                "document.querySelectorAll('li.turn .waterfall .row').length >= 5",
+                timeout=120_000,
+            )
+            pcm, rate = played(page)
+            results[name] = {
+                "conversation": page.evaluate("voicebus.state.conversationId"),
+                "conversations_seen": page.evaluate(
+                    "[...new Set(voicebus.events.map(e => e.conversation_id))]"
+                ),
+                "replies": page.evaluate("voicebus.state.replies.size"),
+                "reply": page.locator("li.turn .assistant .reply").first.inner_text(),
+                "heard": transcribe(pcm, rate),
+            }
+            browser.close()
+    print(results)
+    a, b = results["france"], results["italy"]
+    assert a["conversation"] != b["conversation"]
+    for r in (a, b):
+        assert r["conversations_seen"] == [r["conversation"]]
+        assert r["replies"] == 1
+    assert "paris" in words(a["reply"]) | words(a["heard"])
+    for mine, other in ((a, b), (b, a)):
+        said, got = words(mine["reply"]), words(mine["heard"])
+        assert len(said & got) / max(1, len(said)) >= 0.5, mine
+        only_other = words(other["reply"]) - said
+        assert not (only_other & got) or len(only_other & got) < len(said & got), (mine, other)
+
+
+def test_after_a_reload_the_conversations_are_listed_and_replay_plays(web) -> None:
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, None)
+        page = open_page(browser, web["url"])
+        page.reload()
+        page.wait_for_function("window.voicebus && window.voicebus.ready === true")
+        item = page.locator("#conversations li", has_text="capital").first
+        playwright.expect(item).to_be_visible(timeout=10_000)
+        assert "web:" in item.inner_text()
+        item.get_by_role("button", name="Replay").click()
+        page.wait_for_function(
+            "(() => { const a = document.getElementById('replay');"
+            " return !a.paused && a.currentTime > 0.5; })()",
+            timeout=20_000,
+        )
+        trace = item.locator("a.trace").get_attribute("href")
+        assert trace and "trace.json" in trace
+        browser.close()

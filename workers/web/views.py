@@ -10,7 +10,7 @@ from typing import Any
 
 from workers.cli.conversations import summarize
 from workers.cli.replay import ReplayError, render_as_heard
-from workers.cli.trace import JAEGER_UI, reconstructed_spans, stages
+from workers.cli.trace import JAEGER_UI, Stage, reconstructed_spans, stages
 from workers.runtime.eventlog import EventLog, timings
 from workers.runtime.otlp_receiver import jaeger_json
 
@@ -22,6 +22,10 @@ def conversations(log: EventLog, limit: int = 50) -> list[dict[str, Any]]:
 def waterfall(turn: Any) -> dict[str, Any]:
     """A turn's stages on one axis (ms from the start of speech) and its timings."""
     st = stages(turn)
+    speech_end = turn.speech_end_at or turn.speech_ended_at
+    if speech_end is not None and turn.playback_started_at is not None:
+        # What the user feels, on the same axis: real end of speech to the first sound.
+        st.append(Stage("voice-to-voice", "web", "", speech_end, turn.playback_started_at))
     t0 = min((x.start for x in st), default=0.0)
     jaeger = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")) and bool(turn.trace_id)
     return {

@@ -188,9 +188,20 @@ function showWaterfall(w) {
   if (v != null) {
     const line = document.createElement("div");
     line.className = "total";
-    line.textContent = `voice-to-voice (event log): ${Math.round(v)} ms` + (w.jaeger_url ? "" : "");
+    line.textContent = `voice-to-voice (event log): ${Math.round(v)} ms`;
     box.appendChild(line);
   }
+  const link = document.createElement("a");
+  link.className = "trace";
+  if (w.jaeger_url) {
+    link.href = w.jaeger_url;
+    link.textContent = "trace in Jaeger";
+  } else {
+    link.href = api(`/api/conversations/${state.conversationId}/trace.json`);
+    link.textContent = "trace (Jaeger JSON)";
+    link.download = "";
+  }
+  box.appendChild(link);
 }
 
 export function bars(w) {
@@ -198,7 +209,7 @@ export function bars(w) {
   const end = Math.max(1, ...w.stages.map((s) => s.start_ms + s.duration_ms));
   for (const s of w.stages) {
     const row = document.createElement("div");
-    row.className = "row";
+    row.className = s.name === "voice-to-voice" ? "row v2v" : "row";
     row.dataset.stage = s.name;
     const left = (100 * s.start_ms) / end;
     const width = (100 * s.duration_ms) / end;

@@ -7,6 +7,7 @@ export class Audio {
     this.onFirst = onFirst;
     this.ctx = null;
     this.heard = [];
+    this.halts = []; // {reply, samples, at (context time)} of replies stopped by a barge-in
   }
 
   async start() {
@@ -20,7 +21,10 @@ export class Audio {
       const m = e.data;
       if (m.first !== undefined) this.onFirst(m.first, this.wallMs(m.at));
       else if (m.played !== undefined) this.onPlayed(m.played, m.samples);
-      else if (m.halted !== undefined) this.onPlayed(m.halted, m.samples);
+      else if (m.halted !== undefined) {
+        this.halts.push({ reply: m.halted, samples: m.samples, at: m.at });
+        this.onPlayed(m.halted, m.samples);
+      }
     };
     this.tap.port.onmessage = (e) => this.heard.push(e.data);
     if (this.ctx.state !== "running") await this.ctx.resume();
@@ -62,6 +66,20 @@ export class Audio {
   }
   halt(reply) { this.player.port.postMessage({ halt: reply }); }
   end(reply) { this.player.port.postMessage({ end: reply }); }
+
+  // Speaks `int16` (at `rate`) into the capture path as the microphone would, starting at the
+  // returned context time (the tests talk over a reply with it).
+  inject(int16, rate) {
+    const buf = this.ctx.createBuffer(1, int16.length, rate);
+    const ch = buf.getChannelData(0);
+    for (let i = 0; i < int16.length; i++) ch[i] = int16[i] / 32768;
+    const src = this.ctx.createBufferSource();
+    src.buffer = buf;
+    src.connect(this.capture);
+    const at = this.ctx.currentTime + 0.05;
+    src.start(at);
+    return at;
+  }
 
   record(on) { this.heard = []; this.tap.port.postMessage({ record: on }); }
   // What the speakers got since record(true), as int16 at the context's rate.

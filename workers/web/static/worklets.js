@@ -75,7 +75,7 @@ class Player extends AudioWorkletProcessor {
       r.total += pcm.length;
     } else if (m.halt !== undefined) {
       const r = this.find(m.halt);
-      if (r) this.port.postMessage({ halted: r.id, samples: r.played });
+      if (r) this.port.postMessage({ halted: r.id, samples: r.played, at: currentTime });
       this.replies = this.replies.filter((x) => x.id !== m.halt);
     } else if (m.end !== undefined) {
       const r = this.find(m.end);
