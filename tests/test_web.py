@@ -175,6 +175,18 @@ def test_the_page_without_its_token_is_refused(web) -> None:
             urllib.request.urlopen(url, timeout=5)
         assert exc.value.code == 403
     assert urllib.request.urlopen(web["url"], timeout=5).status == 200
+    # Another page (even with the token) may not open the socket; another host name may not
+    # reach the server at all (DNS rebinding).
+    token = web["url"].split("token=", 1)[1]
+    ws = f"{base}ws?token={token}"
+    for headers, code in (
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": base.rstrip("/")}, 400),  # the right origin, then a plain GET: not a socket
+        ({"Host": "evil.example:80", "Origin": "http://evil.example"}, 421),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(ws, headers=headers), timeout=5)
+        assert exc.value.code == code, headers
 
 
 def trimmed(pcm: np.ndarray, floor: int = 300) -> np.ndarray:
