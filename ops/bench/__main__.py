@@ -1,4 +1,4 @@
-"""`python -m ops.bench NAME [ARGS]`: run one benchmark (bus, stt, llm, tts, e2e, load, answers, web)."""
+"""`python -m ops.bench NAME [ARGS]`: one benchmark (bus, stt, llm, tts, e2e, load, answers, web)."""
 
 from __future__ import annotations
 

@@ -137,7 +137,8 @@ def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, flo
 def summary(xs: list[float]) -> str:
     if not xs:
         return "no turns"
-    return f"median {statistics.median(xs):6.0f} ms  (min {min(xs):.0f}, max {max(xs):.0f}, n={len(xs)})"
+    med = statistics.median(xs)
+    return f"median {med:6.0f} ms  (min {min(xs):.0f}, max {max(xs):.0f}, n={len(xs)})"
 
 
 def main(argv: list[str] | None = None) -> int:
