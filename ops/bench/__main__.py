@@ -1,4 +1,4 @@
-"""`python -m ops.bench NAME [ARGS]`: one benchmark (bus, stt, llm, tts, e2e, load, answers, web)."""
+"""`python -m ops.bench NAME [ARGS]`: a benchmark (bus, stt, llm, tts, e2e, load, answers, web)."""
 
 from __future__ import annotations
 
