@@ -82,7 +82,7 @@ def start_web(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"`just web` printed no URL; see {tmp / 'web.stderr'}")
 
 
-def demo_side(env: dict[str, str], wavs: list[Path]) -> list[float | None]:
+def demo_side(env: dict[str, str], wavs: list[Path]) -> list[dict]:
     out = subprocess.run(
         [sys.executable, "-m", "workers.cli.demo", *map(str, wavs), "--json"],
         cwd=ROOT,
@@ -94,11 +94,11 @@ def demo_side(env: dict[str, str], wavs: list[Path]) -> list[float | None]:
     if out.returncode != 0:
         raise RuntimeError(f"demo failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    return [t["timings_ms"].get("voice_to_voice") for t in result["turns"]]
+    return [t["timings_ms"] for t in result["turns"]]
 
 
-def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, float | None]]:
-    """(browser voice-to-voice, the log's) per turn."""
+def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, dict]]:
+    """(browser voice-to-voice, the log's timings) per turn."""
     from playwright.sync_api import sync_playwright
 
     from workers.runtime.eventlog import EventLog, timings
@@ -128,7 +128,7 @@ def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, flo
         out = []
         for m in measured:
             row = log.turn(m["utterance_id"])
-            out.append((float(m["browser_v2v_ms"]), timings(row).voice_to_voice if row else None))
+            out.append((float(m["browser_v2v_ms"]), timings(row).as_dict() if row else {}))
         return out
     finally:
         log.close()
@@ -163,31 +163,42 @@ def main(argv: list[str] | None = None) -> int:
     browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
     progress("starting `just web` (NATS, services, gateway)")
     web, url = start_web(env, tmp)
-    demo_ms: list[float] = []
-    browser_ms: list[float] = []
-    web_log_ms: list[float] = []
+    demo: list[list[dict]] = []
+    web_runs: list[list[tuple[float, dict]]] = []
     try:
         for r in range(args.rounds):
             sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
             for side in sides:
                 progress(f"round {r + 1}/{args.rounds}: {side}")
                 if side == "demo":
-                    demo_ms += [v for v in demo_side(env, demo_wavs) if v is not None]
+                    demo.append(demo_side(env, demo_wavs))
                 else:
-                    got = web_side(url, browser_wav, len(questions), tmp / "voice.db")
-                    browser_ms += [b for b, _ in got]
-                    web_log_ms += [lg for _, lg in got if lg is not None]
+                    web_runs.append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
     finally:
         web.send_signal(signal.SIGTERM)
         try:
             web.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(web.pid, signal.SIGKILL)
-    added = (
-        statistics.median(browser_ms) - statistics.median(demo_ms)
-        if browser_ms and demo_ms
-        else float("nan")
-    )
+    demo_ms = [v for run in demo for t in run if (v := t.get("voice_to_voice")) is not None]
+    browser_ms = [b for run in web_runs for b, _ in run]
+    web_log_ms = [v for run in web_runs for _, t in run if (v := t.get("voice_to_voice"))]
+    # The same question in the same round, web minus demo: the sides' turns paired.
+    paired = [
+        b - d["voice_to_voice"]
+        for dr, wr in zip(demo, web_runs, strict=False)
+        for d, (b, _) in zip(dr, wr, strict=False)
+        if d.get("voice_to_voice") is not None
+    ]
+    output_path = [
+        b - t["voice_to_voice"] for run in web_runs for b, t in run if t.get("voice_to_voice")
+    ]
+    waits = {
+        "demo": [v for run in demo for t in run if (v := t.get("endpoint_wait")) is not None],
+        "web": [v for run in web_runs for _, t in run if (v := t.get("endpoint_wait"))],
+    }
+    med = statistics.median
+    added = med(browser_ms) - med(demo_ms) if browser_ms and demo_ms else float("nan")
     print("voice-to-voice, real end of speech to the first reply sample heard")
     print(f"  just demo (event log)      {summary(demo_ms)}")
     print(f"  web page (browser clock)   {summary(browser_ms)}")
@@ -195,14 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  added by the web path: {added:+.0f} ms (median web browser - median demo; target <= 30)"
     )
+    if paired:
+        print(
+            f"  same question, same round, web - demo: median {med(paired):+.0f} ms "
+            f"{sorted(round(x) for x in paired)}"
+        )
+    if output_path:
+        print(f"  browser output path (browser - log, web): median {med(output_path):+.0f} ms")
+    for side, xs in waits.items():
+        if xs:
+            print(f"  end-pointer wait ({side}): median {med(xs):.0f} ms")
     if args.json:
         print(
             json.dumps(
                 {
-                    "demo_ms": demo_ms,
-                    "web_browser_ms": browser_ms,
-                    "web_log_ms": web_log_ms,
+                    "demo": demo,
+                    "web": [[{"browser_v2v_ms": b, **t} for b, t in run] for run in web_runs],
                     "added_ms": round(added, 1),
+                    "paired_median_ms": round(med(paired), 1) if paired else None,
+                    "output_path_median_ms": round(med(output_path), 1) if output_path else None,
                 }
             )
         )
