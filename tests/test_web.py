@@ -157,6 +157,8 @@ def test_spoken_question_is_transcribed_answered_heard_and_timed(web, tmp_path: 
         reply_text = turn.locator(".assistant .reply").inner_text()
         assert reply_text.strip()
         pcm, rate = played(page)
+        page.get_by_role("button", name="Refresh").click()
+        playwright.expect(page.locator("#conversations li").first).to_be_visible()
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()

@@ -209,7 +209,7 @@ export function bars(w) {
   const end = Math.max(1, ...w.stages.map((s) => s.start_ms + s.duration_ms));
   for (const s of w.stages) {
     const row = document.createElement("div");
-    row.className = s.name === "voice-to-voice" ? "row v2v" : "row";
+    row.className = s.name === "voice-to-voice" ? "row felt" : "row";
     row.dataset.stage = s.name;
     const left = (100 * s.start_ms) / end;
     const width = (100 * s.duration_ms) / end;
