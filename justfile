@@ -47,7 +47,11 @@ up *ARGS:
 wyoming *ARGS:
     @{{python}} -m workers.wyoming "$@"
 
-# Benchmarks: bus, stt, llm, tts, e2e, load N, answers, peers, wyoming (side by side in one run)
+# The web page at http://127.0.0.1:8765 (WEB_HOST, WEB_PORT), with the services it needs; prints its URL
+web *ARGS:
+    @{{python}} -m workers.cli.web "$@"
+
+# Benchmarks: bus, stt, llm, tts, e2e, load N, answers, peers, wyoming, web (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"
 

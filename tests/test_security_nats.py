@@ -244,3 +244,38 @@ async def test_the_wyoming_bridge_publishes_only_its_endpoints_input(
         assert any("voice.wyoming.c3.tts.done" in e for e in errors)
     finally:
         await bridge.close()
+
+
+async def test_the_web_gateway_publishes_only_its_own_endpoints_input(
+    auth_settings: Settings,
+) -> None:
+    gateway, errors = await connect_as(auth_settings, "web")
+    try:
+        await gateway.ensure_streams()
+        mine = s.binding("web", "c1", "web", session="c1")
+        assert (await gateway.publish(mine)).seq >= 1
+        started = s.VoiceStarted(endpoint="web", conversation_id="c1", utterance_id="u1")
+        assert (await gateway.publish(started)).seq >= 1
+        barge = s.Interrupt(endpoint="web", conversation_id="c1", utterance_id="u0")
+        assert (await gateway.publish(barge)).seq >= 1
+        # Another endpoint's input, or another stage's events of its own endpoint: refused.
+        for event in (
+            s.VoiceStarted(endpoint="device", conversation_id="c2", utterance_id="u1"),
+            s.binding("device", "c2", "device"),
+            s.Transcript(endpoint="web", conversation_id="c1", utterance_id="u1", text="hi"),
+        ):
+            with pytest.raises(nats.errors.TimeoutError):
+                await gateway.publish(event, timeout=1.0)
+        await wait_for(lambda: sum("permissions violation" in e.lower() for e in errors) >= 3, 5)
+    finally:
+        await gateway.close()
+    admin = await Bus.connect(auth_settings, name="cli")
+    try:
+        info = await admin.js.stream_info(admin.stream, subjects_filter="voice.>")
+        assert set(info.state.subjects or {}) == {
+            "voice.web.c1.endpoint.conversation-started",
+            "voice.web.c1.mic.voice-started",
+            "voice.web.c1.control.interrupt",
+        }
+    finally:
+        await admin.close()

