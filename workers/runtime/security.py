@@ -37,8 +37,9 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
 }
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
-#: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
-EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
+#: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer (the
+#: mic follows its conversation's speculative transcripts to judge the end of a turn).
+EPHEMERAL_CONSUMERS = ("mic", "stt", "tts", "speaker")
 DLQ_STREAM = "VOICE_DLQ"
 
 
