@@ -1,4 +1,4 @@
-"""`python -m ops.bench NAME [ARGS]`: run one benchmark (bus, stt, llm, tts, e2e, load, answers)."""
+"""`python -m ops.bench NAME [ARGS]`: one benchmark (bus, stt, llm, tts, e2e, turn, load...)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main() -> int:
-    names = ["bus", "stt", "llm", "tts", "e2e", "load", "answers"]
+    names = ["bus", "stt", "llm", "tts", "e2e", "turn", "load", "answers"]
     if len(sys.argv) < 2 or sys.argv[1] not in names:
         print(f"usage: just bench {{{'|'.join(names)}}} [options]", file=sys.stderr)
         return 2
