@@ -82,11 +82,12 @@ class SmartTurn:
 
 #: Words a finished English sentence rarely ends with: an article, a preposition, a
 #: conjunction, a possessive, an auxiliary. "Set a timer for" is not a turn, whatever its tone.
+#: Kept short: a word that can end a sentence ("please", "this", "it") would hold finished
+#: turns open until MIC_TURN_MAX_SILENCE_MS.
 UNFINISHED = frozenset(
-    """a an the for to of in on at by with from into onto about than as and or but nor so
-    because if my your his her its our their this these those is are was were be been am
-    will would can could should shall may might must do does did have has had i you we they
-    he she it's i'm let's please what which who whose where when how why whether very""".split()
+    """a an the for to of in on at by with from into onto about than as and or but nor
+    because if my your his her its our their is are was were be been am will would can
+    could should shall may might must""".split()
 )
 
 
