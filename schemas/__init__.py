@@ -35,6 +35,7 @@ from schemas.mic import (
     PIPELINE_RATE,
     PIPELINE_WIDTH,
     MicAudioChunk,
+    TurnDecision,
     VoiceStarted,
     VoiceStopped,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "TtsAudioChunk",
     "TtsDone",
     "TtsStarted",
+    "TurnDecision",
     "VoiceStarted",
     "VoiceStopped",
     "Word",

@@ -77,6 +77,40 @@ class VoiceStopped(Event):
     which comes after the end-pointer's wait."""
 
 
+class TurnDecision(Event):
+    """The end-pointer decided, at a pause, whether the user's turn is over: one event per
+    decision, with the end-of-turn model's score, so endpointing can be tuned from replays."""
+
+    type: ClassVar[str] = "mic.turn-decision"
+    VERSION: ClassVar[int] = 1
+
+    policy: Literal["vad", "smart"] = "vad"
+    """MIC_TURN: "vad" ends a turn after a fixed silence; "smart" asks an end-of-turn model."""
+    outcome: Literal["end", "wait"]
+    """"end" closes the turn (a voice-stopped follows); "wait" keeps listening."""
+    reason: Literal[
+        "hangover",
+        "model-complete",
+        "model-incomplete",
+        "transcript-incomplete",
+        "max-silence",
+    ]
+    """Why: the VAD's fixed silence, the model's verdict, the transcript's last word
+    overruling a "complete", or the longest silence a turn may hold."""
+    score: float | None = Field(default=None, ge=0, le=1)
+    """The model's probability that the turn is complete (None: not asked)."""
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    """Score at or above which the model's verdict is "complete"."""
+    silence_ms: float = Field(ge=0)
+    """Silence after the last voiced frame when the decision was made, milliseconds."""
+    audio_ms: float = Field(ge=0)
+    """Position of the decision in the utterance, milliseconds."""
+    model_ms: float = Field(default=0.0, ge=0)
+    """Time the model took (features + inference), milliseconds."""
+    transcript_tail: str = Field(default="", max_length=256)
+    """The last words of the stt's speculative transcript the decision saw ("" = none)."""
+
+
 upcaster(VoiceStarted.type, 1)(add_endpoint)
 upcaster(MicAudioChunk.type, 1)(add_endpoint)
 

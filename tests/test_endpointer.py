@@ -34,7 +34,7 @@ def utterances(segments: list) -> list[tuple[Started, list[Chunk], Stopped]]:
             cur = (s, [])
         elif isinstance(s, Chunk):
             cur[1].append(s)
-        else:
+        elif isinstance(s, Stopped):
             utts.append((cur[0], cur[1], s))
     return utts
 
@@ -185,3 +185,108 @@ def test_the_end_of_speech_is_where_the_voice_stops_not_where_the_vad_frame_ends
     assert abs(end.refine(vad_end) - true_end) <= rate // 100
     # never later than the VAD says
     assert end.refine(len(vowel) // 2) <= len(vowel) // 2
+
+
+# -- smart turn detection ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smart_turn():  # type: ignore[no-untyped-def]
+    from workers.runtime.endpoint.turn import SmartTurn
+
+    return SmartTurn()
+
+
+def paused(first: str, rest: str, pause_ms: int, voice: str = "en-us") -> np.ndarray:
+    """One sentence spoken with a pause inside it, then 1.5 s of silence."""
+    from ops.bench.stt import trim
+
+    gap = np.zeros(16 * pause_ms, np.int16)
+    parts = [trim(synth_espeak(first, voice)), gap, trim(synth_espeak(rest, voice))]
+    audio, _ = with_silence([np.concatenate(parts)], gap_ms=1500, lead_ms=500, noise=100)
+    return audio
+
+
+def run_smart(audio: np.ndarray, model, hint: str = "", **cfg) -> list:  # type: ignore[no-untyped-def]
+    """Feed 20 ms blocks; once 300 ms of the pause has passed, hand over `hint` as the stt's
+    speculative transcript of the speech so far (as the capture does when it arrives)."""
+    ep = Endpointer(make_vad("silero"), EndpointConfig(turn="smart", **cfg), model)
+    out: list = []
+    start_ms, quiet_ms, hinted = None, 0, False
+    for i in range(0, len(audio), 320):
+        block = audio[i : i + 320]
+        for seg in ep.feed(block):
+            out.append(seg)
+            if isinstance(seg, Started):
+                start_ms = seg.stream_offset_ms - seg.preroll_ms
+        loud = np.abs(block.astype(np.int32)).max() > 2000
+        quiet_ms = 0 if loud else quiet_ms + 20
+        if hint and ep.in_utterance and quiet_ms >= 300 and not hinted:
+            ep.hint(hint, (i + 320) / 16 - start_ms)
+            hinted = True
+    return out + ep.flush()
+
+
+@needs_espeak
+def test_smart_turn_ends_a_finished_sentence_after_a_short_silence(smart_turn) -> None:
+    from workers.runtime.endpoint.endpointer import Decision
+
+    audio, _ = with_silence([synth_espeak("Please turn on the kitchen lights.")], gap_ms=1500)
+    segs = run_smart(audio, smart_turn, min_silence_ms=200, transcript_wait_ms=0)
+    (utt,) = utterances([s for s in segs if not isinstance(s, Decision)])
+    decisions = [s for s in segs if isinstance(s, Decision)]
+    assert [(d.outcome, d.reason) for d in decisions] == [("end", "model-complete")]
+    (d,) = decisions
+    assert d.score is not None and d.score >= 0.5 and d.policy == "smart"
+    assert 200 <= d.silence_ms < 300  # the vad policy would wait 400 ms
+    assert utt[2].duration_ms - utt[2].speech_end_offset_ms < 400
+
+
+@needs_espeak
+def test_smart_turn_waits_through_a_pause_the_model_calls_unfinished(smart_turn) -> None:
+    from workers.runtime.endpoint.endpointer import Decision
+
+    audio = paused("I would like to order", "a large pizza please.", 650)
+    segs = run_smart(audio, smart_turn, transcript_wait_ms=0)
+    assert len(utterances([s for s in segs if not isinstance(s, Decision)])) == 1
+    reasons = [(d.outcome, d.reason) for d in segs if isinstance(d, Decision)]
+    assert reasons[0] == ("wait", "model-incomplete") and reasons[-1][0] == "end"
+    # The vad policy cuts the same audio at the pause: two turns.
+    assert len(utterances(run_endpointer(audio, "silero", hangover_ms=400))) == 2
+
+
+@needs_espeak
+def test_pauses_are_not_turns_set_a_timer_for_ten_minutes(smart_turn) -> None:
+    """ "Set a timer for" sounds finished to the audio model; its transcript does not."""
+    from workers.runtime.endpoint.endpointer import Decision
+
+    audio = paused("Set a timer for", "ten minutes.", 650)
+    segs = run_smart(audio, smart_turn, hint="Set a timer for", transcript_wait_ms=300)
+    (utt,) = utterances([s for s in segs if not isinstance(s, Decision)])
+    decisions = [d for d in segs if isinstance(d, Decision)]
+    assert decisions[0].outcome == "wait"
+    assert decisions[0].reason in ("transcript-incomplete", "model-incomplete")
+    assert decisions[-1].outcome == "end"
+    assert utt[2].duration_ms > 2000  # the whole sentence, both halves
+
+
+def test_transcript_endings_that_cannot_end_a_sentence() -> None:
+    from workers.runtime.endpoint.turn import ends_unfinished
+
+    for text in ("Set a timer for", "Set a timer for...", "Add milk and", "Call my", "the"):
+        assert ends_unfinished(text), text
+    for text in ("Set a timer for ten minutes.", "Open the garage door please.", "I like this", ""):
+        assert not ends_unfinished(text), text
+
+
+def test_smart_turn_without_its_model_is_a_clear_error(monkeypatch) -> None:
+    from workers.runtime.endpoint import turn
+    from workers.runtime.models import ModelNotFoundError
+
+    monkeypatch.setattr(turn, "SMART_TURN_DIST", "no-such-dist-for-smart-turn")
+    with pytest.raises(ModelNotFoundError, match="pipecat-ai"):
+        turn.SmartTurn()
+    with pytest.raises(ValueError, match="smart or vad"):
+        turn.make_turn_model("fancy")
+    with pytest.raises(ValueError, match="end-of-turn model"):
+        Endpointer(make_vad("silero"), EndpointConfig(turn="smart"))

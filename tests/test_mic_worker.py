@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from ops.bench.stt import PHRASES, espeak_available, synth_espeak, with_silence
-from schemas import ConversationStarted, MicAudioChunk, VoiceStarted, VoiceStopped, new_id
+from schemas import (
+    ConversationStarted,
+    MicAudioChunk,
+    TurnDecision,
+    VoiceStarted,
+    VoiceStopped,
+    new_id,
+)
 from workers.mic.config import MicSettings
 from workers.mic.worker import MicWorker
 from workers.runtime.audio import write_wav
@@ -54,6 +61,12 @@ async def test_mic_publishes_only_utterances_with_gapless_chunks_and_one_trace_e
         f"{s.context.trace_id:032x}" for s in exporter.get_finished_spans() if s.name == "utterance"
     }
     for evs in utterances.values():
+        # Each pause's end-of-turn decision, with its score, is on the log; the last ends it.
+        decisions = [e for e, _ in evs if isinstance(e, TurnDecision)]
+        assert decisions and decisions[-1].outcome == "end"
+        assert decisions[-1].policy == "smart" and decisions[-1].score is not None
+        assert [d.seq for d in decisions] == list(range(len(decisions)))
+        evs = [(e, h) for e, h in evs if not isinstance(e, TurnDecision)]
         kinds = [type(e) for e, _ in evs]
         n = len(evs) - 2
         assert kinds == [VoiceStarted] + [MicAudioChunk] * n + [VoiceStopped]

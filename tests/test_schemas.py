@@ -18,6 +18,17 @@ def samples() -> list[s.Event]:
     return [
         s.VoiceStarted(**base, source="q.wav", preroll_ms=200),
         s.MicAudioChunk(**base, seq=3, audio=pcm, offset_ms=60),
+        s.TurnDecision(
+            **base,
+            policy="smart",
+            outcome="wait",
+            reason="transcript-incomplete",
+            score=0.95,
+            silence_ms=200,
+            audio_ms=1800,
+            model_ms=36,
+            transcript_tail="a timer for",
+        ),
         s.VoiceStopped(**base, chunks=4, duration_ms=80, speech_end_ts=1.0),
         s.TranscriptPartial(**base, text="what is", audio_ms=500),
         s.Transcript(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import schemas as s
+from ops.bench.stt import espeak_available, normalize
 from tests.conftest import wait_for
 from tests.test_llm_support import Tap, llm_settings, running
 from workers.llm.backends import EmbeddedBackend
@@ -161,3 +162,57 @@ async def test_a_final_that_differs_discards_the_speculation_and_is_answered_its
 def _row_with_playback(log: EventLog, utterance_id: str):  # type: ignore[no-untyped-def]
     row = log.turn(utterance_id)
     return row if row is not None and row.playback_done_at else None
+
+
+@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
+    bus: Bus, settings: Settings, tmp_path
+) -> None:
+    """ "Set a timer for ... ten minutes." with a 650 ms pause, spoken in real time to the mic
+    (smart turn detection) and the stt (speculating): one turn, the whole sentence, one answer
+    heard; whatever was started on "Set a timer for" is discarded."""
+    from ops.bench.turn import paused_clip
+    from tests.test_stt_stream import start_stt
+    from workers.mic.config import MicSettings
+    from workers.mic.worker import MicWorker
+    from workers.runtime.audio import write_wav
+
+    path = write_wav(
+        tmp_path / "timer.wav",
+        paused_clip("Set a timer for", "ten minutes.", "en-us").tobytes(),
+        16000,
+    )
+    conv = s.new_id()
+    tap = await Tap().start(bus)
+    stt, stt_task = await start_stt(bus, settings)
+    try:
+        async with running(llm(bus, settings)):
+            mic = MicWorker(
+                bus,
+                settings,
+                MicSettings(_env_file=None, file=str(path), conversation=conv, last_stage="llm"),  # type: ignore[call-arg]
+            )
+            await mic.setup()
+            await mic.run()
+            await wait_for(lambda: stt.finals >= 1, timeout=30)
+            (started,) = tap.of(s.VoiceStarted)
+            utt = started.utterance_id
+            final = next(t for t in tap.of(s.Transcript, utt) if not t.speculative)
+
+            def answered() -> list:
+                kept = {c.generation for c in tap.of(s.ReplyCommitted, utt)} | {final.event_id}
+                return [d for d in tap.of(s.ReplyDone, utt) if d.generation in kept]
+
+            await wait_for(answered, timeout=60)
+    finally:
+        stt.stop()
+        await stt_task
+        await tap.stop()
+    assert len(tap.of(s.VoiceStarted)) == 1 and len(tap.of(s.VoiceStopped)) == 1
+    assert normalize(final.text) == normalize("Set a timer for ten minutes.")
+    decisions = tap.of(s.TurnDecision, utt)
+    assert decisions[0].outcome == "wait" and decisions[-1].outcome == "end"
+    (answer,) = answered()
+    assert answer.text.strip() and answer.finish_reason != "discarded"
+    discarded = {d.generation for d in tap.of(s.ReplyDiscarded, utt)}
+    assert answer.generation not in discarded

@@ -48,3 +48,21 @@ def test_final_reuses_only_a_final_quality_decode_that_saw_the_speech_end() -> N
     u.best = Coverage(d, samples=16000 * 12 // 10, final_quality=True)
     assert u.reusable(speech_end_ms=1000) is d
     assert u.reusable(speech_end_ms=1300) is None
+
+
+def test_a_decode_made_at_a_pause_is_not_the_final_once_the_user_went_on() -> None:
+    """The final is the whole utterance: speech after the decoded part means decode again,
+    even when the end-pointer's speech end looks covered."""
+    u = _utterance(1000, 400)
+    d = Decoded(text="Set a timer for", audio_ms=1200, decode_ms=100)
+    u.best = Coverage(d, samples=16000 * 12 // 10, final_quality=True)
+    assert u.reusable(speech_end_ms=1000) is d
+    rng = np.random.default_rng(1)
+    for _ in range(10):  # "ten minutes"
+        u.add((rng.normal(0, 3000, 320)).astype("<i2").tobytes())
+    assert u.grew_after(16000 * 12 // 10)
+    assert u.reusable(speech_end_ms=1000) is None
+    # Cut right at the speech end, before the last word could be heard whole: not reused.
+    v = _utterance(1000, 400)
+    v.best = Coverage(d, samples=16000 * 1020 // 1000, final_quality=True)
+    assert v.reusable(speech_end_ms=1000) is None

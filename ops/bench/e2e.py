@@ -14,7 +14,10 @@ committed, discarded, and the work thrown away), and two ratios: sequential / st
 streaming buys) and streaming / isolated sum (what bus, log and tracing cost; target
 <= 1.15). Voice-to-voice runs from the real end of the user's speech (the last voiced
 audio, before the end-pointer's wait) to the first reply sample played, as people feel it;
-"from the endpoint" leaves the wait out and is labelled so. `--compare-speculation` runs the
+"from the endpoint" leaves the wait out and is labelled so. `--pause-turns N` then speaks N
+sentences with a 650 ms pause inside ("Set a timer for ... ten minutes.") through the same
+pipeline, once with MIC_TURN=vad and once with MIC_TURN=smart (alternated), and counts the
+premature turns (a sentence cut in two). `--compare-speculation` runs the
 pipeline with and without speculation (STT_SPECULATE), alternated, and prints both.
 A Markdown table and a PNG chart go to DATA_DIR/bench/. Replies are greedy
 (LLM_TEMPERATURE=0 unless set) so two runs speak the same sentences and can be compared.
@@ -24,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -230,9 +235,56 @@ async def run(args: argparse.Namespace, speculate: bool | None = None) -> dict[s
                 f"turn {i + 1}/{len(files)}: voice-to-voice {ms['voice_to_voice']:.0f} ms, "
                 f"isolated sum {isolated:.0f} ms, sequential {sequential:.0f} ms"
             )
+        pauses = await run_pauses(p, log, getattr(args, "pause_turns", 0), work)
         log.close()
     await models.llm.aclose()
-    return summarize(rows)
+    res = summarize(rows)
+    res["pauses"] = pauses
+    return res
+
+
+async def run_pauses(p: Pipeline, log: EventLog, n: int, work: Path) -> dict[str, Any]:
+    """Sentences with a mid-sentence pause, each spoken once per end-of-turn policy
+    (alternated): how many were cut into more than one turn, and how many answers each got."""
+    from ops.bench.stt import BENCH_VOICES
+    from ops.bench.turn import PAUSED, paused_clip
+
+    out: dict[str, Any] = {
+        pol: {"sentences": 0, "premature": 0, "answers": 0, "waits_ms": []}
+        for pol in ("vad", "smart")
+    }
+    for i in range(n):
+        first, rest = PAUSED[i % len(PAUSED)]
+        voice = BENCH_VOICES[i % len(BENCH_VOICES)]
+        f = write_wav(work / f"pause{i}.wav", paused_clip(first, rest, voice).tobytes(), 16_000)
+        for pol in ("vad", "smart") if i % 2 == 0 else ("smart", "vad"):
+            conv = f"bench-{s.new_id()[:10]}"
+            view = LiveView(io.StringIO())
+            sub = await p.watch(conv, view.on_event)
+            mic = p.start_mic(
+                "--file", str(f), "--conversation", conv, "--turn", pol, worker_id=f"mic-p{i}"
+            )
+            # The mic ends with its file: every turn of the sentence has been cut by then.
+            if mic.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(mic.proc.wait, 60)
+            turns = await view.wait_turns_done(set(), 120)
+            await asyncio.to_thread(mic.stop)
+            await sub.unsubscribe()
+            await wait_recorded(log, [t.utterance_id for t in turns])
+            rows = [log.turn(t.utterance_id) for t in turns]
+            o = out[pol]
+            o["sentences"] += 1
+            o["premature"] += len(turns) > 1
+            o["answers"] += sum(1 for r in rows if r is not None and r.reply_text)
+            o["waits_ms"] += [
+                timings(r).as_dict()["endpoint_wait"] for r in rows[-1:] if r is not None
+            ]
+            progress(
+                f"pause {i + 1}/{n} ({pol}): {len(turns)} turn(s) for {first!r} ... {rest!r}: "
+                + " | ".join(repr(r.transcript) for r in rows if r is not None)
+            )
+    return out
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         help="alternate runs with and without STT_SPECULATE and print both",
     )
     ap.add_argument("--rounds", type=int, default=2, help="with --compare-speculation")
+    ap.add_argument(
+        "--pause-turns",
+        type=int,
+        default=6,
+        help="sentences with a mid-sentence pause, each through MIC_TURN=vad and smart (0: none)",
+    )
     args = ap.parse_args(argv)
     # Sampled replies differ run to run, and the first sentence's length moves every stage
     # after it; the workers inherit this environment.
@@ -399,6 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * ra['transport_share_of_voice_to_voice']:.1f}% of voice-to-voice (p50 share); "
         "the rest of the gap to the isolated sum is the models sharing the CPU while they stream"
     )
+    for pol, o in res["pauses"].items():
+        if o["sentences"]:
+            waits = [w for w in o["waits_ms"] if w is not None]
+            print(
+                f"pauses, MIC_TURN={pol}: {o['premature']}/{o['sentences']} sentences cut into "
+                f"premature turns, {o['answers']} answers; end-of-turn wait after the whole "
+                f"sentence p50 {pct(waits, 0.5):.0f} ms"
+            )
     md, png = report(res, get_settings().data_dir / "bench")
     print(f"report: {md}\nchart:  {png}")
     if args.json:

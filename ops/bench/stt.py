@@ -34,6 +34,8 @@ import numpy as np
 from ops.bench.stats import pct
 
 RATE = 16_000
+#: The final the llm answers must be as accurate as a plain decode of the whole utterance.
+WER_MARGIN = 0.005
 
 PHRASES = [
     "Please turn on the kitchen lights.",
@@ -45,6 +47,37 @@ PHRASES = [
     "Add milk and bread to my shopping list.",
     "Tell me a short story about a brave little dog.",
 ]
+
+#: `just bench stt`'s set: PHRASES and these, spoken by two espeak-ng voices in turn.
+BENCH_PHRASES = [
+    *PHRASES,
+    "What is the capital of France?",
+    "Turn off the lights in the bedroom.",
+    "How many days are there in a leap year?",
+    "Wake me up at seven tomorrow morning.",
+    "What time is it in Tokyo right now?",
+    "Send a message to Anna saying I am late.",
+    "Who wrote the novel Pride and Prejudice?",
+    "Open the garage door please.",
+    "What is the temperature outside?",
+    "Lower the volume a little bit.",
+    "Call the nearest pizza place.",
+    "Spell the word necessary for me.",
+    "How do I make a cup of green tea?",
+    "Start a new playlist called morning run.",
+    "Is it going to rain this afternoon?",
+    "Translate good night into Spanish.",
+    "Lock the front door and close the blinds.",
+    "What is the square root of eighty one?",
+    "Read me the latest news headlines.",
+    "When does the next train to London leave?",
+    "Pause the music and turn up the heating.",
+    "Tell me a joke about cats.",
+    "How tall is the Eiffel Tower?",
+    "Cancel my meeting with the dentist on Friday.",
+]
+#: Two espeak-ng voices: American and British English.
+BENCH_VOICES = ("en-us", "en-gb")
 
 _NUMBERS = {
     "0": "zero",
@@ -179,16 +212,20 @@ def trim(x: np.ndarray, rel: float = 0.01) -> np.ndarray:
 # -- the benchmark ----------------------------------------------------------------------
 
 
-def make_files(out_dir: Path, n: int) -> list[tuple[Path, str]]:
-    """n single-phrase WAVs, alternating espeak-ng and Piper, 300 ms lead, 1 s tail."""
+def make_files(
+    out_dir: Path, n: int, voices: tuple[str, ...] = BENCH_VOICES
+) -> list[tuple[Path, str]]:
+    """n single-phrase WAVs (BENCH_PHRASES in order), the voices in turn ("piper" = the
+    bundled Piper voice, else an espeak-ng voice), 300 ms lead, 1 s tail."""
     from workers.runtime.audio import write_wav
 
     files = []
     for i in range(n):
-        phrase = PHRASES[i % len(PHRASES)]
-        engine = "piper" if i % 2 else "espeak"
-        audio, _ = with_silence([trim(synth(phrase, engine))], gap_ms=1000, lead_ms=300)
-        files.append((write_wav(out_dir / f"{i:02d}-{engine}.wav", audio.tobytes(), RATE), phrase))
+        phrase = BENCH_PHRASES[i % len(BENCH_PHRASES)]
+        voice = voices[i % len(voices)]
+        speech = synth_piper(phrase) if voice == "piper" else synth_espeak(phrase, voice)
+        audio, _ = with_silence([trim(speech)], gap_ms=1000, lead_ms=300)
+        files.append((write_wav(out_dir / f"{i:02d}-{voice}.wav", audio.tobytes(), RATE), phrase))
     return files
 
 
@@ -389,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     ap = argparse.ArgumentParser(prog="bench stt", description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=8, help="synthesized files (default 8)")
+    ap.add_argument(
+        "--n", type=int, default=len(BENCH_PHRASES), help="synthesized phrases (default 32)"
+    )
+    ap.add_argument(
+        "--voices",
+        default=",".join(BENCH_VOICES),
+        help="voices in turn: espeak-ng voice names or piper (default en-us,en-gb)",
+    )
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     ap.add_argument("--no-bus", action="store_true", help="skip the end-to-end bus run")
     args = ap.parse_args(argv)
@@ -400,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-stt-") as tmp:
         work = Path(tmp)
         print(f"bench stt: synthesizing {args.n} files ...", file=sys.stderr)
-        files = make_files(work, args.n)
+        files = make_files(work, args.n, tuple(args.voices.split(",")))
         report: dict[str, object] = {"files": len(files), "beam_size": beam}
         print("bench stt: plain faster-whisper transcribe() ...", file=sys.stderr)
         report["plain"] = plain = bench_plain(files, beam)
@@ -414,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("plain transcribe()", plain), ("short-context backend", backend)]
     if "bus" in report:
         rows.append(("bus: mic->NATS->stt", report["bus"]))  # type: ignore[arg-type]
-    print(f"\nSTT on {len(files)} synthesized phrases (espeak-ng + Piper), beam {beam}, cpu int8")
+    print(f"\nSTT on {len(files)} synthesized phrases, voices {args.voices}, beam {beam}, int8")
     print("RTF = process CPU seconds / audio seconds (bus: the stt process, partials included)")
     print(f"{'path':24} {'RTF':>6} {'final p50':>10} {'final p95':>10} {'WER':>6}  vs plain")
     for name, r in rows:
@@ -432,6 +476,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{b['partial_cadence_p50_ms']:.0f} ms (p50), {b['partials_per_utterance']:.1f} per "  # type: ignore[index]
             f"utterance. {b['finals_from_speculative_decode']:.0f}/{b['utterances']:.0f} finals "  # type: ignore[index]
             "came from the decode started when the audio went quiet (no decode after stop)."
+        )
+    if "bus" in report:
+        b = report["bus"]
+        ok = b["wer"] <= plain["wer"] + WER_MARGIN  # type: ignore[index, operator]
+        report["streaming_wer_ok"] = ok
+        print(
+            f"  streaming WER {b['wer']:.3f} vs plain WER {plain['wer']:.3f}: "  # type: ignore[index]
+            f"{'OK' if ok else 'WORSE'} (criterion: at most plain + {WER_MARGIN})"
         )
     print(f"\nVAD on {len(PHRASES)} phrases with 1.2 s gaps (errors: detected - true, ms)")
     print(f"{'vad':7} {'noise':>5} {'found':>5} {'match':>5} {'onset':>7} {'offset':>7}  cpu/s")

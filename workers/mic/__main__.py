@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="stream the file as fast as possible")
     p.add_argument("--conversation", help="conversation id (default: a new one)")
     p.add_argument("--vad", choices=["silero", "webrtc"])
+    p.add_argument("--turn", choices=["smart", "vad"], help="end-of-turn policy (MIC_TURN)")
     p.add_argument(
         "--last-stage", choices=["stt", "llm", "speaker"], help="how far turns go (MIC_LAST_STAGE)"
     )
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "conversation": args.conversation,
             "vad": args.vad,
+            "turn": args.turn,
             "last_stage": args.last_stage,
             "replay_of": args.replay_of,
             "realtime": False if args.fast else None,

@@ -35,8 +35,22 @@ class MicSettings(BaseSettings):
     """MIC_PREROLL_MS: audio before the detected onset that starts the utterance."""
     min_speech_ms: int = 64
     """MIC_MIN_SPEECH_MS: speech needed to start an utterance (rejects clicks)."""
+    turn: Literal["smart", "vad"] = "smart"
+    """MIC_TURN: when a turn ends. "smart": after MIC_TURN_MIN_SILENCE_MS of silence if the
+    Smart Turn v3.2 model (shipped in the `pipecat-ai` wheel) says the turn is complete,
+    else after up to MIC_TURN_MAX_SILENCE_MS; "vad": after MIC_HANGOVER_MS of silence."""
+    turn_min_silence_ms: int = 200
+    """MIC_TURN_MIN_SILENCE_MS (smart): silence after which the model is asked."""
+    turn_max_silence_ms: int = 1200
+    """MIC_TURN_MAX_SILENCE_MS (smart): silence that ends a turn whatever the model says."""
+    turn_threshold: float = 0.5
+    """MIC_TURN_THRESHOLD (smart): model score from which a turn is complete."""
+    turn_transcript_wait_ms: int = 300
+    """MIC_TURN_TRANSCRIPT_WAIT_MS (smart): after a "complete", wait up to this much more
+    silence for the stt's speculative transcript; a last word such as "for" or "the" then
+    keeps the turn open. 0 = judge on the audio alone."""
     hangover_ms: int = 400
-    """MIC_HANGOVER_MS: silence that ends an utterance."""
+    """MIC_HANGOVER_MS (vad): silence that ends an utterance."""
     max_utterance_ms: int = 20_000
     """MIC_MAX_UTTERANCE_MS: an utterance is cut (reason max-length) after this long."""
     tail_silence_ms: int = 1000

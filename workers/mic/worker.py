@@ -19,6 +19,7 @@ from workers.runtime.config import Settings
 from workers.runtime.endpoint.capture import Capture
 from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer
 from workers.runtime.endpoint.sources import AudioSource, FileSource, MicSource
+from workers.runtime.endpoint.turn import make_turn_model
 from workers.runtime.endpoint.vad import make_vad
 from workers.runtime.service import Worker
 
@@ -36,17 +37,25 @@ def make_source(cfg: MicSettings) -> AudioSource:
     return MicSource(cfg.device or None, block_ms=cfg.chunk_ms)
 
 
+def endpoint_config(cfg: MicSettings) -> EndpointConfig:
+    return EndpointConfig(
+        chunk_ms=cfg.chunk_ms,
+        preroll_ms=cfg.preroll_ms,
+        min_speech_ms=cfg.min_speech_ms,
+        hangover_ms=cfg.hangover_ms,
+        max_utterance_ms=cfg.max_utterance_ms,
+        threshold=cfg.threshold,
+        turn=cfg.turn,
+        min_silence_ms=cfg.turn_min_silence_ms,
+        max_silence_ms=cfg.turn_max_silence_ms,
+        turn_threshold=cfg.turn_threshold,
+        transcript_wait_ms=cfg.turn_transcript_wait_ms,
+    )
+
+
 def make_endpointer(cfg: MicSettings) -> Endpointer:
     return Endpointer(
-        make_vad(cfg.vad, cfg.webrtc_mode),
-        EndpointConfig(
-            chunk_ms=cfg.chunk_ms,
-            preroll_ms=cfg.preroll_ms,
-            min_speech_ms=cfg.min_speech_ms,
-            hangover_ms=cfg.hangover_ms,
-            max_utterance_ms=cfg.max_utterance_ms,
-            threshold=cfg.threshold,
-        ),
+        make_vad(cfg.vad, cfg.webrtc_mode), endpoint_config(cfg), make_turn_model(cfg.turn)
     )
 
 

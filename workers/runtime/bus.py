@@ -337,7 +337,8 @@ class Bus:
             return None
 
     def follow(self, filter_subjects: Sequence[str], start_seq: int) -> Follower:
-        """The events on `filter_subjects` from stream sequence `start_seq` on, in order."""
+        """The events on `filter_subjects` from stream sequence `start_seq` on (0: from
+        now on), in order."""
         return Follower(self, list(filter_subjects), start_seq)
 
     async def delete_consumers(self, name_part: str) -> list[str]:
@@ -373,12 +374,18 @@ class Follower:
     def __init__(self, bus: Bus, filter_subjects: list[str], start_seq: int) -> None:
         self.bus = bus
         self.filter_subjects = filter_subjects
+        self.new_only = start_seq <= 0
+        """start_seq 0: only what is published from now on."""
         self.start_seq = max(1, start_seq)
         self._sub: Any = None
 
     async def __aenter__(self) -> Follower:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.start_seq
+        config = (
+            ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            if self.new_only
+            else ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.start_seq
+            )
         )
         subject = self.filter_subjects[0]
         if len(self.filter_subjects) > 1:

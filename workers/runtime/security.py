@@ -67,7 +67,8 @@ ENDPOINT_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "web": ("web", ("mic", "endpoint", "speaker")),
 }
 #: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
-EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker", "web")
+#: (the mic follows its conversation's speculative transcripts to judge the end of a turn).
+EPHEMERAL_CONSUMERS = ("mic", "stt", "tts", "speaker", "web")
 DLQ_STREAM = "VOICE_DLQ"
 
 

@@ -78,14 +78,29 @@ class UtteranceAudio:
         # The VAD's speech end already lags the acoustic end by its own smoothing.
         return 1000.0 * samples / RATE >= speech_end_ms
 
+    def grew_after(self, samples: int) -> bool:
+        """Whether anything louder than the quiet threshold came after the first `samples`:
+        then a decode of those samples is not a decode of the whole utterance."""
+        if not self._frame_rms or self._peak <= 0:
+            return False
+        per_chunk = self.samples / len(self._frame_rms)
+        first = int(np.ceil(samples / per_chunk))
+        return any(r > QUIET_RATIO * self._peak for r in self._frame_rms[first:])
+
     def reusable(self, speech_end_ms: float) -> Decoded | None:
-        """A final-quality decode that already saw all the speech, if any."""
+        """A final-quality decode of the whole utterance, if one was made while the
+        end-pointer waited: it saw all the speech and nothing but silence came after it, so
+        decoding again would give the same words. Anything else is decoded again, whole."""
         b = self.best
         if b is None or not b.final_quality:
             return None
-        if self.covers(b.samples, speech_end_ms):
-            return b.decoded
-        return None
+        if not self.covers(b.samples, speech_end_ms) or self.grew_after(b.samples):
+            return None
+        # Whisper needs to hear the end of the last word: a decode cut within QUIET_MS of
+        # the speech end was made before the utterance had gone quiet.
+        if 1000.0 * b.samples / RATE < speech_end_ms + QUIET_MS / 2:
+            return None
+        return b.decoded
 
 
 def stable_prefix(previous: str, current: str) -> int:

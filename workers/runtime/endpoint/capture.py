@@ -9,15 +9,34 @@ downstream span joins), and the same clock for when speech really ended.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
 import numpy as np
 from opentelemetry import trace
 
-from schemas import MicAudioChunk, VoiceStarted, VoiceStopped, binding, new_id
+from schemas import (
+    MicAudioChunk,
+    Transcript,
+    TurnDecision,
+    VoiceStarted,
+    VoiceStopped,
+    binding,
+    derive_id,
+    new_id,
+    subject_filter,
+)
 from workers.runtime.bus import Bus
-from workers.runtime.endpoint.endpointer import Chunk, Endpointer, Segment, Started, Stopped
+from workers.runtime.endpoint.endpointer import (
+    Chunk,
+    Decision,
+    Endpointer,
+    Segment,
+    Started,
+    Stopped,
+)
 from workers.runtime.endpoint.vad import RATE
 from workers.runtime.telemetry import tracer
 
@@ -54,11 +73,19 @@ class Capture:
         self._fed_at = 0.0
         """Wall-clock time the last block was captured."""
         self._utterance_start_ms = 0.0
+        self._started_event_id = ""
+        self._decisions = 0
+        self._hints: asyncio.Task[None] | None = None
 
     async def bind(
         self, medium: str, last_stage: str = "speaker", session: str = "", replay_of: str = ""
     ) -> None:
         """Bind the conversation to this endpoint (before its first event)."""
+        cfg = self.endpointer.cfg
+        if cfg.turn == "smart" and cfg.transcript_wait_ms > 0 and self._hints is None:
+            ready = asyncio.Event()
+            self._hints = asyncio.create_task(self._follow_transcripts(ready))
+            await asyncio.wait_for(ready.wait(), 10)
         await self.bus.publish(
             binding(
                 self.endpoint,
@@ -84,6 +111,33 @@ class Capture:
         for seg in self.endpointer.flush():
             await self.publish(seg)
         await self.bus.flush_publishes()
+        if self._hints is not None:
+            self._hints.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hints
+            self._hints = None
+
+    async def _follow_transcripts(self, ready: asyncio.Event) -> None:
+        """Hand the stt's speculative transcripts of the open utterance to the end-pointer:
+        their last word may show that a pause the model calls final is not."""
+        subject = subject_filter(self.endpoint, self.conversation_id, Transcript.type)
+        try:
+            async with self.bus.follow([subject], 0) as follower:
+                ready.set()
+                while True:
+                    got = await follower.next(timeout=1.0)
+                    ev = got.event if got is not None else None
+                    if (
+                        isinstance(ev, Transcript)
+                        and ev.speculative
+                        and ev.utterance_id == self.utterance_id
+                    ):
+                        self.endpointer.hint(ev.text, ev.audio_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the turn is then judged on the audio alone
+            ready.set()
+            log.warning("transcript hints unavailable", extra={"error": repr(exc)})
 
     @property
     def in_utterance(self) -> bool:
@@ -107,8 +161,35 @@ class Capture:
             )
             # Pipelined: chunks keep their order on one connection; acks are awaited at stop.
             await self.bus.publish_nowait(chunk, ctx=self._ctx)
+        elif isinstance(seg, Decision):
+            await self._decided(seg, base)
         elif isinstance(seg, Stopped):
             await self._stopped(seg, base)
+
+    async def _decided(self, seg: Decision, base: dict[str, str]) -> None:
+        seq = self._decisions
+        self._decisions += 1
+        event = TurnDecision(
+            **base,
+            event_id=derive_id(self._started_event_id, "turn-decision", seq),
+            utterance_id=self.utterance_id,
+            seq=seq,
+            policy=seg.policy,
+            outcome=seg.outcome,
+            reason=seg.reason,
+            score=seg.score,
+            threshold=seg.threshold,
+            silence_ms=seg.silence_ms,
+            audio_ms=seg.audio_ms,
+            model_ms=seg.model_ms,
+            transcript_tail=seg.transcript_tail,
+        )
+        await self.bus.publish_nowait(event, ctx=self._ctx)
+        if self._span is not None:
+            self._span.add_event(
+                "turn-decision",
+                {"outcome": seg.outcome, "reason": seg.reason, "score": seg.score or -1.0},
+            )
 
     async def _started(self, seg: Started, base: dict[str, str]) -> None:
         self._utterance_start_ms = seg.stream_offset_ms - seg.preroll_ms
@@ -125,17 +206,17 @@ class Capture:
             },
         )
         self._ctx = trace.set_span_in_context(self._span)
-        await self.bus.publish(
-            VoiceStarted(
-                **base,
-                utterance_id=self.utterance_id,
-                seq=0,
-                source=self.source,
-                stream_offset_ms=seg.stream_offset_ms,
-                preroll_ms=seg.preroll_ms,
-            ),
-            ctx=self._ctx,
+        started = VoiceStarted(
+            **base,
+            utterance_id=self.utterance_id,
+            seq=0,
+            source=self.source,
+            stream_offset_ms=seg.stream_offset_ms,
+            preroll_ms=seg.preroll_ms,
         )
+        self._started_event_id = started.event_id
+        self._decisions = 0
+        await self.bus.publish(started, ctx=self._ctx)
 
     async def _stopped(self, seg: Stopped, base: dict[str, str]) -> None:
         await self.bus.flush_publishes()

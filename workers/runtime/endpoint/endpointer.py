@@ -2,6 +2,12 @@
 
 Pure and synchronous so it is tested without a bus. Decisions are made per VAD frame;
 audio leaves in chunks of `chunk_ms`, the last one padded with silence to full size.
+
+When a turn ends is a policy (`EndpointConfig.turn`): "vad" ends it after a fixed silence
+(`hangover_ms`); "smart" asks an end-of-turn model after a short silence and ends the turn
+then if the model says it is complete, or waits up to `max_silence_ms` if not. A transcript
+of the speech so far (`hint`, the stt's speculative transcript) may overrule a "complete"
+that stops on "for" or "the". Every decision leaves as a `Decision` segment.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from workers.runtime.endpoint.turn import TurnModel, ends_unfinished
 from workers.runtime.endpoint.vad import RATE, Vad
 
 
@@ -40,7 +47,24 @@ class Stopped:
     """Where speech ended inside the utterance (before the hangover)."""
 
 
-Segment = Started | Chunk | Stopped
+@dataclass(frozen=True)
+class Decision:
+    """Whether the turn ends at this pause, and why (published as mic.turn-decision)."""
+
+    outcome: Literal["end", "wait"]
+    reason: Literal[
+        "hangover", "model-complete", "model-incomplete", "transcript-incomplete", "max-silence"
+    ]
+    policy: Literal["vad", "smart"]
+    silence_ms: float
+    audio_ms: float
+    score: float | None = None
+    threshold: float = 0.5
+    model_ms: float = 0.0
+    transcript_tail: str = ""
+
+
+Segment = Started | Chunk | Decision | Stopped
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,18 @@ class EndpointConfig:
     """Speech starts above this probability..."""
     hysteresis: float = 0.15
     """...and continues while above threshold - hysteresis (Silero's own rule)."""
+    turn: Literal["vad", "smart"] = "vad"
+    """When a turn ends: after `hangover_ms` of silence ("vad"), or when the end-of-turn
+    model says so ("smart")."""
+    min_silence_ms: int = 200
+    """smart: silence after which the model is asked."""
+    max_silence_ms: int = 1200
+    """smart: silence that ends a turn whatever the model says."""
+    turn_threshold: float = 0.5
+    """smart: model score at or above which the turn is complete."""
+    transcript_wait_ms: int = 0
+    """smart: after a "complete", wait this much more silence for a transcript of the speech
+    (`Endpointer.hint`) to check its last word; 0 = never wait for one."""
 
 
 #: The end of speech is the last 10 ms of the utterance within this many dB of its loudest:
@@ -103,9 +139,14 @@ class AcousticEnd:
 
 
 class Endpointer:
-    def __init__(self, vad: Vad, config: EndpointConfig | None = None) -> None:
+    def __init__(
+        self, vad: Vad, config: EndpointConfig | None = None, turn_model: TurnModel | None = None
+    ) -> None:
         self.vad = vad
         self.cfg = config or EndpointConfig()
+        if self.cfg.turn == "smart" and turn_model is None:
+            raise ValueError("turn=smart needs an end-of-turn model")
+        self.turn_model = turn_model if self.cfg.turn == "smart" else None
         if self.cfg.chunk_ms <= 0 or (RATE * self.cfg.chunk_ms) % 1000:
             raise ValueError(f"chunk_ms={self.cfg.chunk_ms}: want a whole number of samples")
         self.chunk_samples = RATE * self.cfg.chunk_ms // 1000
@@ -126,6 +167,18 @@ class Endpointer:
         self._silence_ms = 0.0
         self._speech_end_samples = 0
         self._loudness = AcousticEnd()
+        self._heard: list[np.ndarray] = []
+        """The utterance's audio so far, for the end-of-turn model (at most 20 s)."""
+        self._hint = ("", 0.0)
+        """(text, audio_ms) of the latest transcript of this utterance."""
+        self._pause: dict[str, object] = {}
+        """What was decided at the current pause ({} while speech goes on)."""
+
+    def hint(self, text: str, audio_ms: float) -> None:
+        """A transcript of the first `audio_ms` of the current utterance (the stt's
+        speculative one): its last word may overrule the model at this pause."""
+        if self.in_utterance:
+            self._hint = (text, audio_ms)
 
     def feed(self, pcm: np.ndarray | bytes) -> list[Segment]:
         a = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes | bytearray) else pcm
@@ -159,12 +212,71 @@ class Endpointer:
         if p >= self.cfg.threshold - self.cfg.hysteresis:
             self._silence_ms = 0.0
             self._speech_end_samples = self._utt_samples
+            self._pause = {}
         else:
             self._silence_ms += self.frame_ms
-        if self._silence_ms >= self.cfg.hangover_ms:
+        if self._silence_ms > 0 and self._turn_over(out):
             self._stop("silence", out)
         elif self._utt_samples >= RATE * self.cfg.max_utterance_ms // 1000:
             self._stop("max-length", out)
+
+    def _turn_over(self, out: list[Segment]) -> bool:
+        cfg, silence = self.cfg, self._silence_ms
+        if self.turn_model is None:
+            if silence < cfg.hangover_ms:
+                return False
+            return self._decide(out, "end", "hangover")
+        pause = self._pause
+        if silence >= cfg.max_silence_ms:
+            return self._decide(out, "end", "max-silence", pause.get("score"))  # type: ignore[arg-type]
+        if silence < cfg.min_silence_ms or pause.get("outcome") == "wait":
+            return False
+        if "score" not in pause:
+            audio = np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16)
+            pause["score"] = self.turn_model.score(audio)
+            pause["model_ms"] = getattr(self.turn_model, "last_ms", 0.0)
+        score = float(pause["score"])  # type: ignore[arg-type]
+        if score < cfg.turn_threshold:
+            return self._decide(out, "wait", "model-incomplete", score)
+        text = self._fresh_hint()
+        if text is None and silence < cfg.min_silence_ms + cfg.transcript_wait_ms:
+            return False  # the model says complete: a transcript may still say otherwise
+        if text and ends_unfinished(text):
+            return self._decide(out, "wait", "transcript-incomplete", score, text)
+        return self._decide(out, "end", "model-complete", score, text or "")
+
+    def _fresh_hint(self) -> str | None:
+        """The transcript's text if it saw all the speech so far, else None."""
+        text, audio_ms = self._hint
+        end_ms = 1000.0 * self._loudness.refine(self._speech_end_samples) / RATE
+        return text if text and audio_ms >= end_ms else None
+
+    def _decide(
+        self,
+        out: list[Segment],
+        outcome: Literal["end", "wait"],
+        reason: Literal[
+            "hangover", "model-complete", "model-incomplete", "transcript-incomplete", "max-silence"
+        ],
+        score: float | None = None,
+        text: str = "",
+    ) -> bool:
+        self._pause["outcome"] = outcome
+        tail = " ".join(text.split()[-4:]) if text else ""
+        out.append(
+            Decision(
+                outcome=outcome,
+                reason=reason,
+                policy=self.cfg.turn,
+                silence_ms=self._silence_ms,
+                audio_ms=1000.0 * self._utt_samples / RATE,
+                score=score,
+                threshold=self.cfg.turn_threshold,
+                model_ms=float(self._pause.get("model_ms", 0.0)),  # type: ignore[arg-type]
+                transcript_tail=tail[-256:],
+            )
+        )
+        return outcome == "end"
 
     def _start(self, out: list[Segment]) -> None:
         audio = np.concatenate(list(self._ring))
@@ -178,12 +290,17 @@ class Endpointer:
         self._silence_ms = 0.0
         self._ring.clear()
         self._speech_frames = 0
+        self._heard = []
+        self._hint = ("", 0.0)
+        self._pause = {}
         out.append(Started(1000.0 * onset / RATE, 1000.0 * (len(audio) - speech) / RATE))
         self._append(audio, out)
         self._speech_end_samples = self._utt_samples
 
     def _append(self, audio: np.ndarray, out: list[Segment]) -> None:
         self._loudness.add(audio)
+        if self.turn_model is not None:
+            self._heard.append(audio)
         self._utt = np.concatenate([self._utt, audio])
         self._utt_samples += len(audio)
         n = len(self._utt) // self.chunk_samples * self.chunk_samples
@@ -214,4 +331,7 @@ class Endpointer:
         self._utt = np.zeros(0, dtype=np.int16)
         self._utt_samples = 0
         self._silence_ms = 0.0
+        self._heard = []
+        self._hint = ("", 0.0)
+        self._pause = {}
         # The VAD's RNN state is kept: it is a continuous stream, not a new one.

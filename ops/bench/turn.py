@@ -1,0 +1,205 @@
+"""`just bench turn`: end-of-turn policies side by side on the same speech.
+
+Two sets, synthesized by two espeak-ng voices in turn: finished sentences, and sentences
+with a 650 ms pause in the middle ("Set a timer for ... ten minutes."), which are one turn.
+Each setting runs the real end-pointer (Silero VAD, Smart Turn v3.2) over the same audio in
+20 ms blocks:
+
+- vad: a fixed 400 ms hangover (MIC_TURN=vad);
+- smart-audio: the model alone (MIC_TURN=smart, MIC_TURN_TRANSCRIPT_WAIT_MS=0);
+- smart: the model, and the stt's speculative transcript of the speech so far: the bundled
+  Whisper decodes the utterance once 160 ms are quiet (as the stt worker does), and its text
+  reaches the end-pointer after the decode's measured time, as it would over the bus.
+
+It reports, per setting: premature turns (a paused sentence cut in two), the end-of-turn
+wait on finished sentences (from the end of speech to the decision, p50/p95), and the
+model's time per decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ops.bench.stats import pct
+from ops.bench.stt import BENCH_PHRASES, BENCH_VOICES, RATE, synth_espeak, trim, with_silence
+
+#: One turn each, spoken with a pause where a sentence cannot end.
+PAUSED = [
+    ("Set a timer for", "ten minutes."),
+    ("I would like to order", "a large pizza."),
+    ("Add milk and", "bread to my list."),
+    ("Remind me to call my", "mother tonight."),
+    ("What is the weather", "like in Paris tomorrow?"),
+    ("Play some music by", "the Beatles."),
+    ("Turn on the lights in the", "living room."),
+    ("Send a message to", "my brother."),
+    ("How far is it from here to", "the station?"),
+    ("Book a table for", "four people at eight."),
+]
+PAUSE_MS = 650
+#: The stt asks for a speculative decode after this much quiet (workers/stt/streaming.py).
+STT_QUIET_MS = 160
+BLOCK = 320
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray
+    paused: bool
+    text: str
+
+
+@dataclass
+class Result:
+    premature: int = 0
+    paused: int = 0
+    waits_ms: list[float] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def paused_clip(first: str, rest: str, voice: str, pause_ms: int = PAUSE_MS) -> np.ndarray:
+    gap = np.zeros(RATE * pause_ms // 1000, np.int16)
+    speech = np.concatenate(
+        [trim(synth_espeak(first, voice)), gap, trim(synth_espeak(rest, voice))]
+    )
+    audio, _ = with_silence([speech], gap_ms=1500, lead_ms=500, noise=100)
+    return audio
+
+
+def make_clips(n_complete: int) -> list[Clip]:
+    clips = []
+    for i, (a, b) in enumerate(PAUSED * 2):
+        voice = BENCH_VOICES[i // len(PAUSED) % len(BENCH_VOICES)]
+        clips.append(Clip(paused_clip(a, b, voice), True, f"{a} {b}"))
+    for i, phrase in enumerate(BENCH_PHRASES[:n_complete]):
+        speech = trim(synth_espeak(phrase, BENCH_VOICES[i % len(BENCH_VOICES)]))
+        audio, _ = with_silence([speech], gap_ms=1500, lead_ms=500, noise=100)
+        clips.append(Clip(audio, False, phrase))
+    return clips
+
+
+def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    """(stops, decisions) of the end-pointer on one clip."""
+    from workers.runtime.endpoint.endpointer import (
+        Decision,
+        EndpointConfig,
+        Endpointer,
+        Started,
+        Stopped,
+    )
+    from workers.runtime.endpoint.vad import SileroVad
+
+    if setting == "vad":
+        ep = Endpointer(SileroVad(), EndpointConfig(turn="vad", hangover_ms=400))
+    else:
+        wait = 0 if setting == "smart-audio" else 400
+        ep = Endpointer(SileroVad(), EndpointConfig(turn="smart", transcript_wait_ms=wait), model)
+    stops, decisions = [], []
+    start = 0  # stream sample where the open utterance starts
+    quiet_ms, decoded, pending = 0, False, None  # pending: (deliver at sample, text, ms)
+    peak = 1.0
+    for i in range(0, len(clip.audio), BLOCK):
+        block = clip.audio[i : i + BLOCK]
+        now = i + len(block)
+        for seg in ep.feed(block):
+            if isinstance(seg, Started):
+                start = int(RATE * (seg.stream_offset_ms - seg.preroll_ms) / 1000)
+                decoded, pending, peak = False, None, 1.0
+            elif isinstance(seg, Decision):
+                decisions.append(seg)
+            elif isinstance(seg, Stopped):
+                stops.append(seg)
+        if setting != "smart" or not ep.in_utterance:
+            continue
+        rms = float(np.sqrt(np.mean(block.astype(np.float32) ** 2)))
+        peak = max(peak, rms)
+        quiet = rms < 0.06 * peak
+        quiet_ms = quiet_ms + 20 if quiet else 0
+        if not quiet:
+            decoded = False  # speech again: the stt decodes at the next pause
+        if quiet_ms >= STT_QUIET_MS and not decoded:
+            decoded = True
+            audio = clip.audio[start:now].astype(np.float32) / 32768
+            t0 = time.perf_counter()
+            text = stt.transcribe(audio, final=True, language="en").text
+            took = int(RATE * (time.perf_counter() - t0))
+            pending = (now + took, text, 1000.0 * (now - start) / RATE)
+        if pending is not None and now >= pending[0]:
+            ep.hint(pending[1], pending[2])
+            pending = None
+    for seg in ep.flush():
+        if isinstance(seg, Stopped):
+            stops.append(seg)
+    return stops, decisions
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench turn", description=__doc__.split("\n")[0])
+    ap.add_argument("--complete", type=int, default=20, help="finished sentences (default 20)")
+    ap.add_argument(
+        "--settings", default="vad,smart-audio,smart", help="comma-separated (default all)"
+    )
+    ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    args = ap.parse_args(argv)
+    from workers.runtime.endpoint.turn import SmartTurn
+    from workers.stt.backends import WhisperBackend
+    from workers.stt.config import SttSettings
+
+    print("bench turn: synthesizing ...", file=sys.stderr)
+    clips = make_clips(args.complete)
+    model = SmartTurn()
+    stt = WhisperBackend(SttSettings(_env_file=None))  # type: ignore[call-arg]
+    stt.load()
+    settings = args.settings.split(",")
+    results = {s: Result() for s in settings}
+    # Settings alternate clip by clip, so a busy moment of the machine hits all of them.
+    for clip in clips:
+        for s in settings:
+            stops, decisions = run_clip(clip, s, model, stt)
+            r = results[s]
+            for d in decisions:
+                r.reasons[d.reason] = r.reasons.get(d.reason, 0) + 1
+                if d.score is not None and d.model_ms:
+                    r.model_ms.append(d.model_ms)
+            if clip.paused:
+                r.paused += 1
+                r.premature += len(stops) != 1
+            elif len(stops) == 1:
+                r.waits_ms.append(stops[0].duration_ms - stops[0].speech_end_offset_ms)
+    n_paused = sum(c.paused for c in clips)
+    print(
+        f"\nEnd of turn on {n_paused} sentences with a {PAUSE_MS} ms pause and "
+        f"{len(clips) - n_paused} finished ones (espeak-ng {', '.join(BENCH_VOICES)})"
+    )
+    print("wait = end of speech -> end-of-turn decision on finished sentences (+ chunk padding)")
+    print(f"{'setting':12} {'premature':>9} {'wait p50':>9} {'wait p95':>9} {'model':>7}  reasons")
+    report: dict[str, object] = {"paused": n_paused, "complete": len(clips) - n_paused}
+    for s, r in results.items():
+        row = {
+            "premature": r.premature,
+            "premature_rate": r.premature / max(1, r.paused),
+            "wait_p50_ms": pct(r.waits_ms, 0.5),
+            "wait_p95_ms": pct(r.waits_ms, 0.95),
+            "model_p50_ms": pct(r.model_ms, 0.5) if r.model_ms else 0.0,
+            "reasons": r.reasons,
+        }
+        report[s] = row
+        print(
+            f"{s:12} {r.premature:4}/{r.paused:<4} {row['wait_p50_ms']:7.0f}ms "
+            f"{row['wait_p95_ms']:7.0f}ms {row['model_p50_ms']:5.0f}ms  "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
+        )
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
