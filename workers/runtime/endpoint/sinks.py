@@ -207,15 +207,18 @@ class DeviceOutput:
 class DeviceSink:
     kind = "device"
 
-    def __init__(self, device: str | None = None) -> None:
-        try:
-            import sounddevice as sd  # PortAudio: imported only when a device is asked for
-        except (ImportError, OSError) as exc:
-            raise SpeakerError(
-                f"SPEAKER_SINK=device needs sounddevice and libportaudio2 ({exc}): "
-                "`pip install sounddevice` and `apt-get install libportaudio2`, "
-                "or use SPEAKER_SINK=wav"
-            ) from None
+    def __init__(self, device: str | None = None, sd=None) -> None:  # type: ignore[no-untyped-def]
+        """`sd`: the sounddevice module (imported here by default; tests pass a fake
+        PortAudio with the same interface)."""
+        if sd is None:
+            try:
+                import sounddevice as sd  # PortAudio: imported only when a device is asked for
+            except (ImportError, OSError) as exc:
+                raise SpeakerError(
+                    f"SPEAKER_SINK=device needs sounddevice and libportaudio2 ({exc}): "
+                    "`pip install sounddevice` and `apt-get install libportaudio2`, "
+                    "or use SPEAKER_SINK=wav"
+                ) from None
         self.sd = sd
         self.device: str | int | None = int(device) if device and device.isdigit() else device
         try:
