@@ -11,11 +11,26 @@ import time
 import numpy as np
 import pytest
 
-from schemas import Interrupt, PlaybackDone, PlaybackStarted, TtsAudioChunk, derive_id
+from schemas import (
+    Interrupt,
+    PlaybackDone,
+    PlaybackStarted,
+    Transcript,
+    TtsAudioChunk,
+    VoiceStarted,
+    VoiceStopped,
+    derive_id,
+    new_id,
+)
 from tests.conftest import wait_for
 from tests.fake_portaudio import FakePortAudio
+from tests.test_stt_stream import start_stt
 from tests.test_tts_support import Tap, reply, running, turn
+from workers.mic.config import MicSettings
+from workers.mic.worker import MicWorker
+from workers.runtime.audio import resample_pcm16
 from workers.runtime.endpoint.sinks import DeviceOutput, DeviceSink, SpeakerError
+from workers.runtime.endpoint.sources import MicSource
 from workers.speaker.config import SpeakerSettings
 from workers.speaker.worker import SpeakerWorker
 from workers.tts.backends import PiperBackend
@@ -135,4 +150,41 @@ async def test_device_barge_in_halts_and_reports_what_the_dac_emitted(bus, setti
     dac_ms = 1000 * emitted / rate
     print(f"\ndevice barge-in: played_ms {done.played_ms:.1f}, DAC emitted {dac_ms:.1f} ms")
     assert abs(played - emitted) <= rate * 0.005, (played, emitted)
+    await tap.stop()
+
+
+def spoken(piper: PiperBackend, text: str, lead_s: float = 0.5) -> np.ndarray:
+    """`text` said by Piper at 16 kHz after `lead_s` of silence: what the room brings to
+    the microphone."""
+    speech = np.concatenate(list(piper.synthesize(text))).astype("<i2").tobytes()
+    pcm = np.frombuffer(resample_pcm16(speech, piper.sample_rate, 16_000), "<i2")
+    return np.concatenate([np.zeros(int(16_000 * lead_s), np.int16), pcm])
+
+
+async def test_device_input_feeds_the_mic_capture_and_the_turn_is_transcribed(bus, settings, piper):
+    audio = spoken(piper, "What time is it in Paris?")
+    sd = FakePortAudio(input_latency=0.02, blocksize=320, input_audio=audio)
+    conv = new_id()
+    tap = await Tap().start(bus)
+    mic = MicWorker(
+        bus,
+        settings,
+        MicSettings(_env_file=None, conversation=conv),  # type: ignore[call-arg]
+        source=MicSource(None, block_ms=20, sd=sd),
+    )
+    stt, stt_task = await start_stt(bus, settings)
+    try:
+        async with running(mic, consumers=False):
+            t0 = time.time()
+            said = (await wait_for(lambda: tap.of(Transcript), timeout=30))[0]
+    finally:
+        stt.stop()
+        await asyncio.wait_for(stt_task, 15)
+    stopped = tap.of(VoiceStopped)[0]
+    assert said.conversation_id == conv and tap.of(VoiceStarted)[0].source == "mic:fake card"
+    assert "paris" in said.text.lower(), said.text
+    # The end of speech is dated by the device clock: about when the fake's clock reached it.
+    expected = t0 + len(audio) / 16_000
+    assert stopped.speech_end_ts == pytest.approx(expected, abs=0.25)
+    assert sd.streams[0].callbacks > 0 and not sd.streams[0].active
     await tap.stop()

@@ -97,7 +97,8 @@ class MicWorker(Worker):
         blocks = self.source.blocks()
         try:
             async for block in blocks:
-                await self.capture.feed(block)
+                # A device source dates its blocks by the ADC clock; a file by now.
+                await self.capture.feed(block, getattr(self.source, "captured_at", None))
                 if self.stopping.is_set():
                     break
         finally:
