@@ -50,6 +50,15 @@ class PlaybackWatch:
             subject = subject_filter(self.endpoint, self.conversation_id, event_type)
             self._subs.append(await self.bus.nc.subscribe(subject, cb=self._on_msg))
         await self.bus.nc.flush()
+        # A reply may already be playing (the mic restarted mid-reply): from the stream.
+        started = await self.bus.last(self.endpoint, self.conversation_id, PlaybackStarted.type)
+        if started is not None and started.utterance_id not in self.playing:
+            ended = False
+            for end_type in (PlaybackDone.type, ControlError.type):
+                last = await self.bus.last(self.endpoint, self.conversation_id, end_type)
+                ended = ended or (last is not None and last.utterance_id == started.utterance_id)
+            if not ended:
+                self.on_event(started)
         return self
 
     async def stop(self) -> None:
