@@ -19,13 +19,17 @@ What the DAC really emitted is kept per output stream (`FakeStream.emitted()`), 
 compare what the code claims was heard with what was.
 
     sd = FakePortAudio(output_latency=0.06, blocksize=512, input_audio=pcm16_at_16k)
-    sink = DeviceSink(sd=sd)
+    sink = DeviceSink(sd=sd)                 # the speaker's device sink
+    source = MicSource(sd=sd)                # the mic's device source
+
+A room that feeds the speaker's output back into the microphone passes `room=`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -209,6 +213,7 @@ class FakePortAudio:
         input_latency: float = 0.02,
         blocksize: int = 512,
         input_audio: np.ndarray | None = None,
+        room: Callable[[int, int], np.ndarray] | None = None,
         input_rate: int = 16_000,
         rates: tuple[int, ...] = (16_000, 22_050, 44_100, 48_000),
         name: str = "fake card",
@@ -220,6 +225,9 @@ class FakePortAudio:
         self.input_audio = (
             np.zeros(0, dtype=np.int16) if input_audio is None else np.asarray(input_audio)
         )
+        self.room = room
+        """If set, `room(first_sample, n)` is what the microphone hears (e.g. the user plus
+        the echo of what `outputs()` emitted), instead of `input_audio`."""
         self.input_rate = input_rate
         self.rates = rates
         self.name = name
@@ -247,6 +255,8 @@ class FakePortAudio:
         """The room's sound at the microphone: `input_audio`, then silence."""
         if rate != self.input_rate:
             raise PortAudioError(f"fake input runs at {self.input_rate} Hz, not {rate}")
+        if self.room is not None:
+            return np.asarray(self.room(pos, n), dtype=np.int16)
         block = np.zeros(n, dtype=np.int16)
         part = self.input_audio[pos : pos + n]
         block[: len(part)] = part
