@@ -94,7 +94,8 @@ async def test_an_onset_after_the_transcript_stops_the_reply_before_anything_is_
         await bus.publish(onset(conv, utt))
         await bus.publish(stopped(conv, utt))
         await bus.publish(said(conv, utt))
-        await bus.publish(onset(conv, again))  # the user goes on before the answer sounds
+        voice = onset(conv, again)
+        await bus.publish(voice)  # the user goes on before the answer sounds
         await wait_for(lambda: tap.of(s.PlaybackDone, utt), timeout=60)
         reply = (await wait_for(lambda: tap.of(s.ReplyDone, utt), timeout=60))[0]
         await wait_for(lambda: tap.of(s.TtsDone, utt), timeout=30)
@@ -104,7 +105,13 @@ async def test_an_onset_after_the_transcript_stops_the_reply_before_anything_is_
         finally:
             log.close()
     await tap.stop()
-    assert_nothing_heard(tap, utt, again)
+    done = assert_nothing_heard(tap, utt, again)
+    stop = tap.of(s.Interrupt, utt)[0]
+    print(
+        f"\nearly barge-in: interrupt {1000 * (stop.ts - voice.ts):.0f} ms, playback-done"
+        f" {1000 * (done.ts - voice.ts):.0f} ms, llm done {1000 * (reply.ts - voice.ts):.0f} ms"
+        f" after the onset ({reply.tokens} tokens generated)"
+    )
     assert reply.finish_reason == "interrupted", "the llm went on generating"
     assert row.interrupted and row.played_ms == 0
 
