@@ -53,6 +53,13 @@ class MicSettings(BaseSettings):
     """MIC_HANGOVER_MS (vad): silence that ends an utterance."""
     max_utterance_ms: int = 20_000
     """MIC_MAX_UTTERANCE_MS: an utterance is cut (reason max-length) after this long."""
+    duplex: Literal["full", "half"] = "full"
+    """MIC_DUPLEX: "full" listens while a reply plays (barge-in works; needs echo
+    cancellation on loudspeakers); "half" hears nothing from a reply's first sample until
+    MIC_DUPLEX_TAIL_MS after its end (no barge-in), learned from the speaker's events."""
+    duplex_tail_ms: int = 300
+    """MIC_DUPLEX_TAIL_MS: with MIC_DUPLEX=half, how long after a reply's last sample the mic
+    stays deaf (the room's echo dying away)."""
     tail_silence_ms: int = 1000
     """MIC_TAIL_SILENCE_MS: silence appended after a file so its last utterance ends by
     hangover, as it would live."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from schemas import new_id
 from workers.mic.config import MicSettings
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.endpoint.capture import Capture
+from workers.runtime.endpoint.duplex import PlaybackWatch
 from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer
 from workers.runtime.endpoint.sources import AudioSource, FileSource, MicSource
 from workers.runtime.endpoint.turn import make_turn_model
@@ -77,6 +80,10 @@ class MicWorker(Worker):
         self.endpointer = endpointer
         self.endpoint = settings.endpoint
         self.capture: Capture | None = None
+        self.watch: PlaybackWatch | None = None
+        """MIC_DUPLEX=half: the replies playing at this endpoint."""
+        self.ignored_ms = 0.0
+        """Audio not listened to because a reply was playing (half duplex)."""
 
     @property
     def utterances(self) -> int:
@@ -103,14 +110,28 @@ class MicWorker(Worker):
         assert self.source is not None and self.capture is not None
         medium = "file" if self.mic.file else "device"
         await self.capture.bind(medium, self.mic.last_stage, replay_of=self.mic.replay_of)
+        if self.mic.duplex == "half":
+            self.watch = await PlaybackWatch(
+                self.bus, self.endpoint, self.conversation_id, self.mic.duplex_tail_ms / 1000
+            ).start()
         blocks = self.source.blocks()
         try:
             async for block in blocks:
-                await self.capture.feed(block)
+                # A device source dates its blocks by the ADC clock; a file by now.
+                captured_at = getattr(self.source, "captured_at", None)
+                if self.watch is not None and self.watch.audible(captured_at):
+                    # Half duplex: the reply is not listened to. Silence, not a gap, so the
+                    # end-pointer's clock runs on and an utterance open at the reply's
+                    # start ends by its hangover.
+                    self.ignored_ms += 1000 * len(block) / 16_000
+                    block = np.zeros(len(block), dtype=np.int16)
+                await self.capture.feed(block, captured_at)
                 if self.stopping.is_set():
                     break
         finally:
             await self.capture.close()
             await blocks.aclose()
+            if self.watch is not None:
+                await self.watch.stop()
         # A file has ended: the worker is done (a live mic only ends on SIGTERM).
         self.stop()

@@ -326,10 +326,17 @@ class Bus:
         """The last event of a type in a conversation, from the stream (None if there is none,
         it does not decode, or the stream cannot say): how workers learn where a turn stands
         when they did not see it happen (a restart, another instance's work)."""
+        found = await self.last_at(endpoint, conversation_id, event_type)
+        return found[0] if found else None
+
+    async def last_at(
+        self, endpoint: str, conversation_id: str, event_type: str
+    ) -> tuple[Event, int] | None:
+        """`last`, with the event's stream sequence (to tell which of two came first)."""
         subject = subject_filter(endpoint, conversation_id, event_type)
         try:
             msg = await self.js.get_last_msg(self.stream, subject)
-            return decode(msg.data)
+            return decode(msg.data), int(msg.seq or 0)
         except nats.js.errors.NotFoundError:
             return None
         except (EventDecodeError, nats.errors.Error, TimeoutError) as exc:

@@ -12,7 +12,11 @@ sink, and publishes `speaker.playback-started` at the first sample heard and
   after another, and waits while another instance's reply of the conversation plays.
 - Barge-in: a voice onset of another utterance of the conversation while a reply is owned
   stops it where it is (nothing heard, if it had not started) and publishes
-  control.interrupt for the llm and tts.
+  control.interrupt for the llm and tts. An onset that came before the claim (after the
+  turn's end of speech or transcript, before tts.started) counts too: the reply is dropped
+  unheard, held speculative audio included. Whether an onset counts is one function,
+  `Player.counts_as_barge_in`, with a `barge_in_gate` hook (an echo canceller that is not
+  trusted yet may veto onsets heard while a reply plays).
 - If an owner dies, the claim comes back to another player after `ack_wait_s`. If the reply
   had started playing, how much was heard is unknown: the turn ends with control.error
   "speaker-restarted". Otherwise it is played from the start.
@@ -25,6 +29,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -39,10 +44,12 @@ from schemas import (
     ReplyCommitted,
     ReplyDiscarded,
     SentenceDone,
+    Transcript,
     TtsAudioChunk,
     TtsDone,
     TtsStarted,
     VoiceStarted,
+    VoiceStopped,
     derive_id,
 )
 from schemas.routing import SPEAKER
@@ -136,11 +143,29 @@ class Playback:
         return complete, index, 1000.0 * (played - start) / self.rate
 
 
+BargeInGate = Callable[["Playback", VoiceStarted], bool]
+"""Whether a voice onset of another utterance may stop this reply (True: it may)."""
+
+
+def always(_pb: Playback, _onset: VoiceStarted) -> bool:
+    return True
+
+
 class Player:
     """The speaker side of an endpoint; `on_tts_started` is the handler of its claims."""
 
-    def __init__(self, bus: Bus, sink: Sink, producer: str, config: PlaybackConfig) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        sink: Sink,
+        producer: str,
+        config: PlaybackConfig,
+        barge_in_gate: BargeInGate = always,
+    ) -> None:
         self.bus = bus
+        self.barge_in_gate = barge_in_gate
+        """Consulted for every onset that would stop a reply (`pb.started` says whether
+        any of it is audible yet)."""
         self.sink = sink
         self.producer = producer
         self.config = config
@@ -190,6 +215,11 @@ class Player:
             try:
                 filters = SPEAKER.follow_filters(event.endpoint, event.conversation_id)
                 async with self.bus.follow(filters, d.stream_seq + 1) as follower:
+                    # The follower sees what comes after tts.started; an onset before it
+                    # (the user went on while the answer was being made) is looked up.
+                    early = await self._spoken_over(pb)
+                    if early is not None:
+                        await self._barge_in(pb, early)
                     await self._play(pb, follower)
             finally:
                 with contextlib.suppress(ValueError):
@@ -225,8 +255,7 @@ class Player:
 
     async def _on_event(self, pb: Playback, e: Event) -> None:
         if isinstance(e, VoiceStarted):
-            if e.utterance_id != pb.utterance_id:
-                await self._barge_in(pb, e)
+            await self._barge_in(pb, e)
             return
         if isinstance(e, Interrupt):
             if e.utterance_id == pb.utterance_id:
@@ -407,13 +436,57 @@ class Player:
             },
         )
 
+    def counts_as_barge_in(self, pb: Playback, onset: VoiceStarted) -> bool:
+        """Whether `onset` stops the reply `pb`: barge-in is on, the onset is another
+        utterance of the conversation, and the gate lets it through."""
+        return (
+            self.config.barge_in
+            and not pb.finished
+            and onset.utterance_id != pb.utterance_id
+            and self.barge_in_gate(pb, onset)
+        )
+
+    async def _spoken_over(self, pb: Playback) -> VoiceStarted | None:
+        """The conversation's latest voice onset if the user started it after the turn this
+        reply answers (so before the reply could be heard), else None.
+
+        A capture's utterances never overlap and each one's onset precedes its end and its
+        transcript, so stream order settles it: the onset is later than this turn's end of
+        speech; or, if the turn had no voice (a typed question) or a later utterance has
+        ended too, later than this turn's transcript, or part of an utterance that ended
+        after it."""
+        if not self.config.barge_in:
+            return None
+        ep, conv = pb.started_event.endpoint, pb.conversation_id
+        found = await self.bus.last_at(ep, conv, VoiceStarted.type)
+        if found is None or not isinstance(found[0], VoiceStarted):
+            return None
+        onset, onset_seq = found
+        if onset.utterance_id == pb.utterance_id:
+            return None
+        ended = await self.bus.last_at(ep, conv, VoiceStopped.type)
+        if ended is not None and ended[0].utterance_id == pb.utterance_id:
+            return onset if onset_seq > ended[1] else None
+        said = await self.bus.last_at(ep, conv, Transcript.type)
+        if said is None or said[0].utterance_id != pb.utterance_id:
+            return onset  # a later utterance was already transcribed
+        if onset_seq > said[1]:
+            return onset
+        if ended is not None and ended[0].utterance_id == onset.utterance_id:
+            return onset if ended[1] > said[1] else None
+        return None
+
     async def _barge_in(self, pb: Playback, v: VoiceStarted) -> None:
-        if not self.config.barge_in or pb.finished:
+        if not self.counts_as_barge_in(pb, v):
             return
         if pb.output is not None:
             pb.output.halt()  # what was heard up to the moment we learned of the user
+        # Unheard held audio goes with the playback: nothing of this generation plays.
+        pb.pending.clear()
         stop = Interrupt(
-            event_id=derive_id(v.event_id, "interrupt", pb.utterance_id),
+            # One per reply generation: two generations of a turn stopped by one onset each
+            # record their own playback-done.
+            event_id=derive_id(v.event_id, "interrupt", pb.utterance_id, pb.common["generation"]),
             producer=self.producer,
             reason="barge-in",
             by_utterance_id=v.utterance_id,

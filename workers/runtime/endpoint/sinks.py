@@ -124,7 +124,14 @@ class WavSink:
 
 class DeviceOutput:
     """A sounddevice output stream fed from a queue by PortAudio's callback; the device's
-    own clock says what was heard."""
+    own clock says what was heard.
+
+    Each callback says when its buffer reaches the DAC (`time.outputBufferDacTime`, on the
+    stream's clock); a sample counts as heard once the stream time (`Stream.time`) has passed
+    its DAC time. So a reply is heard whole exactly one output latency after its last sample
+    was handed over, and a halt reports only what already left the DAC (abort drops the
+    rest). Host APIs that report no times (0) fall back to the monotonic clock plus the
+    stream's nominal latency."""
 
     def __init__(self, sd, rate: int, device: str | int | None) -> None:  # type: ignore[no-untyped-def]
         self.rate = rate
@@ -134,6 +141,14 @@ class DeviceOutput:
         self._consumed = 0
         self._halted: int | None = None
         self._pcm = bytearray()
+        self._spans: collections.deque[tuple[float, int, int]] = collections.deque()
+        """(DAC time of its first sample, index of that sample in the reply, samples) of
+        every buffer that carried reply audio and is not yet wholly heard."""
+        self._heard = 0
+        """Reply samples known to have left the DAC (spans wholly heard)."""
+        self._host_times = True
+        """The host API reports stream times; else the monotonic clock stands in."""
+        self._latency_s = 0.0
         try:
             self._stream = sd.OutputStream(
                 samplerate=rate,
@@ -143,18 +158,23 @@ class DeviceOutput:
                 latency="low",
                 callback=self._callback,
             )
+            self._latency_s = float(self._stream.latency)
             self._stream.start()
         except sd.PortAudioError as exc:
             raise SpeakerError(
                 f"cannot open audio output {device or '(default)'}: {exc}; "
                 "set SPEAKER_DEVICE or use SPEAKER_SINK=wav"
             ) from None
-        self._latency = int(float(self._stream.latency) * rate)
 
-    def _callback(self, outdata, frames, _time, _status) -> None:  # type: ignore[no-untyped-def]
+    def _callback(self, outdata, frames, time_info, _status) -> None:  # type: ignore[no-untyped-def]
         out = outdata[:, 0]
         filled = 0
+        dac = float(getattr(time_info, "outputBufferDacTime", 0.0) or 0.0)
+        if not dac:  # the host API gives no times: nominal latency on our own clock
+            self._host_times = False
+            dac = time.monotonic() + self._latency_s
         with self._lock:
+            first = self._consumed
             while filled < frames and self._chunks:
                 head = self._chunks[0]
                 take = min(frames - filled, len(head))
@@ -165,7 +185,12 @@ class DeviceOutput:
                 else:
                     self._chunks[0] = head[take:]
             self._consumed += filled
+            if filled:
+                self._spans.append((dac, first, filled))
         out[filled:] = 0  # underrun: silence
+
+    def _now(self) -> float:
+        return float(self._stream.time) if self._host_times else time.monotonic()
 
     def write(self, pcm: bytes) -> None:
         a = np.frombuffer(pcm, dtype="<i2")
@@ -181,10 +206,20 @@ class DeviceOutput:
     def played(self) -> int:
         if self._halted is not None:
             return self._halted
+        now = self._now()
         with self._lock:
-            # Handed to PortAudio is not yet heard: subtract the output latency.
-            heard = max(0, self._consumed - self._latency)
-            return self._queued if heard >= self._queued and not self._chunks else heard
+            heard = self._heard
+            while self._spans:
+                dac, first, n = self._spans[0]
+                if now < dac:
+                    break
+                done = min(n, int((now - dac) * self.rate + 1e-6))
+                heard = max(heard, first + done)
+                if done < n:
+                    break
+                self._spans.popleft()  # wholly heard
+                self._heard = heard
+            return heard
 
     def halt(self) -> int:
         if self._halted is None:
@@ -207,15 +242,18 @@ class DeviceOutput:
 class DeviceSink:
     kind = "device"
 
-    def __init__(self, device: str | None = None) -> None:
-        try:
-            import sounddevice as sd  # PortAudio: imported only when a device is asked for
-        except (ImportError, OSError) as exc:
-            raise SpeakerError(
-                f"SPEAKER_SINK=device needs sounddevice and libportaudio2 ({exc}): "
-                "`pip install sounddevice` and `apt-get install libportaudio2`, "
-                "or use SPEAKER_SINK=wav"
-            ) from None
+    def __init__(self, device: str | None = None, sd=None) -> None:  # type: ignore[no-untyped-def]
+        """`sd`: the sounddevice module (imported here by default; tests pass a fake
+        PortAudio with the same interface)."""
+        if sd is None:
+            try:
+                import sounddevice as sd  # PortAudio: imported only when a device is asked for
+            except (ImportError, OSError) as exc:
+                raise SpeakerError(
+                    f"SPEAKER_SINK=device needs sounddevice and libportaudio2 ({exc}): "
+                    "`pip install sounddevice` and `apt-get install libportaudio2`, "
+                    "or use SPEAKER_SINK=wav"
+                ) from None
         self.sd = sd
         self.device: str | int | None = int(device) if device and device.isdigit() else device
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -79,10 +80,16 @@ class FileSource:
 
 
 class MicSource:
-    """A live PortAudio input. Opens at 16 kHz, or at the device's rate and resamples."""
+    """A live PortAudio input. Opens at 16 kHz, or at the device's rate and resamples.
 
-    def __init__(self, device: str | int | None = None, block_ms: int = 20) -> None:
-        self.sd = _import_sounddevice()
+    `captured_at` is the wall-clock time the last sample of the block just yielded hit the
+    ADC, from PortAudio's `inputBufferAdcTime` (not when the block reached Python), so the
+    end of speech is dated by the device clock."""
+
+    def __init__(self, device: str | int | None = None, block_ms: int = 20, sd=None) -> None:  # type: ignore[no-untyped-def]
+        """`sd`: the sounddevice module (imported by default; tests pass a fake PortAudio)."""
+        self.sd = sd if sd is not None else _import_sounddevice()
+        self.captured_at: float | None = None
         if isinstance(device, str) and device.isdigit():
             device = int(device)
         self.device = device if device != "" else None
@@ -112,11 +119,17 @@ class MicSource:
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+        queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=500)
+        rate = self.rate
 
         def callback(indata, frames, time_info, status) -> None:  # type: ignore[no-untyped-def]
-            # PortAudio thread: hand the block over, never block here.
-            loop.call_soon_threadsafe(_put, queue, bytes(indata))
+            # PortAudio thread: hand the block over, never block here. How long ago its
+            # last sample hit the ADC, on the stream clock, dates it on the wall clock.
+            now = time.time()
+            adc = float(getattr(time_info, "inputBufferAdcTime", 0.0) or 0.0)
+            current = float(getattr(time_info, "currentTime", 0.0) or 0.0)
+            ago = current - (adc + (frames - 1) / rate) if adc and current else 0.0
+            loop.call_soon_threadsafe(_put, queue, (bytes(indata), now - max(0.0, ago)))
 
         try:
             stream = self.sd.RawInputStream(
@@ -138,7 +151,7 @@ class MicSource:
             resampler = soxr.ResampleStream(self.rate, RATE, 1, dtype="float32")
         try:
             while True:
-                pcm = await queue.get()
+                pcm, self.captured_at = await queue.get()
                 if resampler is None:
                     yield np.frombuffer(pcm, dtype="<i2")
                 else:
@@ -150,7 +163,7 @@ class MicSource:
                 stream.close()
 
 
-def _put(queue: asyncio.Queue[bytes], block: bytes) -> None:
+def _put(queue: asyncio.Queue[tuple[bytes, float]], block: tuple[bytes, float]) -> None:
     if queue.full():
         queue.get_nowait()  # consumer stalled: drop the oldest rather than grow
     queue.put_nowait(block)
