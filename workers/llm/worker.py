@@ -395,6 +395,11 @@ class LlmWorker(Worker):
                     await reply.sentences(splitter.push(piece))
             except BackendError as exc:
                 error = exc
+            except Exception as exc:
+                # Whatever the backend raises (a bug, a library's own error) ends this turn
+                # out loud; the worker goes on with the next one.
+                log.exception("llm backend raised %s", exc.__class__.__name__)
+                error = BackendError(f"{self.backend.name} failed: {exc.__class__.__name__}: {exc}")
         finish = gen.finish_reason
         if turn.cancel.is_set():
             # What was not yet a sentence is never spoken; a discarded speculation says so.
