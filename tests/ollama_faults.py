@@ -29,6 +29,8 @@ class Fault:
 class FaultyOllama:
     def __init__(self, script: list[Fault], name: str = "faulty:1b") -> None:
         self.script = list(script)
+        self.delay_s = 0.0
+        """Pause before each part (a slow model), seconds."""
         self.name = name
         self.requests = 0
         self.closed_by_client = 0
@@ -96,7 +98,10 @@ class FaultyOllama:
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
         for i in range(fault.tokens):
-            await self._chunk(writer, self._part(f" word{i}." if i % 4 == 3 else f" word{i}"))
+            await asyncio.sleep(self.delay_s)
+            # Each request's words differ (r<request>w<i>), as a sampled reply would.
+            word = f" r{self.requests}w{i}" + ("." if i % 4 == 3 else "")
+            await self._chunk(writer, self._part(word))
         if fault.ending == "done":
             final = self._part("", done=True)
             final.update(done_reason="stop", prompt_eval_count=7, eval_count=fault.tokens)

@@ -68,7 +68,7 @@ async def test_each_fault_ends_its_turn_with_an_error_and_the_next_turn_is_answe
         await bus.publish(t)
         done = await tap.done(t.utterance_id)
     assert done.finish_reason == "stop" and done.tokens == 5
-    assert done.text == " word0 word1 word2 word3. word4"
+    assert done.text == " r5w0 r5w1 r5w2 r5w3. r5w4"
     assert not tap.of(ControlError, t.utterance_id)
     assert faulty.requests == 5
     # The stalled, silent and garbage responses were closed by the client, not left open.
