@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -84,13 +83,14 @@ async def test_interrupt_that_arrives_before_the_turn_cancels_it(
 ) -> None:
     tap = await Tap().start(bus)
     t = transcript(STORY)
-    async with running(worker(bus, settings)):
+    async with running(worker(bus, settings)) as w:
         await bus.publish(
             Interrupt(
                 endpoint="device", conversation_id=t.conversation_id, utterance_id=t.utterance_id
             )
         )
-        await asyncio.sleep(0.3)
+        # Not a fixed sleep: the transcript goes out once the interrupt was taken in.
+        await wait_for(lambda: t.utterance_id in w._interrupted, timeout=20)
         await bus.publish(t)
         done = await tap.done(t.utterance_id)
     assert done.finish_reason == "interrupted" and done.tokens == 0
