@@ -23,6 +23,10 @@ test *ARGS:
     @{{python}} -m ruff check .
     @{{python}} -m pytest "$@"
 
+# The suite ROUNDS times (default 5) beside a CPU hog per core; pass/fail per round
+stress ROUNDS="5" *ARGS:
+    sh ops/stress.sh {{ROUNDS}} {{ARGS}}
+
 # Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL
 nats:
     @{{python}} -m workers.runtime.natsd

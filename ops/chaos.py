@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,27 +131,44 @@ def _check_ending(a: Audit, utt: str, evs: list[Any], types: collections.Counter
         a.problems.append(f"{utt}: {types['speaker.playback-done']} playback-done events")
 
 
+def _generation(r: Any) -> str:
+    """The reply generation of an events row ("" for events outside a reply)."""
+    return str(json.loads(r.envelope).get("generation", ""))
+
+
 def _check_sequences(a: Audit, utt: str, evs: list[Any]) -> None:
+    # Per generation: a turn answered again (a speculation, a reply abandoned by a dead llm)
+    # numbers its tokens, sentences and audio from 0 under its own generation.
     for t in SEQUENCED:
-        seqs: dict[int, set[str]] = collections.defaultdict(set)
+        by_gen: dict[str, dict[int, set[str]]] = collections.defaultdict(
+            lambda: collections.defaultdict(set)
+        )
         for r in evs:
             if r.type == t:
-                seqs[r.seq].add(r.event_id)
-        doubled = sorted(q for q, ids in seqs.items() if len(ids) > 1)
-        if doubled:
-            a.problems.append(
-                f"{utt}: {t} seq {doubled[:5]} emitted twice under different ids (not idempotent)"
-            )
-        if seqs and sorted(seqs) != list(range(len(seqs))):
-            missing = sorted(set(range(max(seqs) + 1)) - set(seqs))
-            a.problems.append(f"{utt}: {t} seq gap, missing {missing[:10]} of 0..{max(seqs)}")
+                by_gen[_generation(r)][r.seq].add(r.event_id)
+        for gen, seqs in by_gen.items():
+            label = f"{t}{f' (generation {gen[:8]})' if gen else ''}"
+            doubled = sorted(q for q, ids in seqs.items() if len(ids) > 1)
+            if doubled:
+                a.problems.append(
+                    f"{utt}: {label} seq {doubled[:5]} emitted twice under different ids "
+                    "(not idempotent)"
+                )
+            if seqs and sorted(seqs) != list(range(len(seqs))):
+                missing = sorted(set(range(max(seqs) + 1)) - set(seqs))
+                a.problems.append(
+                    f"{utt}: {label} seq gap, missing {missing[:10]} of 0..{max(seqs)}"
+                )
     stopped = [row_event(r) for r in evs if r.type == "mic.voice-stopped"]
     mic = sum(1 for r in evs if r.type == "mic.audio-chunk")
     for v in stopped:
         if v.chunks != mic:  # type: ignore[attr-defined]
             a.problems.append(f"{utt}: voice-stopped says {v.chunks} chunks, log has {mic}")  # type: ignore[attr-defined]
-    done = [row_event(r) for r in evs if r.type == "tts.done"]
-    tts = sum(1 for r in evs if r.type == "tts.audio-chunk")
-    for d in done:
+    for r in evs:
+        if r.type != "tts.done":
+            continue
+        d = row_event(r)
+        gen = _generation(r)
+        tts = sum(1 for c in evs if c.type == "tts.audio-chunk" and _generation(c) == gen)
         if not d.interrupted and d.chunks != tts:  # type: ignore[attr-defined]
             a.problems.append(f"{utt}: tts.done says {d.chunks} chunks, log has {tts}")  # type: ignore[attr-defined]

@@ -41,6 +41,9 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Characters no database text column stores (PostgreSQL refuses NUL; surrogates are not UTF-8).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
+#: Largest integer an INTEGER column of the event log holds (PostgreSQL's int4).
+MAX_INT32 = 2**31 - 1
+
 #: Largest payload one event may carry (NATS' default max_payload is 1 MiB).
 MAX_PAYLOAD_BYTES = 512 * 1024
 
@@ -51,6 +54,26 @@ class EventDecodeError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def check_storable(value: Any) -> None:
+    """Raise ValueError if a text in `value` (a str, or one inside a model, tuple, list or
+    dict) holds a character the event log cannot store."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise ValueError(
+                "text holds a NUL or an unpaired surrogate, which the event log cannot store"
+            )
+    elif isinstance(value, BaseModel):
+        for item in value.__dict__.values():
+            check_storable(item)
+    elif isinstance(value, (tuple, list, frozenset, set)):
+        for item in value:
+            check_storable(item)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            check_storable(k)
+            check_storable(item)
 
 
 def new_id() -> str:
@@ -90,7 +113,7 @@ class Event(BaseModel):
     """The conversation (session) this event belongs to."""
     utterance_id: Token
     """The turn: the user's utterance and the reply to it share this id."""
-    seq: int = Field(default=0, ge=0)
+    seq: int = Field(default=0, ge=0, le=MAX_INT32)
     """Sequence number per (producer, utterance, type), from 0, without gaps."""
     ts: float = Field(default_factory=time.time)
     """Wall-clock time the event was produced, Unix seconds."""
@@ -124,10 +147,9 @@ class Event(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _storable_text(cls, v: Any, info: ValidationInfo) -> Any:
-        if isinstance(v, str) and _UNSTORABLE.search(v):
-            raise ValueError(
-                "text holds a NUL or an unpaired surrogate, which the event log cannot store"
-            )
+        # Every text, nested ones too (a transcript's words): PostgreSQL refuses a NUL on
+        # every try, and one such event used to stop the recorder for everyone.
+        check_storable(v)
         return v
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

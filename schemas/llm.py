@@ -38,13 +38,16 @@ class ReplyCommitted(OfGeneration, Event):
 
 
 class ReplyDiscarded(OfGeneration, Event):
-    """This speculative generation answers a question the user did not end up asking (they
-    went on speaking): it is never heard, kept in memory or replayed as the answer."""
+    """This generation is not the answer: a speculation answering a question the user did
+    not end up asking (they went on speaking), or a reply abandoned half-way when its llm
+    died (the turn is answered again under a new generation). It is never kept in memory or
+    replayed as the answer."""
 
     type: ClassVar[str] = "llm.reply-discarded"
 
-    reason: Literal["changed", "superseded", "error"] = "changed"
-    """changed: the final transcript differs; superseded: a newer speculation replaced it."""
+    reason: Literal["changed", "superseded", "error", "abandoned"] = "changed"
+    """changed: the final transcript differs; superseded: a newer speculation replaced it;
+    abandoned: the llm generating it was lost mid-reply."""
 
 
 class ReplyToken(OfGeneration, Event):

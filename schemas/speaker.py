@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from schemas.envelope import Event, OfGeneration, add_endpoint, upcaster
+from schemas.envelope import MAX_INT32, Event, OfGeneration, add_endpoint, upcaster
 
 
 class PlaybackStarted(OfGeneration, Event):
@@ -28,7 +28,7 @@ class PlaybackDone(OfGeneration, Event):
     played_ms: float = Field(ge=0)
     """Audio actually played, milliseconds."""
     interrupted: bool = False
-    sentences_heard: int = Field(default=0, ge=0)
+    sentences_heard: int = Field(default=0, ge=0, le=MAX_INT32)
     """Sentences played to the end."""
     last_sentence_index: int = Field(default=-1, ge=-1)
     """Sentence playing when playback ended (-1: none)."""

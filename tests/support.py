@@ -71,3 +71,40 @@ class Tap:
     async def done(self, utterance_id: str, timeout: float = 20.0) -> ReplyDone:
         found = await wait_for(lambda: self.of(ReplyDone, utterance_id), timeout=timeout)
         return found[0]
+
+
+async def bus_lag_ms(bus: Bus, n: int = 25, every_s: float = 0.02) -> float:
+    """How late a message reaches this process through the NATS server now (p90 of `n`
+    pings over about `n * every_s` s): the baseline a cross-process latency is judged
+    against in the same run. Idle it is well under a millisecond; beside a CPU hog, every
+    hop of every process waits for a core and it grows."""
+    inbox = bus.nc.new_inbox()
+    lags: list[float] = []
+    got = asyncio.Event()
+
+    async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+        lags.append((time.perf_counter() - float(msg.data)) * 1000)
+        got.set()
+
+    sub = await bus.nc.subscribe(inbox, cb=cb)
+    try:
+        for _ in range(n):
+            got.clear()
+            await bus.nc.publish(inbox, str(time.perf_counter()).encode())
+            await asyncio.wait_for(got.wait(), 10)
+            await asyncio.sleep(every_s)
+    finally:
+        await sub.unsubscribe()
+    lags.sort()
+    return lags[int(0.9 * (len(lags) - 1))]
+
+
+#: How many bus hops' worth of lag a cross-process promise may add (an event goes through
+#: a few processes, each scheduled late by about the measured lag, and runs Python in each).
+LAG_HOPS = 20
+
+
+def budget_ms(nominal_ms: float, lag_ms: float) -> float:
+    """A latency promise made on an idle machine (`nominal_ms`), widened by the lag measured
+    in the same run: as tight as promised when the machine is idle, not flaky when it is not."""
+    return nominal_ms + LAG_HOPS * lag_ms

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from schemas import new_id
 from workers.cli.pipeline import SERVICES, Pipeline, progress
 from workers.runtime.bus import BusError
 from workers.runtime.config import get_settings
@@ -38,13 +39,29 @@ def last_line(path: Path | None) -> str:
     return lines[-1] if lines else ""
 
 
+#: An exit this soon after the first start is a configuration error (bad device, model,
+#: credentials), not a crash worth restarting; after a restart, a quick exit is a crash.
+FIRST_START_S = 3.0
+RESTART_DELAY_S = 0.5
+RESTART_DELAY_MAX_S = 10.0
+
+
 async def supervise(p: Pipeline, stop: asyncio.Event) -> None:
     restarts: dict[str, list[float]] = {}
     finished: set[str] = set()
     started = {name: time.monotonic() for name in p.procs}
+    due: dict[str, float] = {}
+    """When a dead worker is started again (back-off)."""
     while not stop.is_set():
+        now = time.monotonic()
         for name, proc in list(p.procs.items()):
             if proc.running or name in finished:
+                continue
+            if name in due:
+                if now >= due[name]:
+                    del due[name]
+                    proc.start()
+                    started[name] = time.monotonic()
                 continue
             code = proc.proc.returncode if proc.proc else None
             if code == 0:
@@ -52,22 +69,31 @@ async def supervise(p: Pipeline, stop: asyncio.Event) -> None:
                 finished.add(name)
                 progress(f"{name} finished")
                 continue
-            if code == 2 or (time.monotonic() - started[name] < 3.0 and code not in (0, None)):
+            first_start = name not in restarts
+            if code == 2 or (first_start and now - started[name] < FIRST_START_S):
                 raise ConfigError(f"{name} cannot start: {last_line(proc.log_file) or code}")
-            recent = [t for t in restarts.get(name, []) if time.monotonic() - t < RESTART_WINDOW_S]
+            recent = [t for t in restarts.get(name, []) if now - t < RESTART_WINDOW_S]
             if len(recent) >= MAX_RESTARTS:
                 raise ConfigError(
                     f"{name} keeps dying ({MAX_RESTARTS} restarts in "
                     f"{RESTART_WINDOW_S:.0f} s); see {proc.log_file}"
                 )
-            restarts[name] = [*recent, time.monotonic()]
-            progress(f"{name} exited ({code}); restarting")
-            proc.start()
-            started[name] = time.monotonic()
+            restarts[name] = [*recent, now]
+            delay = min(RESTART_DELAY_MAX_S, RESTART_DELAY_S * 2 ** len(recent))
+            progress(f"{name} exited ({code}); restarting in {delay:.1f} s")
+            due[name] = now + delay
         try:
-            await asyncio.wait_for(stop.wait(), 0.5)
+            await asyncio.wait_for(stop.wait(), 0.1)
         except TimeoutError:
             pass
+
+
+def mic_args(args: argparse.Namespace) -> list[str]:
+    """The mic's arguments, the same for every restart. The conversation is chosen here, not
+    by the mic: a mic restarted after a crash continues the same conversation (its history,
+    the llm's memory) instead of starting a new one."""
+    out = ["--device", args.device] if args.device else []
+    return [*out, "--conversation", args.conversation or new_id()[:16]]
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -78,11 +104,8 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Pipeline(settings, env=env) as p:
-        mic_args = ["--device", args.device] if args.device else []
-        if args.conversation:
-            mic_args += ["--conversation", args.conversation]
         mic = WorkerProcess(
-            "mic", settings, worker_id="mic", args=mic_args, log_file=p.logs / "mic.log"
+            "mic", settings, worker_id="mic", args=mic_args(args), log_file=p.logs / "mic.log"
         )
         # The microphone goes first in the dict so it is stopped first.
         p.procs = {"mic": mic.start(), **p.procs}

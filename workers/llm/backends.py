@@ -38,6 +38,13 @@ class BackendUnavailable(BackendError):
     retryable = True
 
 
+class BackendTimeout(BackendError):
+    """The server accepted the turn but did not answer in time (stalled or overloaded)."""
+
+    code = "llm-timeout"
+    retryable = True
+
+
 class ModelMissing(BackendError):
     code = "model-missing"
 
@@ -270,8 +277,46 @@ class EmbeddedBackend:
             self._lock.release()
 
 
+class _Interrupted(Exception):
+    """The turn's cancel flag was set while waiting for the server."""
+
+
+async def next_part(
+    parts: AsyncIterator[Any], cancel: threading.Event, timeout_s: float, what: str
+) -> Any:
+    """The stream's next part, waiting at most `timeout_s` and no longer than the turn's
+    cancel flag stays clear (an interrupt must not wait for a stalled server). Raises
+    StopAsyncIteration at the end, BackendTimeout, or _Interrupted. Leaving early cancels
+    the read, which closes the response: the server stops generating."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    task = asyncio.ensure_future(parts.__anext__())
+    try:
+        while True:
+            left = deadline - loop.time()
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(CANCEL_POLL_S, left)))
+            if done:
+                return task.result()
+            if cancel.is_set():
+                raise _Interrupted
+            if loop.time() >= deadline:
+                raise BackendTimeout(f"{what} after {timeout_s:g} s")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+#: How often a wait for the server looks at the turn's cancel flag, seconds.
+CANCEL_POLL_S = 0.05
+
+
 class OllamaBackend:
-    """An Ollama server through the official client (`AsyncClient.chat(stream=True)`)."""
+    """An Ollama server through the official client (`AsyncClient.chat(stream=True)`).
+
+    Three timeouts keep a turn from hanging on the server: connecting, the first token
+    (the server may be loading the model), and the gap between two tokens (a stall)."""
 
     name = "ollama"
 
@@ -284,9 +329,15 @@ class OllamaBackend:
         max_tokens: int = 120,
         temperature: float = 0.0,
         context_tokens: int = 2048,
+        connect_timeout_s: float = 5.0,
+        first_token_timeout_s: float = 120.0,
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
         self.model = model
+        self.connect_timeout_s = connect_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.options = dict(options or {})
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -296,9 +347,15 @@ class OllamaBackend:
     @property
     def client(self) -> Any:
         if self._client is None:
+            import httpx
             import ollama
 
-            self._client = ollama.AsyncClient(host=self.host)
+            # Reads are bounded per part by `next_part` (first token, stall), which can also
+            # give up on an interrupt; httpx bounds the connection and the request's write.
+            timeout = httpx.Timeout(
+                None, connect=self.connect_timeout_s, write=self.connect_timeout_s
+            )
+            self._client = ollama.AsyncClient(host=self.host, timeout=timeout)
         return self._client
 
     async def start(self) -> None:
@@ -354,11 +411,20 @@ class OllamaBackend:
                 model=self.model, messages=messages, stream=True, options=options
             )
             async with contextlib.aclosing(parts):
-                async for part in parts:
-                    if cancel.is_set():
+                timeout, what = self.first_token_timeout_s, "no first token from Ollama"
+                while True:
+                    try:
+                        part = await next_part(parts, cancel, timeout, what)
+                    except StopAsyncIteration:
+                        break
+                    except _Interrupted:
                         gen.finish_reason = "interrupted"
                         return  # closing the response makes Ollama stop generating
+                    if cancel.is_set():
+                        gen.finish_reason = "interrupted"
+                        return
                     if part.message.content:
+                        timeout, what = self.stall_timeout_s, "Ollama stalled mid-reply"
                         yield part.message.content
                     if part.done:
                         gen.prompt_tokens = part.prompt_eval_count or 0
@@ -369,6 +435,13 @@ class OllamaBackend:
             raise BackendError(f"Ollama refused the request: {exc}") from None
         except (ConnectionError, httpx.TransportError) as exc:
             raise self._unavailable(exc) from None
+        except BackendError:
+            raise
+        except (ValueError, TypeError) as exc:  # a line that is not JSON or not a part
+            raise BackendError(
+                f"Ollama at {self.host} sent a reply this client cannot read "
+                f"({exc.__class__.__name__}: {str(exc)[:200]})"
+            ) from None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -386,6 +459,9 @@ def make_backend(settings: LlmSettings) -> Backend:
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
             context_tokens=settings.context_tokens,
+            connect_timeout_s=settings.ollama_connect_timeout_s,
+            first_token_timeout_s=settings.ollama_first_token_timeout_s,
+            stall_timeout_s=settings.ollama_stall_timeout_s,
         )
     return EmbeddedBackend(
         settings.model,

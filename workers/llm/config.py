@@ -53,6 +53,14 @@ class LlmSettings(BaseSettings):
     """OLLAMA_HOST: where the Ollama server listens."""
     ollama_options: dict[str, Any] = Field(default_factory=dict)
     """LLM_OLLAMA_OPTIONS: JSON object of extra Ollama options, e.g. {"num_ctx": 4096}."""
+    ollama_connect_timeout_s: float = Field(default=5.0, gt=0)
+    """LLM_OLLAMA_CONNECT_TIMEOUT_S: connecting to Ollama (and sending the request)."""
+    ollama_first_token_timeout_s: float = Field(default=120.0, gt=0)
+    """LLM_OLLAMA_FIRST_TOKEN_TIMEOUT_S: request to first token; long, as Ollama loads the
+    model on the first request (a 7B model from a cold disk takes tens of seconds)."""
+    ollama_stall_timeout_s: float = Field(default=30.0, gt=0)
+    """LLM_OLLAMA_STALL_TIMEOUT_S: longest gap between two tokens before the turn ends with
+    control.error "llm-timeout" (an interrupt ends it at once, stalled or not)."""
     max_age_s: float = Field(default=30.0, gt=0)
     """LLM_MAX_AGE_S: a transcript older than this when the llm gets it (it waited in the
     stream while no llm ran) ends its turn with control.error "stale" instead of an answer."""

@@ -7,9 +7,10 @@ LLM_MAX_AGE_S ends its turn with control.error "stale".
 Two consumers: "llm" takes stt.transcript and generates (one turn at a time); "llm-control"
 takes control.interrupt, and stt.transcript again to notice a barge-in (a new utterance in a
 conversation whose reply is still generating), and sets the turn's cancel flag, which the
-backend checks before every token. Ids of everything emitted derive from the transcript's
-event id, and the embedded model samples with a seed derived from the utterance id, so a
-redelivered transcript republishes the same events (de-duplicated by JetStream and the log).
+backend checks before every token. Ids of everything emitted derive from the generation's
+id: the transcript's event id for its first delivery. A redelivered transcript (its llm was
+lost) discards the half-done generation as "abandoned" and is answered again under a new one,
+as no backend promises to regenerate the same tokens.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class ActiveTurn:
     speculative: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
+
+
+def attempt_id(t: Transcript, delivery: int) -> str:
+    """The generation id of the `delivery`-th delivery of `t` (the first is `t.event_id`)."""
+    return t.event_id if delivery <= 1 else derive_id(t.event_id, "attempt", delivery)
 
 
 def same_question(a: str, b: str) -> bool:
@@ -183,10 +189,13 @@ class LlmWorker(Worker):
             return
         if await self._settle_speculation(event):
             return  # the speculative answer already running is this turn's answer
+        generation = await self._generation(event, delivery)
+        if generation is None:
+            return  # answered before: only the ack was lost
         turn = ActiveTurn(
             event.conversation_id,
             event.utterance_id,
-            generation=event.event_id,
+            generation=generation,
             question=event.text,
             speculative=event.speculative,
         )
@@ -288,6 +297,39 @@ class LlmWorker(Worker):
             extra={"utterance": t.utterance_id, "generation": generation},
         )
 
+    async def _generation(self, t: Transcript, d: Delivery) -> str | None:
+        """The generation this delivery of `t` answers under (None: already answered).
+
+        The first delivery answers under the transcript's id. A redelivery means the llm that
+        had it was lost, maybe half-way: a model does not regenerate the same tokens (sampling,
+        a GPU, another Ollama), so reusing the ids would stitch the old head to a new tail. The
+        half-done generation is discarded ("abandoned") and the turn answered again under a
+        new one; memory and replay follow the last generation not discarded."""
+        if d.num_delivered <= 1:
+            return t.event_id
+        earlier = [t.event_id] + [attempt_id(t, n) for n in range(2, d.num_delivered)]
+        done = await self.bus.last(t.endpoint, t.conversation_id, ReplyDone.type)
+        if isinstance(done, ReplyDone) and done.generation in earlier:
+            return None
+        started = await self.bus.last(t.endpoint, t.conversation_id, ReplyStarted.type)
+        if isinstance(started, ReplyStarted) and started.generation in earlier:
+            await self.bus.publish(
+                ReplyDiscarded(
+                    event_id=derive_id(started.generation, "abandoned"),
+                    endpoint=t.endpoint,
+                    conversation_id=t.conversation_id,
+                    utterance_id=t.utterance_id,
+                    producer=self.worker_id,
+                    generation=started.generation,
+                    reason="abandoned",
+                )
+            )
+            log.warning(
+                "reply abandoned by a lost llm; answering again",
+                extra={"utterance": t.utterance_id, "generation": started.generation},
+            )
+        return attempt_id(t, d.num_delivered)
+
     async def _stale(self, t: Transcript, age_s: float) -> None:
         """A transcript this old is not a question someone is waiting for (it sat in the
         stream while no llm ran): the turn ends with an error, not a late spoken answer."""
@@ -307,7 +349,7 @@ class LlmWorker(Worker):
                 return
 
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
-        reply = ReplyWriter(self.bus, t, self.worker_id)
+        reply = ReplyWriter(self.bus, t, self.worker_id, turn.generation)
         self.turns += 1
         with self._tracer.start_as_current_span("llm.generate") as span:
             # First, so the tts claims the reply while the prompt is built and the model
@@ -396,6 +438,11 @@ class LlmWorker(Worker):
                     await reply.sentences(splitter.push(piece))
             except BackendError as exc:
                 error = exc
+            except Exception as exc:
+                # Whatever the backend raises (a bug, a library's own error) ends this turn
+                # out loud; the worker goes on with the next one.
+                log.exception("llm backend raised %s", exc.__class__.__name__)
+                error = BackendError(f"{self.backend.name} failed: {exc.__class__.__name__}: {exc}")
         finish = gen.finish_reason
         if turn.cancel.is_set():
             # What was not yet a sentence is never spoken; a discarded speculation says so.
@@ -410,19 +457,21 @@ class LlmWorker(Worker):
 
 
 class ReplyWriter:
-    """Publishes one reply's events, with ids derived from the transcript's id (a redelivered
-    transcript republishes the same ids, which JetStream and the log drop)."""
+    """Publishes one generation's events, with ids derived from the generation's id (the
+    transcript's id for its first delivery: a repeat of the same generation republishes the
+    same ids, which JetStream and the log drop)."""
 
-    def __init__(self, bus: Bus, t: Transcript, producer: str) -> None:
+    def __init__(self, bus: Bus, t: Transcript, producer: str, generation: str = "") -> None:
         self.bus = bus
         self.t = t
+        self.generation = generation or t.event_id
         self.turn = {
             "endpoint": t.endpoint,
             "conversation_id": t.conversation_id,
             "utterance_id": t.utterance_id,
             "producer": producer,
         }
-        self.common = {**self.turn, "generation": t.event_id}
+        self.common = {**self.turn, "generation": self.generation}
         self.parts: list[str] = []
         self.sentence_count = 0
         self.first_token_at = 0.0
@@ -430,7 +479,7 @@ class ReplyWriter:
     async def started(self, model: str) -> None:
         await self.bus.publish(
             ReplyStarted(
-                event_id=derive_id(self.t.event_id, "reply-started"),
+                event_id=derive_id(self.generation, "reply-started"),
                 language=self.t.language[:16],
                 model=model[:256],
                 question=self.t.text[:10_000],
@@ -446,7 +495,7 @@ class ReplyWriter:
         self.parts.append(piece)
         await self.bus.publish_nowait(
             ReplyToken(
-                event_id=derive_id(self.t.event_id, "token", i),
+                event_id=derive_id(self.generation, "token", i),
                 seq=i,
                 text=piece,
                 index=i,
@@ -459,7 +508,7 @@ class ReplyWriter:
             n = self.sentence_count
             await self.bus.publish_nowait(
                 ReplySentence(
-                    event_id=derive_id(self.t.event_id, "sentence", n),
+                    event_id=derive_id(self.generation, "sentence", n),
                     seq=n,
                     text=piece,
                     index=n,
@@ -486,7 +535,7 @@ class ReplyWriter:
         streaming_s = ended - first if first else 0.0
         n = len(self.parts)
         done = ReplyDone(
-            event_id=derive_id(self.t.event_id, "done"),
+            event_id=derive_id(self.generation, "done"),
             text="".join(self.parts),
             sentences=self.sentence_count,
             tokens=n,

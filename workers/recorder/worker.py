@@ -4,8 +4,11 @@ Acks only after the commit, so a crash before it means redelivery; the log ignor
 it already has, so redelivery never duplicates. Run a single instance: projections are
 updated read-modify-write inside the batch transaction.
 
-A failed commit (database down, disk full) is not the events' fault: they are nak'd with a
-growing delay and tried again for as long as it takes, never dead-lettered.
+A failed commit is told apart by its cause. Database down, disk full, lock timeout: not the
+events' fault, so they are nak'd with a growing delay and tried again for as long as it takes,
+never dead-lettered. A row the database refuses (a value it cannot hold) fails on every try:
+the batch is bisected, the rest stored, and the event that fails alone is dead-lettered with
+the database's reason and acked, so one bad event never stops recording for everyone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from workers.runtime.service import Worker
 log = logging.getLogger("voicebus.recorder")
 RETRY_S = 0.5
 RETRY_MAX_S = 10.0
+
+
+def retry_delay(num_delivered: int) -> float:
+    """Doubling from RETRY_S up to RETRY_MAX_S: a long outage costs one try every 10 s."""
+    return min(RETRY_MAX_S, RETRY_S * 2 ** min(max(0, num_delivered - 1), 8))
 
 
 class RecorderSettings(BaseSettings):
@@ -62,40 +70,62 @@ class Recorder(Worker):
         """Events new to the log."""
         self.committed = 0
         """Deliveries committed and acked (redeliveries and repeats included)."""
+        self.refused = 0
+        """Events the database refused, dead-lettered."""
+        self._durable = RECORDER.durable()
 
     async def setup(self) -> None:
         self.eventlog = await asyncio.to_thread(EventLog, self.settings.db_url)
 
     def consumers(self) -> list[Consumer]:
-        return [
-            self.route_consumer(
-                RECORDER,
-                batch_handler=self.write,
-                batch=self.options.batch,
-                max_ack_pending=self.options.max_ack_pending,
-                ack_wait=self.options.ack_wait_s,
-                deliver_policy=DeliverPolicy.ALL,
-                fetch_timeout=0.25,
-            )
-        ]
+        consumer = self.route_consumer(
+            RECORDER,
+            batch_handler=self.write,
+            batch=self.options.batch,
+            max_ack_pending=self.options.max_ack_pending,
+            ack_wait=self.options.ack_wait_s,
+            deliver_policy=DeliverPolicy.ALL,
+            fetch_timeout=0.25,
+        )
+        self._durable = consumer.durable
+        return [consumer]
 
     async def write(self, deliveries: list[Delivery]) -> None:
-        """The consumer's batch handler: one transaction; the consumer acks after it."""
+        """The consumer's batch handler: one transaction (more if an event is refused); the
+        consumer acks after it."""
         assert self.eventlog is not None
         try:
-            new = await asyncio.to_thread(self.eventlog.append, [record_of(d) for d in deliveries])
-        except Exception as exc:
+            new, refused = await asyncio.to_thread(
+                self.eventlog.append_or_refuse, [record_of(d) for d in deliveries]
+            )
+        except Exception as exc:  # transient: the database's state, not the events
             log.error(
                 "batch commit failed; will retry",
                 extra={"events": len(deliveries), "error": repr(exc)},
             )
             for d in deliveries:
                 d.defer()  # not acked, and not counted as failed by the consumer
-                await d.nak(delay=min(RETRY_MAX_S, RETRY_S * d.num_delivered))
+                await d.nak(delay=retry_delay(d.num_delivered))
             return
+        for r in refused:
+            await self._dead_letter(deliveries[r.index], r.reason)
         self.written += new
-        self.committed += len(deliveries)
-        log.debug("batch committed", extra={"events": len(deliveries), "new": new})
+        self.committed += len(deliveries) - len(refused)
+        log.debug(
+            "batch committed",
+            extra={"events": len(deliveries), "new": new, "refused": len(refused)},
+        )
+
+    async def _dead_letter(self, d: Delivery, reason: str) -> None:
+        d.defer()  # acked here once the dead letter is stored, not by the consumer
+        try:
+            await self.bus.dead_letter(self._durable, d.msg, reason)
+        except Exception as exc:  # DLQ unreachable: it comes back and is refused again
+            log.error("dead-letter failed", extra={"error": repr(exc), "reason": reason})
+            await d.nak(delay=retry_delay(d.num_delivered))
+            return
+        self.refused += 1
+        await d.ack()
 
     async def aclose(self) -> None:
         if self.eventlog is not None:

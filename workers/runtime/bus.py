@@ -563,9 +563,10 @@ class Consumer:
         if self.batch_handler is not None:
             await self._run_batch(deliveries)
         else:
-            for d in deliveries:
+            for i, d in enumerate(deliveries):
                 if self._stopping.is_set():
-                    break  # unacked: redelivered to whoever runs next
+                    await self._release(deliveries[i:])
+                    break
                 await self._run_one(d)
         return len(msgs)
 
@@ -594,6 +595,12 @@ class Consumer:
             context=extract_context(headers),
             msg=msg,
         )
+
+    async def _release(self, deliveries: list[Delivery]) -> None:
+        """Give fetched, unstarted messages back at once (stopping): another instance takes
+        them now instead of after the ack wait, and the delivery is not a failure."""
+        for d in deliveries:
+            await d.nak(0)
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         try:

@@ -129,12 +129,16 @@ class NatsServer:
             f.write(text)
         os.chmod(self.config_path, 0o600)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [str(nats_server_binary()), "-c", str(self.config_path)],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,  # Ctrl-C in a terminal goes to us, we stop it in order
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [str(nats_server_binary()), "-c", str(self.config_path)],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us, we stop it in order
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child has its own copy; ours leaked one per (re)start
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -177,20 +181,24 @@ def ensure_nats(settings: Settings | None = None) -> NatsServer | None:
     settings = settings or get_settings()
     if is_listening(settings.nats_url):
         return None
+    return embedded_server(settings).start()
+
+
+def embedded_server(settings: Settings) -> NatsServer:
+    """The embedded server for NATS_URL (not started); a clear error if it is not local."""
     host, port = host_port(settings.nats_url)
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise NatsServerError(
             f"nothing listens at {settings.nats_url} and it is not local: start NATS there "
             "or point NATS_URL at a running server"
         )
-    server = NatsServer(
+    return NatsServer(
         port,
         settings.data_dir / "nats",
         settings.nats_sync_interval,
         extra_config=auth_config(settings),
         log_file=settings.data_dir / "nats" / "nats-server.log",
     )
-    return server.start()
 
 
 def auth_config(settings: Settings) -> str:
@@ -207,23 +215,41 @@ def main(argv: list[str] | None = None) -> int:
     if is_listening(settings.nats_url):
         print(f"NATS already listens at {settings.nats_url}; nothing to start.")
         return 0
+
+    # The server runs in its own session (a Ctrl-C reaches only us): however we are told to
+    # stop (Ctrl-C, a service manager's SIGTERM, a closed terminal's SIGHUP), it stops too;
+    # set before it starts, so a stop that comes while it starts is not missed.
+    def stop_on(signum: int, _frame: object) -> None:
+        raise _Stopped
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop_on)
+    server: NatsServer | None = None
     try:
-        server = ensure_nats(settings)
+        server = embedded_server(settings)
+        server.start()
+        assert server.proc is not None
+        print(
+            f"nats-server (JetStream, store {server.store_dir / 'jetstream'}, "
+            f"fsync {settings.nats_sync_interval}, "
+            f"auth {'per worker role' if settings.nats_auth else 'off'}) listening at "
+            f"{server.url}; Ctrl-C stops it.",
+            flush=True,
+        )
+        server.proc.wait()
     except NatsServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    assert server is not None and server.proc is not None
-    print(
-        f"nats-server (JetStream, store {server.store_dir / 'jetstream'}, "
-        f"fsync {settings.nats_sync_interval}, "
-        f"auth {'per worker role' if settings.nats_auth else 'off'}) listening at {server.url}; "
-        "Ctrl-C stops it."
-    )
-    try:
-        server.proc.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        if server is not None:
+            server.stop()
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP: a requested stop, exit code 0."""
 
 
 if __name__ == "__main__":

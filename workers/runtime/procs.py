@@ -65,13 +65,17 @@ class WorkerProcess:
         if self.log_file:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"workers.{self.module}", *self.args],
-            env=self.env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"workers.{self.module}", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child has its own copy; ours leaked one per (re)start
         return self
 
     @property

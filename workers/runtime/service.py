@@ -80,6 +80,7 @@ class Worker:
         self.bindings = Bindings(bus)
         self._consumers: list[Consumer] = []
         self.stopping = asyncio.Event()
+        self._closed = False
 
     def route_consumer(
         self,
@@ -114,23 +115,43 @@ class Worker:
         """Release resources after the consumers stopped."""
 
     async def run(self) -> None:
-        self._consumers = self.consumers()
-        for c in self._consumers:
-            await c.start()
-        log.info("ready", extra={"worker": self.worker_id})
-        tasks = [asyncio.create_task(c.run()) for c in self._consumers]
-        tasks.append(asyncio.create_task(self.background()))
-        stop_task = asyncio.create_task(self.stopping.wait())
-        done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not stop_task and t.exception() is not None:
-                self.stop()
-                raise t.exception()  # type: ignore[misc]
-        self.stop()
-        # Consumers finish the batch in hand (and ack it) before returning.
-        await asyncio.wait(tasks, timeout=10)
-        for t in tasks:
-            t.cancel()
+        """Run the consumers until stopped; whatever ends it (a stop, a failed consumer or a
+        failed start), the consumers are drained and `aclose` runs."""
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            self._consumers = self.consumers()
+            for c in self._consumers:
+                await c.start()
+            log.info("ready", extra={"worker": self.worker_id})
+            tasks = [asyncio.create_task(c.run()) for c in self._consumers]
+            tasks.append(asyncio.create_task(self.background()))
+            stop_task = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([*tasks, stop_task], return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            failed = next(
+                (
+                    t.exception()
+                    for t in done
+                    if t is not stop_task and not t.cancelled() and t.exception() is not None
+                ),
+                None,
+            )
+            self.stop()
+            # Consumers finish the batch in hand (and ack it) before returning.
+            await asyncio.wait(tasks, timeout=10)
+            if failed is not None:
+                raise failed
+        finally:
+            self.stop()
+            for t in tasks:
+                t.cancel()
+            await self.close()
+
+    async def close(self) -> None:
+        """`aclose` once, however the worker ended (also after a failed `setup`)."""
+        if self._closed:
+            return
+        self._closed = True
         await self.aclose()
 
     def stop(self) -> None:
@@ -150,6 +171,7 @@ async def serve(factory: Callable[[Bus, Settings], Worker], settings: Settings) 
         await worker.setup()
         await worker.run()
     finally:
+        await worker.close()  # a failed setup too: models, files and devices are released
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -176,12 +176,14 @@ class TtsWorker(Worker):
         assert isinstance(event, ReplyStarted)
         if not await self.bindings.goes_to(event.endpoint, event.conversation_id, "tts"):
             return  # answered in text only (`just ask`, Wyoming handle): nothing to speak
-        if event.utterance_id in self.replies:
+        # By reply-started id: one per generation, so a turn answered again (a speculation
+        # discarded, a reply abandoned by a dead llm) is served while the old one winds down.
+        if event.event_id in self.replies:
             d.defer()  # redelivered while this process still owns it: the owner acks it
             return
         async with d.working(max(0.2, self.tts.ack_wait_s / 3)):
             r = await self._recover(event)
-            self.replies[event.utterance_id] = r
+            self.replies[event.event_id] = r
             try:
                 await self._serve(r, d)
             except ReplyFailed as exc:
@@ -193,7 +195,7 @@ class TtsWorker(Worker):
                     raise  # nak: retried, possibly by another instance
                 await self._fail(r, "synthesis-failed", f"{exc.__class__.__name__}: {exc}")
             finally:
-                self.replies.pop(event.utterance_id, None)
+                self.replies.pop(event.event_id, None)
 
     async def _serve(self, r: Reply, d: Delivery) -> None:
         if r.finished:

@@ -133,7 +133,7 @@ def _generation(row: dict[str, Any], e: Event) -> bool:
         if e.generation == row["generation"]:
             row["generation"] = _DISCARDED
             row.update(_REPLY_FIELDS)
-        if row["speculation"] != "committed":
+        if row["speculation"] != "committed" and e.reason != "abandoned":
             row["speculation"] = "discarded"
         return False
     if isinstance(e, ReplyCommitted):

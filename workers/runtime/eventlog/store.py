@@ -18,7 +18,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from schemas import Event, decode, event_types
 from workers.runtime.eventlog import projections
@@ -31,6 +38,30 @@ _VERSION = re.compile(rb'"schema_version":\s*(\d+)')
 EVENTS = EventRow.__table__
 TURNS = TurnRow.__table__
 CONVERSATIONS = ConversationRow.__table__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed append is the database's state, not the events' content: connection
+    lost or refused, disk full, lock or statement timeout, deadlock (all OperationalError on
+    PostgreSQL and SQLite), a pool timeout. Those are retried as they are. An event the
+    database refuses (DataError: a value it cannot hold; IntegrityError: a constraint) or one
+    our projection code chokes on fails the same way on every try: it is the event's fault."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return False
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, OSError)):
+        return True
+    # Other database errors (a missing table, a permission) are the operator's to fix and
+    # no event's fault: wait for them rather than dead-letter good events.
+    return isinstance(exc, SQLAlchemyError)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A record the event log refused for what it holds, and why."""
+
+    index: int
+    """Its position in the batch given to `append_or_refuse`."""
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -160,6 +191,31 @@ class EventLog:
             if fresh:
                 self._project(conn, fresh)
         return len(inserted)
+
+    def append_or_refuse(self, records: Sequence[Record]) -> tuple[int, list[Refused]]:
+        """Store what the log can store, in order; returns (new events, refused records).
+
+        A deterministic failure of the whole batch is bisected: each half in its own
+        transaction, down to the single records that fail alone. A transient failure (see
+        `is_transient`) is raised at once: nothing is the events' fault, retry the batch
+        later (the halves already committed are ignored as duplicates then)."""
+        refused: list[Refused] = []
+        new = self._bisect(list(records), 0, refused)
+        return new, refused
+
+    def _bisect(self, records: list[Record], offset: int, refused: list[Refused]) -> int:
+        try:
+            return self.append(records)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(records) == 1:
+                refused.append(Refused(offset, _reason(exc)))
+                return 0
+        half = len(records) // 2
+        return self._bisect(records[:half], offset, refused) + self._bisect(
+            records[half:], offset + half, refused
+        )
 
     def _project(self, conn: Any, records: list[Record]) -> None:
         conv_ids = {r.event.conversation_id for r in records}
@@ -298,6 +354,13 @@ class EventLog:
             conn.execute(delete(TURNS).where(TURNS.c.conversation_id.in_(ids)))
             conn.execute(delete(CONVERSATIONS).where(CONVERSATIONS.c.conversation_id.in_(ids)))
         return int(n or 0)
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's own words (first line) without SQLAlchemy's statement and parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return f"event log refused it: {orig.__class__.__name__}: {first}"[:500]
 
 
 def row_event(row: Any) -> Event:

@@ -1,0 +1,76 @@
+"""An llm killed mid-reply: the turn is answered again under a new generation, the half-done
+one is discarded as abandoned, and what is kept (reply-done, the turn row, the memory) is one
+generation's words, never the old head stitched to a new tail.
+
+The llm runs as a real process against tests.ollama_faults, whose words differ per request
+(r1w0 ..., r2w0 ...), as a sampled model's would; the first request stalls after 3 words,
+so the kill lands mid-reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas import ReplyDiscarded, ReplyDone, ReplyStarted, ReplyToken, new_id
+from tests.conftest import wait_for
+from tests.ollama_faults import Fault, FaultyOllama
+from tests.test_llm_support import Tap, transcript
+from tests.test_recorder import recorder
+from workers.llm.memory import EventLogMemory
+from workers.runtime.bus import Bus
+from workers.runtime.config import Settings
+from workers.runtime.eventlog import EventLog
+from workers.runtime.procs import WorkerProcess
+
+
+async def test_a_reply_cut_by_a_dead_llm_is_answered_again_under_a_new_generation(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    server = await FaultyOllama([Fault(3, "stall"), Fault(6, "done")]).start()
+    env = {
+        "LLM_BACKEND": "ollama",
+        "OLLAMA_HOST": server.url,
+        "LLM_MODEL": server.name,
+        "LLM_ACK_WAIT_S": "2",
+        "LLM_MEMORY_WAIT_S": "0.5",
+        "LLM_NICE": "0",
+        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",  # only the kill may end the first reply
+    }
+    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    rec = recorder(settings, tmp_path)
+    tap = await Tap().start(bus)
+    t = transcript("Tell me something.")
+    uid = t.utterance_id
+    try:
+        rec.start()
+        llm.start()
+        await llm.wait_consumer(bus)
+        await rec.wait_consumer(bus)
+        await bus.publish(t)
+        await wait_for(lambda: len(tap.of(ReplyToken, uid)) == 3, timeout=30)
+        llm.kill()  # stalled after 3 words: the reply is half-done
+        llm.start()
+        done: ReplyDone = await tap.done(uid, timeout=60)
+        log = EventLog(settings.db_url, migrate=False)
+        assert await log.wait_recorded([done.event_id], timeout=30)
+    finally:
+        llm.stop()
+        rec.stop()
+        await server.stop()
+    first, second = (s.generation for s in tap.of(ReplyStarted, uid))
+    assert first == t.event_id and second != first
+    (discarded,) = tap.of(ReplyDiscarded, uid)
+    assert (discarded.generation, discarded.reason) == (first, "abandoned")
+    tokens = sorted(
+        (e for e in tap.of(ReplyToken, uid) if e.generation == second), key=lambda e: e.index
+    )
+    assert [e.index for e in tokens] == list(range(6))
+    # What was said under the kept generation is exactly what reply-done says.
+    assert done.generation == second
+    assert done.text == "".join(e.text for e in tokens) == " r2w0 r2w1 r2w2 r2w3. r2w4 r2w5"
+    row = log.turn(uid)
+    assert (row.generation, row.reply_text, row.speculation) == (second, done.text, "")
+    memory = EventLogMemory(settings.db_url)
+    (turn,) = await memory.previous_turns(t.conversation_id, new_id())
+    assert "r2w0" in turn.assistant_text and "r1w" not in turn.assistant_text
+    memory.close()
+    log.close()
