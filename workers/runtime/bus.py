@@ -1,7 +1,8 @@
 """The event bus: NATS JetStream with typed events, trace headers and dead-lettering.
 
 - `Bus.connect` reconnects forever and reports connection trouble once per state change.
-- `Bus.ensure_streams` provisions the streams idempotently (VOICE for voice.>, VOICE_DLQ).
+- The streams (VOICE for voice.>, VOICE_DLQ) are set up by workers.runtime.streams, never
+  by a worker.
 - `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
 - `Consumer` is a durable pull consumer: decode + validate, hand over a typed event, ack
   only after the handler succeeded; an undecodable or invalid message, or one whose handler
@@ -29,16 +30,11 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     PubAck,
-    StorageType,
-    StreamConfig,
 )
 from opentelemetry import context as otel_context
 
 from schemas import (
-    DLQ_ROOT,
-    SUBJECT_ROOT,
     Event,
     EventDecodeError,
     decode,
@@ -211,43 +207,6 @@ class Bus:
         bus = cls(nc, settings, name)
         bus._state = state
         return bus
-
-    async def ensure_streams(self) -> None:
-        """Create or update the streams; safe to call from every worker at start."""
-        s = self.settings
-        await self._ensure_stream(
-            StreamConfig(
-                name=self.stream,
-                description="voice pipeline events; the SQLite/Postgres log is the record",
-                subjects=[f"{SUBJECT_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=s.stream_max_age_s,
-                max_bytes=s.stream_max_bytes,
-                max_msg_size=1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=DLQ_STREAM,
-                description="dead letters: messages a consumer could not accept, with reasons",
-                subjects=[f"{DLQ_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=30 * 24 * 3600.0,
-                max_bytes=256 * 1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-
-    async def _ensure_stream(self, config: StreamConfig) -> None:
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # stream name already in use with another config
-                raise
-            await self.js.update_stream(config)
 
     # -- publishing -------------------------------------------------------------------
 
