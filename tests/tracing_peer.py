@@ -10,8 +10,8 @@ from nats.js.api import DeliverPolicy
 import schemas as s
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
-from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry, tracer
 from workers.runtime.streams import ensure_streams
+from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry, tracer
 
 
 async def produce(settings: Settings) -> None:

@@ -35,8 +35,8 @@ from workers.runtime.bus import Bus, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog, Record
 from workers.runtime.natsd import NatsServer, free_port
-from workers.runtime.telemetry import setup_telemetry, tracer
 from workers.runtime.streams import ensure_streams
+from workers.runtime.telemetry import setup_telemetry, tracer
 
 PCM_20MS = bytes(640)  # 20 ms of 16 kHz mono int16
 
