@@ -210,3 +210,28 @@ def test_a_worker_with_an_unknown_role_or_without_streams_stops_with_one_line(
     # An operator's credentials handed down do not make an unknown name the operator.
     handed = os.environ | env | {"WORKER_ID": "bench", "NATS_USER": "cli"}
     assert _run_worker(handed).returncode == 2
+
+
+def test_a_demo_turn_runs_under_the_generated_permissions(tmp_path: Path) -> None:
+    """The embedded server with auth (what `just demo` starts): every worker with its role's
+    credentials, one whole turn, and not one permission violation in the server's log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "WORKER_ID"))} | {
+        "PYTHONPATH": str(ROOT),
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
+    }
+    demo = subprocess.run(
+        [sys.executable, "-m", "workers.cli.demo", "--json", "--fast"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    (turn,) = json.loads(demo.stdout.strip().splitlines()[-1])["turns"]
+    assert turn["transcript"] and turn["reply_text"]
+    log = (tmp_path / "data" / "nats" / "nats-server.log").read_text()
+    assert "authorization" in (tmp_path / "data" / "nats" / "nats-server.conf").read_text()
+    assert "Violation" not in log, [ln for ln in log.splitlines() if "Violation" in ln][:5]
