@@ -163,6 +163,25 @@ async def setup(settings: Settings | None = None) -> list[str]:
     return [c.name or "" for c in stream_configs(settings)]
 
 
+async def status(settings: Settings, durable: str = "recorder") -> str:
+    """One line: how full the stream is and how far the services' recorder is behind."""
+    bus = await Bus.connect(settings, name="nats-setup")
+    try:
+        try:
+            lag = await recorder_lag(bus, durable)
+        except nats.js.errors.NotFoundError:
+            return f"recorder {durable!r} has not started yet: nothing recorded from this stream"
+    finally:
+        await bus.close()
+    line = (
+        f"stream {settings.stream_name} {lag.fill:.0%} full; recorder {lag.events} events "
+        f"behind (recorded up to seq {lag.recorded_seq} of {lag.last_seq}"
+        + (f", oldest unrecorded {lag.oldest_s:.0f} s old)" if lag.events else ")")
+    )
+    warnings = lag.warnings(settings.stream_max_age_s, 60.0, 0.8)
+    return "; ".join([line, *(f"WARNING: {w}" for w in warnings)])
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -182,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         names = asyncio.run(setup(settings))
+        line = asyncio.run(status(settings))
     except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
         print(f"nats-setup: error: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"streams {', '.join(names)} set up at {settings.nats_url} "
         f"(replicas {settings.stream_replicas})"
     )
+    print(line)
     return 0
 
 
