@@ -20,12 +20,15 @@ from workers.runtime.natsd import NatsServer, auth_config, free_port, nats_serve
 from workers.runtime.procs import WorkerProcess, settings_env
 from workers.runtime.security import (
     ROLES,
+    UnknownRoleError,
     credentials_file,
     passwords,
     read_credentials,
     role_of,
     shipped_config,
 )
+from workers.runtime.streams import require_streams
+from workers.runtime.streams import setup as setup_streams
 
 
 @pytest.fixture
@@ -84,9 +87,10 @@ async def _quiet(exc: Exception) -> None:
 
 
 async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Settings) -> None:
+    await setup_streams(auth_settings)
     tts, errors = await connect_as(auth_settings, "tts-1")
     try:
-        await tts.ensure_streams()
+        await require_streams(tts)
         # Its own events go through ...
         done = s.TtsDone(
             endpoint="device",
@@ -124,8 +128,8 @@ async def test_each_role_does_its_own_job_under_auth(
     auth_settings: Settings, tmp_path: Path
 ) -> None:
     """stt publishes a transcript, the speaker an interrupt, the recorder process logs both."""
+    await setup_streams(auth_settings)
     admin = await Bus.connect(auth_settings, name="cli")
-    await admin.ensure_streams()
     recorder = WorkerProcess(
         "recorder",
         auth_settings.for_worker("recorder"),
@@ -178,13 +182,16 @@ def test_workers_spawned_by_a_cli_get_their_own_role(tmp_path: Path) -> None:
         _env_file=None,  # type: ignore[call-arg]
     )
     assert (mine.nats_user, mine.nats_password) == ("alice", "pw")
-    assert [role_of(w) for w in ("stt-12", "recorder", "speaker-2", "", "bench")] == [
+    assert [role_of(w) for w in ("stt-12", "recorder", "speaker-2", "stt-gpu", "")] == [
         "stt",
         "recorder",
         "speaker",
-        "cli",
+        "stt",
         "cli",
     ]
+    for name in ("bench", "gpu-box", "sttx-1"):  # never the operator by default
+        with pytest.raises(UnknownRoleError):
+            role_of(name)
 
 
 def test_credentials_are_generated_once_private_and_overridable(

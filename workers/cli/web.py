@@ -24,6 +24,7 @@ from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.natsd import NatsServerError, ensure_nats
 from workers.runtime.procs import WorkerProcess, ready_durable
+from workers.runtime.streams import ensure_streams
 from workers.web.config import WebSettings
 
 SERVICES = ("recorder", "stt", "llm", "tts")
@@ -34,7 +35,7 @@ async def running_services(settings: Settings) -> set[str]:
     bus = await Bus.connect(settings, "cli")
     found: set[str] = set()
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         for _ in range(6):
             for name in SERVICES:
                 try:

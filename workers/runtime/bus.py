@@ -1,7 +1,8 @@
 """The event bus: NATS JetStream with typed events, trace headers and dead-lettering.
 
 - `Bus.connect` reconnects forever and reports connection trouble once per state change.
-- `Bus.ensure_streams` provisions the streams idempotently (VOICE for voice.>, VOICE_DLQ).
+- The streams (VOICE for voice.>, VOICE_DLQ) are set up by workers.runtime.streams, never
+  by a worker.
 - `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
 - `Consumer` is a durable pull consumer: decode + validate, hand over a typed event, ack
   only after the handler succeeded; an undecodable or invalid message, or one whose handler
@@ -29,16 +30,11 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     PubAck,
-    StorageType,
-    StreamConfig,
 )
 from opentelemetry import context as otel_context
 
 from schemas import (
-    DLQ_ROOT,
-    SUBJECT_ROOT,
     Event,
     EventDecodeError,
     decode,
@@ -47,6 +43,7 @@ from schemas import (
     subject_filter,
 )
 from workers.runtime.config import Settings, get_settings
+from workers.runtime.security import OPERATOR, ROLES, UnknownRoleError, inbox_prefix, role_of
 from workers.runtime.telemetry import extract_context, inject_headers
 
 log = logging.getLogger("voicebus.bus")
@@ -56,6 +53,17 @@ MSG_ID = "Nats-Msg-Id"
 TYPE_HEADER = "Voice-Type"
 #: Tries of the first connection before Bus.connect gives up with a BusError.
 CONNECT_ATTEMPTS = 3
+
+
+def bus_role(settings: Settings) -> str:
+    """The NATS role a connection with these settings acts as (its user's, or its worker's)."""
+    if settings.nats_user is not None:
+        # Someone else's user (their own server config): NATS' default inbox.
+        return settings.nats_user if settings.nats_user in ROLES else OPERATOR
+    try:
+        return settings.nats_role or role_of(settings.worker_id)
+    except UnknownRoleError:
+        return OPERATOR
 
 
 class BusError(RuntimeError):
@@ -144,6 +152,7 @@ class Bus:
         self.settings = settings
         self.name = name
         self.stream = settings.stream_name
+        self.role = bus_role(settings)
         self._state: dict[str, bool] = {}
         # Pipelined publishes awaiting their ack: what to send again if the ack never comes.
         self._unacked: dict[asyncio.Future[PubAck], tuple[str, bytes, dict[str, str]]] = {}
@@ -191,6 +200,9 @@ class Bus:
                 reconnected_cb=reconnected_cb,
                 pending_size=64 * 1024 * 1024,
                 drain_timeout=5,
+                # Each role may subscribe only below its own prefix: no other client's
+                # deliveries or API replies.
+                inbox_prefix=inbox_prefix(bus_role(settings)),
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             last = repr(state.get("last_error")).lower()
@@ -211,43 +223,6 @@ class Bus:
         bus = cls(nc, settings, name)
         bus._state = state
         return bus
-
-    async def ensure_streams(self) -> None:
-        """Create or update the streams; safe to call from every worker at start."""
-        s = self.settings
-        await self._ensure_stream(
-            StreamConfig(
-                name=self.stream,
-                description="voice pipeline events; the SQLite/Postgres log is the record",
-                subjects=[f"{SUBJECT_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=s.stream_max_age_s,
-                max_bytes=s.stream_max_bytes,
-                max_msg_size=1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=DLQ_STREAM,
-                description="dead letters: messages a consumer could not accept, with reasons",
-                subjects=[f"{DLQ_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=30 * 24 * 3600.0,
-                max_bytes=256 * 1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-
-    async def _ensure_stream(self, config: StreamConfig) -> None:
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # stream name already in use with another config
-                raise
-            await self.js.update_stream(config)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -305,7 +280,7 @@ class Bus:
                 "Dlq-Stream-Seq": str(seq),
             }
         )
-        await self.js.publish(dlq_subject(consumer), msg.data, headers=headers)
+        await self.js.publish(dlq_subject(self.role, consumer), msg.data, headers=headers)
         log.warning(
             "dead-lettered", extra={"consumer": consumer, "subject": msg.subject, "reason": reason}
         )
@@ -491,6 +466,9 @@ class Consumer:
 
     async def start(self) -> Consumer:
         config = ConsumerConfig(
+            # The name puts the durable (and a single filter) in the API subject
+            # (CONSUMER.CREATE.<stream>.<name>), where NATS permissions can check it.
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,

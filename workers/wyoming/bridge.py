@@ -20,6 +20,7 @@ from opentelemetry import trace
 from schemas import Event, EventDecodeError, binding, decode, subject_filter
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
+from workers.runtime.streams import require_streams
 from workers.runtime.telemetry import tracer
 from workers.wyoming.config import ENDPOINT
 
@@ -38,7 +39,7 @@ class Bridge:
     @classmethod
     async def connect(cls, settings: Settings) -> Bridge:
         bus = await Bus.connect(settings.for_worker(PRODUCER), name=PRODUCER)
-        await bus.ensure_streams()
+        await require_streams(bus)
         bridge = cls(bus)
         bridge._sub = await bus.nc.subscribe(
             subject_filter(ENDPOINT), cb=bridge._on_msg, pending_bytes_limit=-1

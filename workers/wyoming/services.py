@@ -21,6 +21,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, ensure_nats
 from workers.runtime.procs import READY_ROUTES
+from workers.runtime.streams import ensure_streams
 from workers.wyoming.config import ENDPOINT
 
 #: The workers a Wyoming request needs (the recorder first, so it records everything).
@@ -84,7 +85,7 @@ class Services:
     async def _missing(self) -> list[str]:
         bus = await Bus.connect(self.settings, name="wyoming-probe")
         try:
-            await bus.ensure_streams()
+            await ensure_streams(bus)
             found = await asyncio.gather(*(serving(bus, m) for m in NEEDED))
         finally:
             await bus.close()
