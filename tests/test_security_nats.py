@@ -226,9 +226,10 @@ def test_the_shipped_config_is_the_permission_table_and_nats_accepts_it(tmp_path
 async def test_the_wyoming_bridge_publishes_only_its_endpoints_input(
     auth_settings: Settings,
 ) -> None:
+    await setup_streams(auth_settings)
     bridge, errors = await connect_as(auth_settings, "wyoming")
     try:
-        await bridge.ensure_streams()
+        await require_streams(bridge)
         mine = {"endpoint": "wyoming", "conversation_id": "c3", "utterance_id": "u1"}
         # Its endpoint's input goes through: a binding, audio, a typed question, text to speak.
         await bridge.publish(s.binding("wyoming", "c3", "wyoming", last_stage="stt"))
@@ -256,9 +257,10 @@ async def test_the_wyoming_bridge_publishes_only_its_endpoints_input(
 async def test_the_web_gateway_publishes_only_its_own_endpoints_input(
     auth_settings: Settings,
 ) -> None:
+    await setup_streams(auth_settings)
     gateway, errors = await connect_as(auth_settings, "web")
     try:
-        await gateway.ensure_streams()
+        await require_streams(gateway)
         mine = s.binding("web", "c1", "web", session="c1")
         assert (await gateway.publish(mine)).seq >= 1
         started = s.VoiceStarted(endpoint="web", conversation_id="c1", utterance_id="u1")
