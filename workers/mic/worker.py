@@ -11,21 +11,43 @@ span's context, so all downstream spans join one trace.
 from __future__ import annotations
 
 import logging
+import time
 
-from schemas import new_id
+import numpy as np
+
+from schemas import EchoCancelled, derive_id, new_id
 from workers.mic.config import MicSettings
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
+from workers.runtime.endpoint.aec import EchoPath, ReplyEcho, make_canceller
 from workers.runtime.endpoint.capture import Capture
 from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer
-from workers.runtime.endpoint.sources import AudioSource, FileSource, MicSource
-from workers.runtime.endpoint.vad import make_vad
+from workers.runtime.endpoint.reference import ReferenceBuffer, subscribe_reference
+from workers.runtime.endpoint.room import Room, make_room
+from workers.runtime.endpoint.script import ScriptSource
+from workers.runtime.endpoint.sources import AudioSource, AudioSourceError, FileSource, MicSource
+from workers.runtime.endpoint.vad import RATE, make_vad
 from workers.runtime.service import Worker
 
 log = logging.getLogger("voicebus.mic")
 
 
-def make_source(cfg: MicSettings) -> AudioSource:
+def wants_reference(cfg: MicSettings) -> bool:
+    return cfg.aec != "off" or bool(cfg.room)
+
+
+def make_source(cfg: MicSettings, reference: ReferenceBuffer | None = None) -> AudioSource:
+    if cfg.room and not cfg.realtime:
+        raise AudioSourceError("MIC_ROOM needs real time: the room plays replies as heard")
+    if cfg.script:
+        if not (cfg.room and cfg.file and reference is not None):
+            raise AudioSourceError("MIC_SCRIPT needs MIC_ROOM and MIC_FILE (the first line)")
+        return ScriptSource(
+            [cfg.file, *cfg.script],
+            reference,
+            block_ms=cfg.chunk_ms,
+            tail_silence_ms=cfg.tail_silence_ms,
+        )
     if cfg.file:
         return FileSource(
             cfg.file,
@@ -50,6 +72,34 @@ def make_endpointer(cfg: MicSettings) -> Endpointer:
     )
 
 
+def make_echo(cfg: MicSettings, reference: ReferenceBuffer) -> EchoPath:
+    return EchoPath(
+        make_canceller(cfg.aec, cfg.aec_tail_ms),
+        reference,
+        delay_ms=cfg.aec_delay_ms,
+        tail_ms=cfg.aec_tail_ms,
+        gate_on=cfg.aec_gate and cfg.aec != "off",
+    )
+
+
+class BlockClock:
+    """When each block's last sample was captured: the source's sample count on a wall-clock
+    anchor (scheduling jitter would otherwise shift the echo reference against the audio),
+    re-anchored if the source stalls or drops audio."""
+
+    def __init__(self) -> None:
+        self._anchor: float | None = None
+        self._samples = 0
+
+    def stamp(self, n: int) -> float:
+        now = time.time()
+        self._samples += n
+        t = None if self._anchor is None else self._anchor + self._samples / RATE
+        if t is None or abs(now - t) > 0.1:
+            self._anchor, self._samples, t = now - n / RATE, n, now
+        return t
+
+
 class MicWorker(Worker):
     name = "mic"
 
@@ -60,6 +110,7 @@ class MicWorker(Worker):
         mic: MicSettings | None = None,
         source: AudioSource | None = None,
         endpointer: Endpointer | None = None,
+        reference: ReferenceBuffer | None = None,
     ) -> None:
         super().__init__(bus, settings)
         self.mic = mic or MicSettings()
@@ -68,6 +119,10 @@ class MicWorker(Worker):
         self.endpointer = endpointer
         self.endpoint = settings.endpoint
         self.capture: Capture | None = None
+        self.reference = reference
+        self.echo: EchoPath | None = None
+        self.room: Room | None = None
+        self._reference_sub = None
 
     @property
     def utterances(self) -> int:
@@ -75,7 +130,15 @@ class MicWorker(Worker):
 
     async def setup(self) -> None:
         # Errors here (missing file, device, model) reach the user as one line.
-        self.source = self.source or make_source(self.mic)
+        if wants_reference(self.mic) and self.reference is None:
+            self.reference = ReferenceBuffer()
+        self.source = self.source or make_source(self.mic, self.reference)
+        if self.reference is not None:
+            self.echo = make_echo(self.mic, self.reference)
+            self.room = make_room(self.mic.room, self.reference) if self.mic.room else None
+            self._reference_sub = await subscribe_reference(
+                self.bus, self.endpoint, self.reference
+            )
         self.endpointer = self.endpointer or make_endpointer(self.mic)
         self.capture = Capture(
             self.bus,
@@ -95,13 +158,50 @@ class MicWorker(Worker):
         medium = "file" if self.mic.file else "device"
         await self.capture.bind(medium, self.mic.last_stage, replay_of=self.mic.replay_of)
         blocks = self.source.blocks()
+        clock = BlockClock()
         try:
             async for block in blocks:
-                await self.capture.feed(block)
+                at = clock.stamp(len(block))
+                await self.capture.feed(await self._hear(block, at), at)
                 if self.stopping.is_set():
                     break
         finally:
             await self.capture.close()
             await blocks.aclose()
+            if self.echo is not None:
+                for r in self.echo.finished(time.time() + 3600):
+                    await self._echo_report(r)
+            if self._reference_sub is not None:
+                await self._reference_sub.unsubscribe()
         # A file has ended: the worker is done (a live mic only ends on SIGTERM).
         self.stop()
+
+    async def _hear(self, block: np.ndarray, at: float) -> np.ndarray:
+        """The room (simulated), then echo cancellation: what the VAD and STT hear."""
+        if self.room is not None:
+            block = self.room.mix(block, at)
+        if self.echo is None:
+            return block
+        block = self.echo.process(block, at)
+        for r in self.echo.finished(at):
+            await self._echo_report(r)
+        return block
+
+    async def _echo_report(self, r: ReplyEcho) -> None:
+        await self.bus.publish(
+            EchoCancelled(
+                event_id=derive_id(r.utterance_id, "echo-cancelled", self.worker_id),
+                endpoint=self.endpoint,
+                conversation_id=r.conversation_id,
+                utterance_id=r.utterance_id,
+                producer=self.worker_id,
+                canceller=r.canceller,
+                erle_db=r.erle_db,
+                echo_ms=r.echo_ms,
+                gated_ms=r.gated_ms,
+            )
+        )
+        log.info(
+            "echo cancelled",
+            extra={"utterance": r.utterance_id, "erle_db": r.erle_db, "echo_ms": r.echo_ms},
+        )

@@ -5,7 +5,9 @@ conversation; the mic also binds conversations, `endpoint.>`) and `control.error
 (any stage may fail a turn; only the speaker may also publish `control.interrupt`), and
 dead letters (`dlq.*`). It may provision the VOICE and VOICE_DLQ streams and pull from
 consumers of VOICE, but not delete or purge anything; it subscribes only to `_INBOX.>`
-(where pull consumers deliver), never to voice subjects directly. `cli` is the operator
+(where pull consumers deliver), never to voice subjects directly. The one live-only event,
+the speaker's echo reference (`live.*.*.speaker.reference`, core NATS), is published by the
+speaker and subscribed to by the mic. `cli` is the operator
 (CLIs, demo, benchmarks, purge): everything.
 
 Reading is not restricted per role: a JetStream pull consumer reads through the API, and
@@ -40,6 +42,9 @@ INTERRUPTS = ("speaker",)
 #: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
 EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
 DLQ_STREAM = "VOICE_DLQ"
+#: Live-only events (core NATS, never stored): the speaker's echo reference, read by the mic.
+LIVE_PUBLISHES = {"speaker": "speaker.reference"}
+LIVE_SUBSCRIBES = {"mic": "speaker.reference"}
 
 
 def role_of(worker_id: str) -> str:
@@ -113,6 +118,8 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
     api = "$JS.API"
     pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
     pub.append("voice.*.*.control.error")
+    if role in LIVE_PUBLISHES:
+        pub.append(f"live.*.*.{LIVE_PUBLISHES[role]}")
     if role in INTERRUPTS:
         pub.append("voice.*.*.control.interrupt")
     # Subject wildcards match whole tokens only, and durable names carry instance ids
@@ -142,7 +149,10 @@ def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
             f"{api}.CONSUMER.DELETE.{stream}.*",
             f"$JS.FC.{stream}.>",
         ]
-    return {"publish": pub, "subscribe": ["_INBOX.>"]}
+    sub = ["_INBOX.>"]
+    if role in LIVE_SUBSCRIBES:
+        sub.append(f"live.*.*.{LIVE_SUBSCRIBES[role]}")
+    return {"publish": pub, "subscribe": sub}
 
 
 def _quote(s: str) -> str:

@@ -201,6 +201,8 @@ class EchoPath:
 
     def process(self, block: np.ndarray, captured_at: float) -> np.ndarray:
         """One block whose last sample was captured at `captured_at` (Unix seconds)."""
+        if not self.buffer.received:
+            return block  # nothing ever played here: no echo to cancel
         n = len(block)
         end = ReferenceBuffer.index(captured_at) - self.delay
         start = end - n

@@ -16,9 +16,10 @@ canceller's filter tail to find.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,9 +38,16 @@ log = logging.getLogger("voicebus.reference")
 #: How much reference the mic keeps, seconds (past and future of now).
 KEEP_S = 30.0
 
+_tasks: set[asyncio.Task] = set()
+
 
 class ReferenceStream:
     """Speaker side, one reply: resamples what is queued to 16 kHz and stamps it."""
+
+    @staticmethod
+    def play_time(out) -> float:  # type: ignore[no-untyped-def]
+        """When audio queued now on `out` is heard: after what is queued ahead of it."""
+        return time.time() + max(0, out.queued() - out.played()) / out.rate
 
     def __init__(self, bus, rate: int, common: dict[str, str], producer: str) -> None:  # type: ignore[no-untyped-def]
         self.bus = bus
@@ -55,7 +63,7 @@ class ReferenceStream:
             # One stream per reply: per-chunk resampling would click at every chunk edge.
             self._resampler = soxr.ResampleStream(rate, RATE, 1, dtype="int16")
 
-    async def queued(self, pcm: bytes, played_at: float) -> None:
+    def queued(self, pcm: bytes, played_at: float) -> None:
         """`pcm` (the reply's rate) was queued; its first sample is heard at `played_at`."""
         a = np.frombuffer(pcm, dtype="<i2")
         # The resampler holds back a few samples: the output continues where the previous
@@ -65,12 +73,18 @@ class ReferenceStream:
         self._in += len(a)
         self._out += len(out)
         if len(out):
-            await self._send(out.astype("<i2").tobytes(), played_at - lag, False)
+            self._send(out.astype("<i2").tobytes(), played_at - lag, False)
 
-    async def halted(self, at: float) -> None:
-        await self._send(b"", at, True)
+    def halted(self, at: float) -> None:
+        self._send(b"", at, True)
 
-    async def _send(self, audio: bytes, played_at: float, halted: bool) -> None:
+    def _send(self, audio: bytes, played_at: float, halted: bool) -> None:
+        # Called where audio is queued (sync code): published in order by the event loop.
+        task = asyncio.get_running_loop().create_task(self._publish(audio, played_at, halted))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+    async def _publish(self, audio: bytes, played_at: float, halted: bool) -> None:
         ev = SpeakerReference(
             producer=self.producer,
             audio=audio,
@@ -93,7 +107,6 @@ class Span:
     start: int
     end: int
     halted_at: int | None = None
-    seen: set[str] = field(default_factory=set)
 
 
 class ReferenceBuffer:
@@ -106,6 +119,10 @@ class ReferenceBuffer:
         """Oldest absolute sample index the ring holds."""
         self.spans: dict[str, Span] = {}
         self.received = 0
+        self.history: list[int] = []
+        """Where each reply's reference started (absolute samples), oldest first."""
+        self.last_heard = 0
+        """Where the last heard reference ends (absolute samples)."""
 
     @staticmethod
     def index(t: float) -> int:
@@ -122,6 +139,8 @@ class ReferenceBuffer:
             if span is not None:
                 span.halted_at = start
                 span.end = min(span.end, start)
+            others = [s.end for s in self.spans.values() if s is not span]
+            self.last_heard = min(self.last_heard, max([start, *others]))
             # Queued but never heard: not echo.
             high = start + self.size // 2
             lo = max(start, self._low)
@@ -135,11 +154,13 @@ class ReferenceBuffer:
             span = self.spans[ev.utterance_id] = Span(
                 ev.utterance_id, ev.conversation_id, start, start + len(a)
             )
+            self.history.append(start)
         else:
             span.start = min(span.start, start)
             span.end = max(span.end, start + len(a))
         if span.halted_at is not None and start >= span.halted_at:
             return
+        self.last_heard = max(self.last_heard, start + len(a))
         now = self.index(time.time())
         self._low = max(self._low, now - self.size // 2)
         keep = (start + np.arange(len(a)) >= self._low) & (
