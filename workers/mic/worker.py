@@ -39,9 +39,10 @@ def wants_reference(cfg: MicSettings) -> bool:
 def make_source(cfg: MicSettings, reference: ReferenceBuffer | None = None) -> AudioSource:
     if cfg.room and not cfg.realtime:
         raise AudioSourceError("MIC_ROOM needs real time: the room plays replies as heard")
-    if cfg.script:
-        if not (cfg.room and cfg.file and reference is not None):
-            raise AudioSourceError("MIC_SCRIPT needs MIC_ROOM and MIC_FILE (the first line)")
+    if cfg.script and not (cfg.room and cfg.file):
+        raise AudioSourceError("MIC_SCRIPT needs MIC_ROOM and MIC_FILE (the first line)")
+    if cfg.room and cfg.file and reference is not None:
+        # In the room the mic stays open after the file: the reply is heard through it.
         return ScriptSource(
             [cfg.file, *cfg.script],
             reference,
@@ -136,9 +137,7 @@ class MicWorker(Worker):
         if self.reference is not None:
             self.echo = make_echo(self.mic, self.reference)
             self.room = make_room(self.mic.room, self.reference) if self.mic.room else None
-            self._reference_sub = await subscribe_reference(
-                self.bus, self.endpoint, self.reference
-            )
+            self._reference_sub = await subscribe_reference(self.bus, self.endpoint, self.reference)
         self.endpointer = self.endpointer or make_endpointer(self.mic)
         self.capture = Capture(
             self.bus,
