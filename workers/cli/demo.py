@@ -100,6 +100,8 @@ class LiveView:
                     self._p(f"  you (partial): {e.text.strip()}")
             case s.Transcript():
                 t.transcript = e.text
+                if not e.text.strip():
+                    t.done = True  # heard as nothing: the llm answers no such turn
                 self._p(f"  you: {e.text.strip()}")
             case s.ReplyToken():
                 if self._in_reply != e.utterance_id:
@@ -178,15 +180,8 @@ def split_cue(spec: str) -> tuple[Path, str]:
     return Path(spec), ""
 
 
-def similar(a: str, b: str) -> float:
-    import difflib
-
-    norm = lambda x: " ".join(x.lower().replace(",", " ").replace(".", " ").split())  # noqa: E731
-    return difflib.SequenceMatcher(None, norm(a), norm(b)).ratio()
-
-
-def turn_result(t: TurnView, row, view: LiveView, replies: list[str]) -> dict:  # type: ignore[no-untyped-def]
-    """One turn of the --json output; `replies` are the assistant's replies before it."""
+def turn_result(t: TurnView, row, view: LiveView) -> dict:  # type: ignore[no-untyped-def]
+    """One turn of the --json output."""
     ms = timings(row).as_dict() if row else {}
     transcript = row.transcript if row else (t.transcript or "")
     by = view.turns.get(t.interrupted_by)
@@ -211,9 +206,6 @@ def turn_result(t: TurnView, row, view: LiveView, replies: list[str]) -> dict:  
                 "barge_in_ms": barge_ms,
             }
         ),
-        # An utterance that repeats what the assistant said is its own voice, heard back.
-        "own_voice": bool(transcript.strip())
-        and any(similar(transcript, r) > 0.6 for r in replies if r.strip()),
     }
 
 
@@ -249,7 +241,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
             if args.room
             else [(i, [str(f)]) for i, f in enumerate(files, 1)]
         )
-        replies: list[str] = []
         for i, batch in batches:
             label = (
                 " then ".join(batch) + f" (in the room {args.room!r})" if args.room else batch[0]
@@ -278,11 +269,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
                     failed or f"turn {i} did not finish in {TURN_TIMEOUT_S:.0f} s; logs in {p.logs}"
                 ) from None
             await asyncio.to_thread(mic.stop)
-            await wait_recorded(log, [t.utterance_id for t in turns])
+            await wait_recorded(
+                log, [t.utterance_id for t in turns if (t.transcript or "").strip()]
+            )
             for t in turns:
                 row = log.turn(t.utterance_id)
-                result = turn_result(t, row, view, replies)
-                replies.append(result["reply_text"])
+                result = turn_result(t, row, view)
                 result_turns.append(result)
                 print(format_timings(result["timings_ms"]), file=out)
                 if result["interrupted"]:
