@@ -43,7 +43,7 @@ worker NAME *ARGS:
 up *ARGS:
     @{{python}} -m workers.cli.up "$@"
 
-# Benchmarks: bus, stt, llm, tts, e2e, load N, answers (side by side in one run)
+# Benchmarks: bus, stt, llm, tts, e2e, load N, answers, aec (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"
 

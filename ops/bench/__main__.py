@@ -7,7 +7,7 @@ import sys
 
 
 def main() -> int:
-    names = ["bus", "stt", "llm", "tts", "e2e", "load", "answers"]
+    names = ["bus", "stt", "llm", "tts", "e2e", "load", "answers", "aec"]
     if len(sys.argv) < 2 or sys.argv[1] not in names:
         print(f"usage: just bench {{{'|'.join(names)}}} [options]", file=sys.stderr)
         return 2
