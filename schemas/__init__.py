@@ -41,6 +41,7 @@ from schemas.mic import (
     MicAudioChunk,
     VoiceStarted,
     VoiceStopped,
+    WakeDetected,
 )
 from schemas.speaker import PlaybackDone, PlaybackStarted, SpeakerReference
 from schemas.stt import Transcript, TranscriptPartial, Word
@@ -82,6 +83,7 @@ __all__ = [
     "TtsStarted",
     "VoiceStarted",
     "VoiceStopped",
+    "WakeDetected",
     "Word",
     "binding",
     "decode",

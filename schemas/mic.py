@@ -107,3 +107,20 @@ class EchoCancelled(Event):
     """Reply audio the measurement covers, milliseconds."""
     gated_ms: float = Field(default=0.0, ge=0)
     """Audio the residual-echo gate silenced (echo only), milliseconds."""
+
+
+class WakeDetected(Event):
+    """The wake phrase was heard; the speech after it is the next turn. `utterance_id` is a
+    fresh id of the detection (no turn yet)."""
+
+    type: ClassVar[str] = "mic.wake-detected"
+    VERSION: ClassVar[int] = 1
+    #: Not a turn: the turn is the utterance after it.
+    TURN_SCOPED: ClassVar[bool] = False
+
+    name: str = Field(max_length=64)
+    """The wake word model: okay_nabu, hey_jarvis, hey_mycroft or alexa."""
+    score: float = Field(ge=0, le=1)
+    """The model's probability at the detection."""
+    offset_ms: float = Field(ge=0)
+    """Where the phrase ended in the mic stream, milliseconds from its start."""

@@ -20,6 +20,7 @@ from workers.runtime.endpoint.reference import ReferenceBuffer
 from workers.runtime.endpoint.room import make_room
 from workers.runtime.endpoint.sources import AudioSourceError
 from workers.runtime.endpoint.vad import VadError
+from workers.runtime.endpoint.wake import WakeError, WakeWord
 from workers.runtime.models import ModelNotFoundError
 from workers.runtime.service import run_worker
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--replay-of", help="the conversation this run replays")
     p.add_argument("--aec", choices=["speex", "webrtc", "off"], help="echo canceller (MIC_AEC)")
+    p.add_argument("--wake-word", help="answer only after this phrase (MIC_WAKE_WORD)")
     p.add_argument("--room", help='simulate a room, e.g. "loudspeaker" (MIC_ROOM)')
     p.add_argument(
         "--then",
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay_of": args.replay_of,
             "aec": args.aec,
             "room": args.room,
+            "wake_word": args.wake_word,
             "script": args.then,
             "realtime": False if args.fast else None,
         }.items()
@@ -70,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             make_echo(mic, reference)  # the canceller's library is there
             if mic.room:
                 make_room(mic.room, reference)
+        if mic.wake_word:
+            WakeWord(mic.wake_word)  # a known name, and the model loads
         worker = partial(
             MicWorker, mic=mic, source=source, endpointer=endpointer, reference=reference
         )
         return run_worker(worker, "mic")
     except (
         AecError,
+        WakeError,
         AudioSourceError,
         AudioFileError,
         VadError,

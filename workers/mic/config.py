@@ -54,6 +54,11 @@ class MicSettings(BaseSettings):
     script: list[str] = []
     """MIC_SCRIPT: with MIC_ROOM, files spoken after MIC_FILE, each once the reply ended
     (FILE) or over it, S seconds after it started (FILE@S); JSON list."""
+    wake_word: str = ""
+    """MIC_WAKE_WORD: answer only speech after this phrase: okay_nabu, hey_jarvis,
+    hey_mycroft or alexa (pymicro-wakeword); empty = every utterance is a turn."""
+    follow_up_s: float = 5.0
+    """MIC_FOLLOW_UP_S: after a reply, this long to speak again without the wake word."""
     tail_silence_ms: int = 1000
     """MIC_TAIL_SILENCE_MS: silence appended after a file so its last utterance ends by
     hangover, as it would live."""

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from schemas import EchoCancelled, derive_id, new_id
+from schemas import EchoCancelled, WakeDetected, derive_id, new_id
 from workers.mic.config import MicSettings
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
@@ -27,13 +27,14 @@ from workers.runtime.endpoint.room import Room, make_room
 from workers.runtime.endpoint.script import ScriptSource
 from workers.runtime.endpoint.sources import AudioSource, AudioSourceError, FileSource, MicSource
 from workers.runtime.endpoint.vad import RATE, make_vad
+from workers.runtime.endpoint.wake import WakeGate, WakeWord
 from workers.runtime.service import Worker
 
 log = logging.getLogger("voicebus.mic")
 
 
 def wants_reference(cfg: MicSettings) -> bool:
-    return cfg.aec != "off" or bool(cfg.room)
+    return cfg.aec != "off" or bool(cfg.room) or bool(cfg.wake_word)
 
 
 def make_source(cfg: MicSettings, reference: ReferenceBuffer | None = None) -> AudioSource:
@@ -124,6 +125,11 @@ class MicWorker(Worker):
         self.echo: EchoPath | None = None
         self.room: Room | None = None
         self._reference_sub = None
+        self.wake = (
+            WakeGate(WakeWord(self.mic.wake_word), self.mic.follow_up_s)
+            if (self.mic.wake_word)
+            else None
+        )
 
     @property
     def utterances(self) -> int:
@@ -162,6 +168,8 @@ class MicWorker(Worker):
             async for block in blocks:
                 at = clock.stamp(len(block))
                 await self.capture.feed(await self._hear(block, at), at)
+                if self.wake is not None:
+                    self.wake.utterance(self.capture.in_utterance)
                 if self.stopping.is_set():
                     break
         finally:
@@ -184,6 +192,23 @@ class MicWorker(Worker):
         block = self.echo.process(block, at)
         for r in self.echo.finished(at):
             await self._echo_report(r)
+            if self.wake is not None:
+                self.wake.follow_up(at + self.mic.follow_up_s)
+        if self.wake is not None:
+            block, found = self.wake.feed(block, at)
+            if found is not None:
+                await self.bus.publish(
+                    WakeDetected(
+                        endpoint=self.endpoint,
+                        conversation_id=self.conversation_id,
+                        utterance_id=new_id(),
+                        producer=self.worker_id,
+                        name=found.name,
+                        score=min(1.0, found.score),
+                        offset_ms=found.offset_ms,
+                    )
+                )
+                log.info("wake word", extra={"name": found.name, "score": found.score})
         return block
 
     async def _echo_report(self, r: ReplyEcho) -> None:
