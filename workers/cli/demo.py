@@ -124,13 +124,22 @@ class LiveView:
                 self._p(f"  error in {t.error}")
         self.changed.set()
 
-    async def wait_turns_done(self, since: set[str], timeout: float) -> list[TurnView]:
+    async def wait_turns_done(
+        self, since: set[str], timeout: float, mic_ended=lambda: False
+    ) -> list[TurnView]:  # type: ignore[no-untyped-def]
+        """The turns after `since`, once all are done; none if the mic ended without one
+        (a wake word that was never said)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        quiet_since = None
         while True:
             new = [t for u, t in self.turns.items() if u not in since]
             if new and all(t.done for t in new):
                 return new
+            if not new and mic_ended():
+                quiet_since = quiet_since or loop.time()
+                if loop.time() - quiet_since > 1.0:  # its last events have arrived
+                    return []
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError("the turn did not finish in time")
@@ -258,7 +267,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
             try:
                 if args.room:  # the scripted mic ends a second after the last reply
                     await asyncio.to_thread(mic.proc.wait, TURN_TIMEOUT_S * len(batch))
-                turns = await view.wait_turns_done(seen, TURN_TIMEOUT_S)
+                turns = await view.wait_turns_done(
+                    seen, TURN_TIMEOUT_S, lambda m=mic: m.proc is not None and not m.running
+                )
             except (TimeoutError, subprocess.TimeoutExpired):
                 failed = p.worker_failed() or (
                     f"mic exited {mic.proc.returncode}; see {mic.log_file}"
