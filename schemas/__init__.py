@@ -5,6 +5,7 @@ from schemas.endpoint import ConversationStarted, LastStage, binding
 from schemas.envelope import (
     DLQ_ROOT,
     LEGACY_ENDPOINT,
+    LIVE_ROOT,
     MAX_PAYLOAD_BYTES,
     SUBJECT_ROOT,
     Event,
@@ -16,6 +17,8 @@ from schemas.envelope import (
     dlq_subject,
     encode,
     event_types,
+    live_subject_filter,
+    live_subject_for,
     new_id,
     subject_filter,
     subject_for,
@@ -34,18 +37,21 @@ from schemas.mic import (
     PIPELINE_CHANNELS,
     PIPELINE_RATE,
     PIPELINE_WIDTH,
+    EchoCancelled,
     MicAudioChunk,
     TurnDecision,
     VoiceStarted,
     VoiceStopped,
+    WakeDetected,
 )
-from schemas.speaker import PlaybackDone, PlaybackStarted
+from schemas.speaker import PlaybackDone, PlaybackStarted, SpeakerReference
 from schemas.stt import Transcript, TranscriptPartial, Word
 from schemas.tts import SentenceDone, TtsAudioChunk, TtsDone, TtsStarted
 
 __all__ = [
     "DLQ_ROOT",
     "LEGACY_ENDPOINT",
+    "LIVE_ROOT",
     "MAX_PAYLOAD_BYTES",
     "PIPELINE_CHANNELS",
     "PIPELINE_RATE",
@@ -53,6 +59,7 @@ __all__ = [
     "SUBJECT_ROOT",
     "ControlError",
     "ConversationStarted",
+    "EchoCancelled",
     "Event",
     "EventDecodeError",
     "Interrupt",
@@ -69,6 +76,7 @@ __all__ = [
     "ReplyStarted",
     "ReplyToken",
     "SentenceDone",
+    "SpeakerReference",
     "Transcript",
     "TranscriptPartial",
     "TtsAudioChunk",
@@ -77,6 +85,7 @@ __all__ = [
     "TurnDecision",
     "VoiceStarted",
     "VoiceStopped",
+    "WakeDetected",
     "Word",
     "binding",
     "decode",
@@ -84,6 +93,8 @@ __all__ = [
     "dlq_subject",
     "encode",
     "event_types",
+    "live_subject_filter",
+    "live_subject_for",
     "new_id",
     "subject_filter",
     "subject_for",

@@ -33,6 +33,9 @@ from pydantic import (
 
 SUBJECT_ROOT = "voice"
 DLQ_ROOT = "dlq"
+#: Live-only events (the speaker's echo reference): core NATS, outside the VOICE stream, so
+#: they are never stored, recorded or replayed. Same layout under another root.
+LIVE_ROOT = "live"
 
 #: Subject tokens: no dots, spaces or wildcards; bounded so subjects stay short.
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -208,6 +211,15 @@ def subject_filter(
     if event_type is None:
         return f"{SUBJECT_ROOT}.{endpoint}.{conversation}.>"
     return f"{SUBJECT_ROOT}.{endpoint}.{conversation}.{event_type}"
+
+
+def live_subject_for(event: Event) -> str:
+    """`live.<endpoint>.<conversation>.<stage>.<kind>`: a live-only event's subject."""
+    return f"{LIVE_ROOT}.{event.endpoint}.{event.conversation_id}.{event.type}"
+
+
+def live_subject_filter(endpoint: str, conversation: str, event_type: str) -> str:
+    return f"{LIVE_ROOT}.{endpoint}.{conversation}.{event_type}"
 
 
 def subject_parts(subject: str) -> tuple[str, str, str] | None:

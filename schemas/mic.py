@@ -123,3 +123,38 @@ def _voice_stopped_v1(data: dict[str, Any]) -> dict[str, Any]:
     wait_ms = float(data.get("duration_ms", 0.0)) - float(data.get("speech_end_offset_ms", 0.0))
     data.setdefault("speech_end_ts", max(0.0, float(data.get("ts", 0.0)) - wait_ms / 1000.0))
     return data
+
+
+class EchoCancelled(Event):
+    """How much of a reply's echo the mic's canceller removed, published once the reply's
+    reference has ended; `utterance_id` is the turn the reply answered."""
+
+    type: ClassVar[str] = "mic.echo-cancelled"
+    VERSION: ClassVar[int] = 1
+
+    canceller: str = Field(default="off", max_length=32)
+    """speex, webrtc or off."""
+    erle_db: float | None = None
+    """Echo return loss enhancement, dB: echo power in the mic over what was left after
+    cancellation, on blocks where the reply played and the user was silent (None: none)."""
+    echo_ms: float = Field(default=0.0, ge=0)
+    """Reply audio the measurement covers, milliseconds."""
+    gated_ms: float = Field(default=0.0, ge=0)
+    """Audio the residual-echo gate silenced (echo only), milliseconds."""
+
+
+class WakeDetected(Event):
+    """The wake phrase was heard; the speech after it is the next turn. `utterance_id` is a
+    fresh id of the detection (no turn yet)."""
+
+    type: ClassVar[str] = "mic.wake-detected"
+    VERSION: ClassVar[int] = 1
+    #: Not a turn: the turn is the utterance after it.
+    TURN_SCOPED: ClassVar[bool] = False
+
+    name: str = Field(max_length=64)
+    """The wake word model: okay_nabu, hey_jarvis, hey_mycroft or alexa."""
+    score: float = Field(ge=0, le=1)
+    """The model's probability at the detection."""
+    offset_ms: float = Field(ge=0)
+    """Where the phrase ended in the mic stream, milliseconds from its start."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from schemas.envelope import MAX_INT32, Event, OfGeneration, add_endpoint, upcaster
+from schemas.envelope import MAX_INT32, Event, OfGeneration, PayloadEvent, add_endpoint, upcaster
+from schemas.mic import PIPELINE_CHANNELS, PIPELINE_RATE, PIPELINE_WIDTH, PcmFormat
 
 
 class PlaybackStarted(OfGeneration, Event):
@@ -40,3 +41,23 @@ class PlaybackDone(OfGeneration, Event):
 
 for _cls in (PlaybackStarted, PlaybackDone):
     upcaster(_cls.type, 1)(add_endpoint)
+
+
+class SpeakerReference(PcmFormat, OfGeneration, PayloadEvent):
+    """What the speaker actually plays, for the mic's echo canceller: live only (core NATS
+    on `live.<endpoint>.<conversation>.speaker.reference`, never stored). An empty `audio`
+    with `halted` says nothing was played from `played_at` on."""
+
+    type: ClassVar[str] = "speaker.reference"
+    VERSION: ClassVar[int] = 1
+
+    rate: Literal[16000] = PIPELINE_RATE
+    """Sample rate, Hertz (resampled from the reply's rate)."""
+    width: Literal[2] = PIPELINE_WIDTH
+    """Bytes per sample."""
+    channels: Literal[1] = PIPELINE_CHANNELS
+    """Interleaved channels."""
+    played_at: float = Field(ge=0)
+    """When the first sample reaches the listener, Unix seconds (the output's clock)."""
+    halted: bool = False
+    """Playback stopped at `played_at`: nothing queued after it is heard."""

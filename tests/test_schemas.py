@@ -50,6 +50,9 @@ def samples() -> list[s.Event]:
         s.TtsDone(**base, sentences=1, chunks=1, audio_ms=900),
         s.PlaybackStarted(**base, sink="device"),
         s.PlaybackDone(**base, played_ms=900),
+        s.SpeakerReference(**base, audio=pcm, played_at=1.5),
+        s.WakeDetected(**base, name="okay_nabu", score=0.98, offset_ms=1530),
+        s.EchoCancelled(**base, canceller="speex", erle_db=24.5, echo_ms=900),
         s.Interrupt(**base, by_utterance_id="utt-2"),
         s.ControlError(**base, failed_stage="stt", code="audio-gap", message="chunk 2 missing"),
     ]

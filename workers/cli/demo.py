@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,14 @@ class TurnView:
     reply: list[str] = field(default_factory=list)
     done: bool = False
     error: str = ""
+    interrupted: bool = False
+    interrupted_by: str = ""
+    """The utterance whose voice onset stopped the reply ("" = none, or not a barge-in)."""
+    interrupt_ts: float = 0.0
+    erle_db: float | None = None
+    onset_ts: float | None = None
+    """When the user's speech started, on the capture clock."""
+    preroll_ms: float = 0.0
 
 
 class LiveView:
@@ -76,7 +85,15 @@ class LiveView:
         t = self.turns.setdefault(e.utterance_id, TurnView(e.utterance_id))
         match e:
             case s.VoiceStarted():
+                t.preroll_ms = e.preroll_ms
                 self._p("  [user speaking]")
+            case s.VoiceStopped():
+                t.onset_ts = e.speech_end_ts - (e.speech_end_offset_ms - t.preroll_ms) / 1000
+            case s.Interrupt():
+                t.interrupted, t.interrupted_by, t.interrupt_ts = True, e.by_utterance_id, e.ts
+                self._p(f"  [reply interrupted: {e.reason}]")
+            case s.EchoCancelled():
+                t.erle_db = e.erle_db
             case s.TranscriptPartial():
                 if e.text.strip() and e.text != t.partial:
                     t.partial = e.text
@@ -86,6 +103,8 @@ class LiveView:
                 self._p(f"  you (pause): {e.text.strip()}")
             case s.Transcript():
                 t.transcript = e.text
+                if not e.text.strip():
+                    t.done = True  # heard as nothing: the llm answers no such turn
                 self._p(f"  you: {e.text.strip()}")
             case s.ReplyDiscarded():
                 if self._in_reply == e.utterance_id:
@@ -106,6 +125,7 @@ class LiveView:
             case s.PlaybackStarted():
                 self._p("  [reply playing]")
             case s.PlaybackDone():
+                t.interrupted = t.interrupted or e.interrupted
                 t.done = True
             case s.ControlError() if not e.retryable:
                 t.error = f"{e.failed_stage}: {e.code}: {e.message}"
@@ -113,13 +133,22 @@ class LiveView:
                 self._p(f"  error in {t.error}")
         self.changed.set()
 
-    async def wait_turns_done(self, since: set[str], timeout: float) -> list[TurnView]:
+    async def wait_turns_done(
+        self, since: set[str], timeout: float, mic_ended=lambda: False
+    ) -> list[TurnView]:  # type: ignore[no-untyped-def]
+        """The turns after `since`, once all are done; none if the mic ended without one
+        (a wake word that was never said)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        quiet_since = None
         while True:
             new = [t for u, t in self.turns.items() if u not in since]
             if new and all(t.done for t in new):
                 return new
+            if not new and mic_ended():
+                quiet_since = quiet_since or loop.time()
+                if loop.time() - quiet_since > 1.0:  # its last events have arrived
+                    return []
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError("the turn did not finish in time")
@@ -161,10 +190,52 @@ def format_timings(ms: dict) -> str:
     return f"  timings (ms): {parts}"
 
 
+def split_cue(spec: str) -> tuple[Path, str]:
+    """ "q.wav@2.5" -> (q.wav, "@2.5"): a line spoken 2.5 s into the reply (--room only)."""
+    path, at, cue = spec.rpartition("@")
+    if at and cue.replace(".", "", 1).isdigit():
+        return Path(path), f"@{cue}"
+    return Path(spec), ""
+
+
+def turn_result(t: TurnView, row, view: LiveView) -> dict:  # type: ignore[no-untyped-def]
+    """One turn of the --json output."""
+    ms = timings(row).as_dict() if row else {}
+    transcript = row.transcript if row else (t.transcript or "")
+    by = view.turns.get(t.interrupted_by)
+    barge_ms = None
+    if by is not None and by.onset_ts is not None and t.interrupt_ts:
+        barge_ms = round(1000.0 * (t.interrupt_ts - by.onset_ts), 1)
+    return {
+        "utterance_id": t.utterance_id,
+        "transcript": transcript,
+        "reply_text": row.reply_text if row else "".join(t.reply),
+        "reply_wav": row.reply_wav if row else "",
+        "error": t.error,
+        "timings_ms": ms,
+        "aec_erle_db": t.erle_db,
+        "interrupted": t.interrupted,
+        "interrupted_by": (
+            None
+            if not t.interrupted
+            else {
+                "utterance_id": t.interrupted_by,
+                "transcript": (by.transcript or "") if by else "",
+                "barge_in_ms": barge_ms,
+            }
+        ),
+    }
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> dict:
     out = sys.stderr if args.json else sys.stdout
     demo_dir = settings.data_dir / "demo"
-    files = [Path(f) for f in args.files]
+    specs = [split_cue(f) for f in args.files]
+    if any(cue for _, cue in specs) and not args.room:
+        raise ValueError("FILE@SECONDS (spoken over the reply) needs --room")
+    if args.room and args.fast:
+        raise ValueError("--room plays replies back in real time: drop --fast")
+    files = [f for f, _ in specs]
     if not files:
         progress(f'synthesizing the question "{DEFAULT_QUESTION}" with the bundled voice')
         files = [
@@ -172,26 +243,43 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
                 synthesize_question, DEFAULT_QUESTION, demo_dir / "question.wav"
             )
         ]
+        specs = [(files[0], "")]
     for f in files:
         read_audio(f)  # fail early, with the reason, on a bad file
     conversation = args.conversation or s.new_id()[:16]
     endpoint = endpoint_for(settings, "demo", args.conversation)
     view = LiveView(out)
-    result_turns = []
+    result_turns: list[dict] = []
     env = {"speaker": {"SPEAKER_SINK": "wav"}}
     async with Pipeline(settings, env=env, pool=endpoint) as p:
         sub = await p.watch(conversation, view.on_event)
         log = EventLog(settings.db_url, migrate=False)
-        for i, f in enumerate(files, 1):
-            print(f"\nturn {i}: {f}", file=out)
+        batches = (
+            [(1, [f"{f}{c}" for f, c in specs])]
+            if args.room
+            else [(i, [str(f)]) for i, f in enumerate(files, 1)]
+        )
+        for i, batch in batches:
+            label = (
+                " then ".join(batch) + f" (in the room {args.room!r})" if args.room else batch[0]
+            )
+            print(f"\nturn {i}: {label}", file=out)
             seen = set(view.turns)
-            mic_args = ["--file", str(f), "--conversation", conversation]
+            mic_args = ["--file", batch[0], "--conversation", conversation]
+            for line in batch[1:]:
+                mic_args += ["--then", line]
+            if args.room:
+                mic_args += ["--room", args.room]
             if args.fast:
                 mic_args.append("--fast")
             mic = p.start_mic(*mic_args, worker_id=f"mic-{i}")
             try:
-                turns = await view.wait_turns_done(seen, TURN_TIMEOUT_S)
-            except TimeoutError:
+                if args.room:  # the scripted mic ends a second after the last reply
+                    await asyncio.to_thread(mic.proc.wait, TURN_TIMEOUT_S * len(batch))
+                turns = await view.wait_turns_done(
+                    seen, TURN_TIMEOUT_S, lambda m=mic: m.proc is not None and not m.running
+                )
+            except (TimeoutError, subprocess.TimeoutExpired):
                 failed = p.worker_failed() or (
                     f"mic exited {mic.proc.returncode}; see {mic.log_file}"
                     if mic.proc and mic.proc.poll() not in (None, 0)
@@ -201,21 +289,21 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
                     failed or f"turn {i} did not finish in {TURN_TIMEOUT_S:.0f} s; logs in {p.logs}"
                 ) from None
             await asyncio.to_thread(mic.stop)
-            await wait_recorded(log, [t.utterance_id for t in turns])
+            await wait_recorded(
+                log, [t.utterance_id for t in turns if (t.transcript or "").strip()]
+            )
             for t in turns:
                 row = log.turn(t.utterance_id)
-                ms = timings(row).as_dict() if row else {}
-                result_turns.append(
-                    {
-                        "utterance_id": t.utterance_id,
-                        "transcript": row.transcript if row else (t.transcript or ""),
-                        "reply_text": row.reply_text if row else "".join(t.reply),
-                        "reply_wav": row.reply_wav if row else "",
-                        "error": t.error,
-                        "timings_ms": ms,
-                    }
-                )
-                print(format_timings(ms), file=out)
+                result = turn_result(t, row, view)
+                result_turns.append(result)
+                print(format_timings(result["timings_ms"]), file=out)
+                if result["interrupted"]:
+                    by = result["interrupted_by"]
+                    print(
+                        f"  interrupted by: {by['transcript']!r} ({by['barge_in_ms']} ms)", file=out
+                    )
+                if result["aec_erle_db"] is not None:
+                    print(f"  echo cancelled: {result['aec_erle_db']} dB", file=out)
                 if row and row.reply_wav:
                     print(f"  reply audio: {row.reply_wav}", file=out)
         await sub.unsubscribe()
@@ -241,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         help="stream the audio as fast as possible instead of in real time",
     )
     p.add_argument("--conversation", help="continue this conversation id")
+    p.add_argument(
+        "--room",
+        choices=["loudspeaker"],
+        help="play each reply back into the microphone through a simulated room (echo); "
+        "files are spoken in turns, FILE@S over the reply S seconds after it starts",
+    )
     args = p.parse_args(argv)
     settings = get_settings()
     return run_command("demo", lambda: asyncio.run(run(args, settings)), json_out=args.json)

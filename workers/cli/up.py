@@ -96,6 +96,9 @@ def mic_args(args: argparse.Namespace) -> list[str]:
     return [*out, "--conversation", args.conversation or new_id()[:16]]
 
 
+DEFAULT_WAKE_WORD = "okay_nabu"
+
+
 async def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     env = {"speaker": {"SPEAKER_SINK": os.environ.get("SPEAKER_SINK", "device")}}
@@ -104,8 +107,17 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Pipeline(settings, env=env) as p:
+        # An always-on microphone answers only after its wake word; a file (MIC_FILE) is
+        # all meant for the assistant unless MIC_WAKE_WORD asks for one.
+        default_wake = "" if os.environ.get("MIC_FILE") else DEFAULT_WAKE_WORD
+        mic_env = {"MIC_WAKE_WORD": os.environ.get("MIC_WAKE_WORD", default_wake)}
         mic = WorkerProcess(
-            "mic", settings, worker_id="mic", args=mic_args(args), log_file=p.logs / "mic.log"
+            "mic",
+            settings,
+            worker_id="mic",
+            args=mic_args(args),
+            env=mic_env,
+            log_file=p.logs / "mic.log",
         )
         # The microphone goes first in the dict so it is stopped first.
         p.procs = {"mic": mic.start(), **p.procs}

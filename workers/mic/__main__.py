@@ -7,10 +7,20 @@ import sys
 from functools import partial
 
 from workers.mic.config import MicSettings
-from workers.mic.worker import MicWorker, make_endpointer, make_source
+from workers.mic.worker import (
+    MicWorker,
+    make_echo,
+    make_endpointer,
+    make_source,
+    wants_reference,
+)
 from workers.runtime.audio import AudioFileError
+from workers.runtime.endpoint.aec import AecError
+from workers.runtime.endpoint.reference import ReferenceBuffer
+from workers.runtime.endpoint.room import make_room
 from workers.runtime.endpoint.sources import AudioSourceError
 from workers.runtime.endpoint.vad import VadError
+from workers.runtime.endpoint.wake import WakeError, WakeWord
 from workers.runtime.models import ModelNotFoundError
 from workers.runtime.service import run_worker
 
@@ -27,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         "--last-stage", choices=["stt", "llm", "speaker"], help="how far turns go (MIC_LAST_STAGE)"
     )
     p.add_argument("--replay-of", help="the conversation this run replays")
+    p.add_argument("--aec", choices=["speex", "webrtc", "off"], help="echo canceller (MIC_AEC)")
+    p.add_argument("--wake-word", help="answer only after this phrase (MIC_WAKE_WORD)")
+    p.add_argument("--room", help='simulate a room, e.g. "loudspeaker" (MIC_ROOM)')
+    p.add_argument(
+        "--then",
+        action="append",
+        metavar="FILE[@S]",
+        help="with --room: speak FILE after the reply (or S seconds into it); repeatable",
+    )
     args = p.parse_args(argv)
     overrides = {
         k: v
@@ -38,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             "turn": args.turn,
             "last_stage": args.last_stage,
             "replay_of": args.replay_of,
+            "aec": args.aec,
+            "room": args.room,
+            "wake_word": args.wake_word,
+            "script": args.then,
             "realtime": False if args.fast else None,
         }.items()
         if v is not None
@@ -45,10 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     mic = MicSettings(**overrides)
     try:
         # Bad input fails here, in one line, before anything waits for the bus.
-        source = make_source(mic)
+        reference = ReferenceBuffer() if wants_reference(mic) else None
+        source = make_source(mic, reference)
         endpointer = make_endpointer(mic)
-        return run_worker(partial(MicWorker, mic=mic, source=source, endpointer=endpointer), "mic")
-    except (AudioSourceError, AudioFileError, VadError, ModelNotFoundError, ValueError) as exc:
+        if reference is not None:
+            make_echo(mic, reference)  # the canceller's library is there
+            if mic.room:
+                make_room(mic.room, reference)
+        if mic.wake_word:
+            WakeWord(mic.wake_word)  # a known name, and the model loads
+        worker = partial(
+            MicWorker, mic=mic, source=source, endpointer=endpointer, reference=reference
+        )
+        return run_worker(worker, "mic")
+    except (
+        AecError,
+        WakeError,
+        AudioSourceError,
+        AudioFileError,
+        VadError,
+        ModelNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"mic: error: {exc}", file=sys.stderr)
         return 2
 

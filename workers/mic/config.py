@@ -60,6 +60,26 @@ class MicSettings(BaseSettings):
     duplex_tail_ms: int = 300
     """MIC_DUPLEX_TAIL_MS: with MIC_DUPLEX=half, how long after a reply's last sample the mic
     stays deaf (the room's echo dying away)."""
+    aec: Literal["speex", "webrtc", "off"] = "speex"
+    """MIC_AEC: echo canceller on the mic path, fed with what the endpoint's speaker plays:
+    speex (default: the user's voice survives double talk), webrtc (livekit wheel) or off."""
+    aec_tail_ms: int = 200
+    """MIC_AEC_TAIL_MS: longest echo the canceller models (acoustic delay + reverberation)."""
+    aec_delay_ms: float = 0.0
+    """MIC_AEC_DELAY_MS: read the reference this much earlier than the block's capture time
+    (input latency a device's block times do not show)."""
+    aec_gate: bool = True
+    """MIC_AEC_GATE: while a reply plays, silence blocks that hold only residual echo."""
+    room: str = ""
+    """MIC_ROOM: simulate a room ("loudspeaker"): replies come back into the mic as echo."""
+    script: list[str] = []
+    """MIC_SCRIPT: with MIC_ROOM, files spoken after MIC_FILE, each once the reply ended
+    (FILE) or over it, S seconds after it started (FILE@S); JSON list."""
+    wake_word: str = ""
+    """MIC_WAKE_WORD: answer only speech after this phrase: okay_nabu, hey_jarvis,
+    hey_mycroft or alexa (pymicro-wakeword); empty = every utterance is a turn."""
+    follow_up_s: float = 5.0
+    """MIC_FOLLOW_UP_S: after a reply, this long to speak again without the wake word."""
     tail_silence_ms: int = 1000
     """MIC_TAIL_SILENCE_MS: silence appended after a file so its last utterance ends by
     hangover, as it would live."""

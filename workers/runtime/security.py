@@ -7,6 +7,8 @@ and `control.error` (any stage may fail a turn; only the speaker may also publis
 create, update, delete or purge a stream: `just nats-setup` (workers.runtime.streams), run
 as the operator, owns stream settings. `cli` is the operator (CLIs, demo, set-up, purge):
 everything.
+The one live-only event, the speaker's echo reference (`live.*.*.speaker.reference`,
+core NATS, never stored), is published by the speaker and subscribed to by the mic.
 
 Consumers. A role creates, reads, pulls from, acks and deletes only durables named for it:
 its services' shared durables (`recorder`, `stt`, `llm`, `llm-control-llm`, `tts`,
@@ -90,6 +92,11 @@ SERVICE_ENDPOINTS = ("device", "web", "wyoming")
 
 class UnknownRoleError(ValueError):
     """A WORKER_ID that names no worker role: refused, never run with the operator's rights."""
+
+
+#: Live-only events (core NATS, never stored): the speaker's echo reference, read by the mic.
+LIVE_PUBLISHES = {"speaker": "speaker.reference"}
+LIVE_SUBSCRIBES = {"mic": "speaker.reference"}
 
 
 def role_of(worker_id: str) -> str:
@@ -209,6 +216,8 @@ def permissions(
                 deny += [f"voice.{ep}.*.{stage}.>" for stage in PUBLISHES[role]]
     scope = [f"voice.{ep}.*" for ep in ENDPOINT_ROLES.get(role, ())] or ["voice.*.*"]
     allow += [f"{sc}.control.error" for sc in scope]
+    if role in LIVE_PUBLISHES:
+        allow.append(f"live.*.*.{LIVE_PUBLISHES[role]}")
     if role in INTERRUPTS:
         allow += [f"{sc}.control.interrupt" for sc in scope]
     allow.append(f"dlq.{role}.>")
@@ -248,9 +257,12 @@ def permissions(
             f"{api}.CONSUMER.DELETE.{stream}.*",
             f"$JS.FC.{stream}.>",
         ]
+    sub = [f"{inbox_prefix(role)}.>"]
+    if role in LIVE_SUBSCRIBES:
+        sub.append(f"live.*.*.{LIVE_SUBSCRIBES[role]}")
     return {
         "publish": {"allow": allow, "deny": deny},
-        "subscribe": {"allow": [f"{inbox_prefix(role)}.>"], "deny": []},
+        "subscribe": {"allow": sub, "deny": []},
     }
 
 

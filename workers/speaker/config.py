@@ -28,6 +28,9 @@ class SpeakerSettings(BaseSettings):
     max_concurrent: int = 8
     """SPEAKER_MAX_CONCURRENT: replies one instance holds at once (of different
     conversations; a conversation's replies play one after another)."""
+    echo_reference: bool = True
+    """SPEAKER_ECHO_REFERENCE: publish what is played (16 kHz, time-stamped, core NATS only)
+    so the mic of the same endpoint can cancel its echo (MIC_AEC)."""
     reply_timeout_s: float = 60.0
     """SPEAKER_REPLY_TIMEOUT_S: a reply whose audio stops coming this long without a
     tts.done ends with control.error "tts-silent"."""

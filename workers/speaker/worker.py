@@ -45,6 +45,7 @@ class SpeakerWorker(Worker):
                 barge_in=self.speaker.barge_in,
                 ack_wait_s=self.speaker.ack_wait_s,
                 reply_timeout_s=self.speaker.reply_timeout_s,
+                echo_reference=self.speaker.echo_reference,
             ),
         )
         self.player.stopping = self.stopping

@@ -55,6 +55,7 @@ from schemas import (
 from schemas.routing import SPEAKER
 from workers.runtime.audio import resample_pcm16
 from workers.runtime.bus import Bus, Delivery, Follower, Released
+from workers.runtime.endpoint.reference import ReferenceStream
 from workers.runtime.endpoint.sinks import Output, Sink
 from workers.runtime.telemetry import tracer
 
@@ -74,6 +75,8 @@ class PlaybackConfig:
     """Longest wait for another instance's reply of the same conversation to stop playing."""
     commit_wait_s: float = 60.0
     """Longest wait for a speculative reply to be committed before it is dropped unheard."""
+    echo_reference: bool = False
+    """Publish what is played (`speaker.reference`) for the mic's echo canceller."""
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Playback:
     """playback-done is on the bus."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     span: trace.Span | None = None
+    reference: ReferenceStream | None = None
 
     @property
     def conversation_id(self) -> str:
@@ -286,10 +290,16 @@ class Player:
             pb.marks.append((c.sentence_index, pb.samples))
         pb.samples += len(pcm) // 2
         if pb.output is not None:
-            pb.output.write(pcm)
+            self._write(pb, pcm)
         else:
             pb.pending.append(pcm)
         pb.changed.set()
+
+    def _write(self, pb: Playback, pcm: bytes) -> None:
+        assert pb.output is not None
+        if pb.reference is not None and not pb.finished:
+            pb.reference.queued(pcm, ReferenceStream.play_time(pb.output))
+        pb.output.write(pcm)
 
     def _drop(self, pb: Playback) -> None:
         """A discarded speculation: never heard, so it ends without a trace of playback."""
@@ -314,8 +324,10 @@ class Player:
         if pb.finished:
             return
         pb.output = out = self.sink.open(pb.rate, pb.conversation_id, pb.utterance_id)
+        if self.config.echo_reference and getattr(out, "realtime", True):
+            pb.reference = ReferenceStream(self.bus, pb.rate, pb.common, self.producer)
         for pcm in pb.pending:
-            out.write(pcm)
+            self._write(pb, pcm)
         pb.pending.clear()
         while not pb.finished:
             if out.played() > 0:
@@ -401,6 +413,8 @@ class Player:
         played = 0
         if pb.output is not None:
             played = pb.output.halt() if interrupted else pb.output.played()
+            if interrupted and pb.reference is not None:
+                pb.reference.halted(time.time())
         complete, last_index, last_ms = pb.heard(played)
         played_ms = 1000.0 * played / pb.rate
         path = ""
@@ -481,6 +495,8 @@ class Player:
             return
         if pb.output is not None:
             pb.output.halt()  # what was heard up to the moment we learned of the user
+            if pb.reference is not None:
+                pb.reference.halted(time.time())
         # Unheard held audio goes with the playback: nothing of this generation plays.
         pb.pending.clear()
         stop = Interrupt(
