@@ -23,9 +23,9 @@ test *ARGS:
     @{{python}} -m ruff check .
     @{{python}} -m pytest "$@"
 
-# Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL
-nats:
-    @{{python}} -m workers.runtime.natsd
+# Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL [--cluster 3]
+nats *ARGS:
+    @{{python}} -m workers.runtime.natsd "$@"
 
 # Create the NATS credentials file (DATA_DIR/nats/credentials.env, mode 0600) if missing
 nats-credentials:

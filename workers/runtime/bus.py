@@ -1,6 +1,7 @@
 """The event bus: NATS JetStream with typed events, trace headers and dead-lettering.
 
-- `Bus.connect` reconnects forever and reports connection trouble once per state change.
+- `Bus.connect` takes the servers of NATS_URL (one, or a cluster's list), reconnects forever
+  to any of them and reports connection trouble once per state change.
 - `Bus.ensure_streams` provisions the streams idempotently (VOICE for voice.>, VOICE_DLQ).
 - `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
 - `Consumer` is a durable pull consumer: decode + validate, hand over a typed event, ack
@@ -176,7 +177,10 @@ class Bus:
 
         try:
             nc = await nats.connect(
-                settings.nats_url,
+                # Every server of NATS_URL: the first connection takes any that answers,
+                # a reconnect after a node died goes to another (and to those the cluster
+                # told us about).
+                settings.nats_servers,
                 name=name,
                 user=settings.nats_user,
                 password=settings.nats_password,
