@@ -27,6 +27,10 @@ test *ARGS:
 nats *ARGS:
     @{{python}} -m workers.runtime.natsd "$@"
 
+# Create or update the JetStream streams (their one owner; STREAM_REPLICAS copies); `up` and the tools run it too
+nats-setup:
+    @{{python}} -m workers.runtime.streams
+
 # Create the NATS credentials file (DATA_DIR/nats/credentials.env, mode 0600) if missing
 nats-credentials:
     @{{python}} -m workers.runtime.security

@@ -4,19 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from schemas import ReplyDone, Transcript
-from workers.runtime.bus import DLQ_STREAM, Bus
-
-
-async def replicate_streams(bus: Bus, replicas: int) -> None:
-    """The streams on `replicas` nodes."""
-    await bus.ensure_streams()
-    for name in (bus.stream, DLQ_STREAM):
-        info = await bus.js.stream_info(name)
-        config = dataclasses.replace(info.config, num_replicas=replicas)
-        await bus.js.update_stream(config)
+from workers.runtime.bus import Bus
 
 
 async def reply_done(bus: Bus, t: Transcript, timeout: float) -> ReplyDone:

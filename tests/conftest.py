@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, free_port
+from workers.runtime.streams import setup as setup_streams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,18 +31,27 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
-    return Settings(
+    """Operator settings against `nats_server`, whose streams are set up (as `just up` does
+    before it starts workers)."""
+    s = Settings(
         nats_url=nats_server.url,
         data_dir=tmp_path / "data",
         database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
         _env_file=None,  # type: ignore[call-arg]
     )
+    nats_setup(s)
+    return s
+
+
+def nats_setup(settings: Settings) -> None:
+    """`just nats-setup` from sync code, even when an event loop runs in this thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, setup_streams(settings)).result()
 
 
 @pytest.fixture
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     b = await Bus.connect(settings, name="test")
-    await b.ensure_streams()
     try:
         yield b
     finally:

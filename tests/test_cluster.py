@@ -14,8 +14,9 @@ from workers.runtime.config import Settings
 from workers.runtime.natscluster import NatsCluster, wait_jetstream
 from workers.runtime.natsd import NatsServerError, free_port, is_listening
 from workers.runtime.procs import WorkerProcess
+from workers.runtime.streams import ensure_streams
 
-from .cluster_support import replicate_streams, reply_done
+from .cluster_support import reply_done
 
 
 @pytest.fixture
@@ -37,6 +38,7 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 def cluster_settings(urls: list[str], tmp_path: Path) -> Settings:
     return Settings(
         nats_url=",".join(urls),
+        stream_replicas=3,
         data_dir=tmp_path / "data",
         database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
         _env_file=None,  # type: ignore[call-arg]
@@ -47,7 +49,7 @@ def cluster_settings(urls: list[str], tmp_path: Path) -> Settings:
 async def cbus(cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[Bus]:
     await wait_jetstream(cluster.urls)
     b = await Bus.connect(cluster_settings(cluster.urls, tmp_path), name="test")
-    await replicate_streams(b, 3)
+    await ensure_streams(b)
     try:
         yield b
     finally:
@@ -103,7 +105,7 @@ async def test_llm_started_with_the_first_of_three_urls_down_answers_and_survive
                 cluster.nodes[down - 1].start()
                 cluster.nodes[down].kill()
             t = transcript("What is the capital of France?")
-            await cbus.publish(t, timeout=15)
+            await cbus.publish(t)
             done = await reply_done(cbus, t, timeout=60)
             assert done.finish_reason in ("stop", "length") and done.tokens > 0
             answered.append(done)

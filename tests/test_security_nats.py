@@ -26,6 +26,8 @@ from workers.runtime.security import (
     role_of,
     shipped_config,
 )
+from workers.runtime.streams import require_streams
+from workers.runtime.streams import setup as setup_streams
 
 
 @pytest.fixture
@@ -84,9 +86,10 @@ async def _quiet(exc: Exception) -> None:
 
 
 async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Settings) -> None:
+    await setup_streams(auth_settings)
     tts, errors = await connect_as(auth_settings, "tts-1")
     try:
-        await tts.ensure_streams()
+        await require_streams(tts)
         # Its own events go through ...
         done = s.TtsDone(
             endpoint="device",
@@ -124,8 +127,8 @@ async def test_each_role_does_its_own_job_under_auth(
     auth_settings: Settings, tmp_path: Path
 ) -> None:
     """stt publishes a transcript, the speaker an interrupt, the recorder process logs both."""
+    await setup_streams(auth_settings)
     admin = await Bus.connect(auth_settings, name="cli")
-    await admin.ensure_streams()
     recorder = WorkerProcess(
         "recorder",
         auth_settings.for_worker("recorder"),

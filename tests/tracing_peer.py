@@ -10,12 +10,13 @@ from nats.js.api import DeliverPolicy
 import schemas as s
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
+from workers.runtime.streams import ensure_streams
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry, tracer
 
 
 async def produce(settings: Settings) -> None:
     bus = await Bus.connect(settings, "peer-produce")
-    await bus.ensure_streams()
+    await ensure_streams(bus)
     with tracer("peer").start_as_current_span("utterance"):
         await bus.publish(
             s.VoiceStarted(endpoint="device", conversation_id="tr", utterance_id="u1")
@@ -25,7 +26,7 @@ async def produce(settings: Settings) -> None:
 
 async def consume(settings: Settings) -> None:
     bus = await Bus.connect(settings, "peer-consume")
-    await bus.ensure_streams()
+    await ensure_streams(bus)
     done = asyncio.Event()
 
     async def handle(event: s.Event, d: object) -> None:

@@ -35,6 +35,7 @@ from workers.runtime.bus import Bus, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog, Record
 from workers.runtime.natsd import NatsServer, free_port
+from workers.runtime.streams import ensure_streams
 from workers.runtime.telemetry import setup_telemetry, tracer
 
 PCM_20MS = bytes(640)  # 20 ms of 16 kHz mono int16
@@ -197,7 +198,7 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         settings = Settings(nats_url=server.url, _env_file=None)  # type: ignore[call-arg]
         bus = await Bus.connect(settings, "bench")
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         bare_nc = await nats.connect(server.url)
         bare_js = bare_nc.jetstream()
         # First, while the stream holds only these events (the bare rounds below publish

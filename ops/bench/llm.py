@@ -34,6 +34,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, free_port
 from workers.runtime.procs import WorkerProcess
+from workers.runtime.streams import ensure_streams
 
 PROMPTS = [
     "What is the capital of France?",
@@ -147,7 +148,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bus = await Bus.connect(settings, name="bench-llm")
         backend = EmbeddedBackend(threads=2, max_tokens=args.max_tokens)
         try:
-            await bus.ensure_streams()
+            await ensure_streams(bus)
             proc.start()
             print("bench llm: loading the model (here and in the worker) ...", file=sys.stderr)
             await backend.start()

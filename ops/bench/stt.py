@@ -262,11 +262,12 @@ async def _bench_bus(files: list[tuple[Path, str]], work: Path) -> dict[str, flo
     from workers.runtime.config import Settings
     from workers.runtime.natsd import NatsServer, free_port
     from workers.runtime.procs import WorkerProcess
+    from workers.runtime.streams import ensure_streams
 
     server = NatsServer(free_port(), work / "nats").start()
     settings = Settings(nats_url=server.url, data_dir=work / "data", _env_file=None)  # type: ignore[call-arg]
     bus = await Bus.connect(settings, "bench")
-    await bus.ensure_streams()
+    await ensure_streams(bus)
     stt = WorkerProcess("stt", settings, "stt-1", log_file=work / "stt.log").start()
     seen: dict[str, dict[str, object]] = {}
 

@@ -45,6 +45,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.natsd import NatsServer, free_port
 from workers.runtime.procs import WorkerProcess
+from workers.runtime.streams import ensure_streams
 from workers.tts.backends import PiperBackend
 from workers.tts.config import TtsSettings
 
@@ -132,7 +133,7 @@ async def run(rounds: int, workdir: Path) -> dict[str, object]:
     results: dict[str, list[dict[str, float]]] = {"direct": [], "bus_whole": [], "bus_default": []}
     bus = await Bus.connect(settings, name="bench-tts")
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         phases = [
             ("bus_whole", {"TTS_FIRST_CLAUSE_CHARS": "0", "TTS_CLAUSE_SPLIT_CHARS": "0"}),
             ("bus_default", {}),

@@ -38,6 +38,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog
 from workers.runtime.procs import WorkerProcess
+from workers.runtime.streams import ensure_streams
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -126,7 +127,7 @@ async def ask(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     bus = await Bus.connect(pool, name="ask")
     procs: list[WorkerProcess] = []
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         subject = subject_filter(endpoint, conv)
         sub = await bus.nc.subscribe(subject, cb=view.on_msg, pending_bytes_limit=-1)
         procs = await start_workers(bus, pool, args.timeout)

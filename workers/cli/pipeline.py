@@ -25,6 +25,7 @@ from workers.runtime.config import Settings
 from workers.runtime.eventlog.migrate import upgrade
 from workers.runtime.natsd import NatsServer, ensure_nats
 from workers.runtime.procs import READY_ROUTES, WorkerProcess
+from workers.runtime.streams import ensure_streams
 
 #: The workers a whole turn needs, in start order (the recorder first, so it records all).
 SERVICES = ("recorder", "stt", "llm", "tts", "speaker")
@@ -107,7 +108,7 @@ class Pipeline:
             self.say(f"started embedded NATS at {self.nats.url} (store {self.nats.store_dir})")
         try:
             self.bus = await Bus.connect(self.settings, "cli")
-            await self.bus.ensure_streams()
+            await ensure_streams(self.bus)
             await asyncio.to_thread(upgrade, self.settings.db_url)
             t0 = time.perf_counter()
             suffix = f"-{self.pool}" if self.pool else ""

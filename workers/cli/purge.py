@@ -27,6 +27,7 @@ from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog
 from workers.runtime.eventlog.store import EVENTS
 from workers.runtime.natsd import NatsServerError, ensure_nats
+from workers.runtime.streams import ensure_streams
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -55,7 +56,7 @@ async def purge_stream(settings: Settings, ids: list[str]) -> int:
     """Remove the conversations' messages from the JetStream stream; returns how many."""
     bus = await Bus.connect(settings, name="purge")
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         removed = 0
         for conv in ids:
             subject = subject_filter("*", conv)

@@ -41,6 +41,7 @@ from workers.runtime.audio import write_wav
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.procs import WorkerProcess
+from workers.runtime.streams import ensure_streams
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
@@ -70,7 +71,7 @@ async def say(args: argparse.Namespace, settings: Settings) -> dict[str, object]
     ]
     bus = await Bus.connect(pool, name="say")
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         chunks: list[TtsAudioChunk] = []
         first_chunk_at: list[float] = []
         done: asyncio.Future[PlaybackDone] = asyncio.get_running_loop().create_future()

@@ -34,6 +34,7 @@ from workers.runtime.audio import AudioFileError, read_audio
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.procs import WorkerProcess, ready_durable, wait_pulling
+from workers.runtime.streams import ensure_streams
 
 
 @dataclass
@@ -86,7 +87,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> list[dict[str, ob
     bus = await Bus.connect(pool, name="transcribe")
     procs: list[WorkerProcess] = []
     try:
-        await bus.ensure_streams()
+        await ensure_streams(bus)
         changed = asyncio.Event()
         subs = [
             await bus.nc.subscribe(

@@ -2,7 +2,8 @@
 
 - `Bus.connect` takes the servers of NATS_URL (one, or a cluster's list), reconnects forever
   to any of them and reports connection trouble once per state change.
-- `Bus.ensure_streams` provisions the streams idempotently (VOICE for voice.>, VOICE_DLQ).
+- The streams (VOICE for voice.>, VOICE_DLQ) are set up by workers.runtime.streams, never
+  by a worker.
 - `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
 - `Consumer` is a durable pull consumer: decode + validate, hand over a typed event, ack
   only after the handler succeeded; an undecodable or invalid message, or one whose handler
@@ -30,16 +31,11 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     PubAck,
-    StorageType,
-    StreamConfig,
 )
 from opentelemetry import context as otel_context
 
 from schemas import (
-    DLQ_ROOT,
-    SUBJECT_ROOT,
     Event,
     EventDecodeError,
     decode,
@@ -138,6 +134,35 @@ Handler = Callable[[Event, Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
+#: JetStream API errors that mean "not now" (a cluster electing a leader after a node died,
+#: or the client reconnecting to another node), not "no".
+TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "JetStream"
+) -> Any:
+    """`call()` again while the cluster answers "not now", up to `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_API_ERRORS as exc:
+            if loop.time() + delay > deadline:
+                raise BusError(f"{what} did not answer within {timeout:.0f} s: {exc!r}") from exc
+            log.info("jetstream busy; retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
 class Bus:
     def __init__(self, nc: NatsClient, settings: Settings, name: str) -> None:
         self.nc = nc
@@ -216,43 +241,6 @@ class Bus:
         bus._state = state
         return bus
 
-    async def ensure_streams(self) -> None:
-        """Create or update the streams; safe to call from every worker at start."""
-        s = self.settings
-        await self._ensure_stream(
-            StreamConfig(
-                name=self.stream,
-                description="voice pipeline events; the SQLite/Postgres log is the record",
-                subjects=[f"{SUBJECT_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=s.stream_max_age_s,
-                max_bytes=s.stream_max_bytes,
-                max_msg_size=1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=DLQ_STREAM,
-                description="dead letters: messages a consumer could not accept, with reasons",
-                subjects=[f"{DLQ_ROOT}.>"],
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_age=30 * 24 * 3600.0,
-                max_bytes=256 * 1024 * 1024,
-                duplicate_window=s.stream_duplicate_window_s,
-            )
-        )
-
-    async def _ensure_stream(self, config: StreamConfig) -> None:
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # stream name already in use with another config
-                raise
-            await self.js.update_stream(config)
-
     # -- publishing -------------------------------------------------------------------
 
     @staticmethod
@@ -262,11 +250,22 @@ class Bus:
         return headers
 
     async def publish(
-        self, event: Event, ctx: otel_context.Context | None = None, timeout: float = 5.0
+        self,
+        event: Event,
+        ctx: otel_context.Context | None = None,
+        timeout: float = 5.0,
+        retry_s: float = 30.0,
     ) -> PubAck:
-        """Publish and wait for JetStream's ack (stored). `duplicate=True` means a re-publish."""
-        return await self.js.publish(
-            event.subject(), encode(event), timeout=timeout, headers=self.headers_for(event, ctx)
+        """Publish and wait for JetStream's ack (stored). `duplicate=True` means a re-publish.
+
+        While a cluster elects a new stream leader (a node died) the publish is tried again
+        for up to `retry_s`, with the same Msg-Id: stored once whatever happened to the
+        tries before."""
+        subject, data, headers = event.subject(), encode(event), self.headers_for(event, ctx)
+        return await retry_transient(
+            lambda: self.js.publish(subject, data, timeout=timeout, headers=headers),
+            timeout=retry_s,
+            what=f"publish {event.type}",
         )
 
     async def publish_nowait(
@@ -276,26 +275,39 @@ class Bus:
         subject, data, headers = event.subject(), encode(event), self.headers_for(event, ctx)
         future = await self.js.publish_async(subject, data, headers=headers)
         self._unacked[future] = (subject, data, headers)
-        future.add_done_callback(lambda f: self._unacked.pop(f, None))
+        future.add_done_callback(self._acked)
         return future
+
+    def _acked(self, future: asyncio.Future[PubAck]) -> None:
+        # A refused publish (no stream leader for a moment) stays for `flush_publishes`.
+        if future.cancelled() or future.exception() is None:
+            self._unacked.pop(future, None)
 
     async def flush_publishes(self, timeout: float = 5.0) -> None:
         """Wait for the acks of pipelined publishes.
 
         The ack of a message in flight when the server died never comes (nats-py would wait
-        forever, and the message may not be stored): after `timeout` such messages are
-        published again with their Msg-Id, so the stream keeps each exactly once. Raises if
-        the server still does not ack them.
+        forever, and the message may not be stored), and a publish made while a cluster had
+        no stream leader is refused: such messages are published again with their Msg-Id
+        (after `timeout` for a missing ack), so the stream keeps each exactly once. Raises
+        if the server still does not ack them.
         """
         if not self._unacked:
             return
-        _, late = await asyncio.wait(list(self._unacked), timeout=timeout)
-        for future in late:
+        await asyncio.wait(list(self._unacked), timeout=timeout)
+        for future in list(self._unacked):
             resend = self._unacked.pop(future, None)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue
             future.cancel()  # frees nats-py's pending slot
             if resend is not None:
                 subject, data, headers = resend
-                await self.js.publish(subject, data, headers=headers, timeout=timeout)
+                await retry_transient(
+                    lambda s=subject, d=data, h=headers: self.js.publish(  # type: ignore[misc]
+                        s, d, headers=h, timeout=timeout
+                    ),
+                    what="publish",
+                )
 
     async def dead_letter(self, consumer: str, msg: Msg, reason: str) -> None:
         headers = dict(msg.headers or {})
@@ -494,13 +506,14 @@ class Consumer:
             config.filter_subject = self.filter_subjects[0]
         else:
             config.filter_subjects = self.filter_subjects
+        add = lambda: self.bus.js.add_consumer(self.bus.stream, config)  # noqa: E731
         try:
-            await self.bus.js.add_consumer(self.bus.stream, config)
+            await retry_transient(add, what=f"consumer {self.durable}")
         except nats.js.errors.BadRequestError as exc:
             # Existing durable with other settings (e.g. a new filter): update what may change.
             if exc.err_code not in (10148, 10013, 10105):
                 raise
-            await self.bus.js.add_consumer(self.bus.stream, config)
+            await retry_transient(add, what=f"consumer {self.durable}")
         self._sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
         return self
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     """STREAM_MAX_AGE_S: JetStream keeps events this long; the SQLite log is the record."""
     stream_max_bytes: int = 2 * 1024**3
     """STREAM_MAX_BYTES: size cap of the stream; oldest events are discarded first."""
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """STREAM_REPLICAS: copies JetStream keeps of each stream (1 on one server, 3 on a
+    cluster); applied by `just nats-setup`, never by a worker."""
     stream_duplicate_window_s: float = 120.0
     """STREAM_DUPLICATE_WINDOW_S: JetStream drops re-published event ids inside this window."""
     nats_sync_interval: str = "1s"

@@ -173,8 +173,7 @@ def _is_local(url: str) -> bool:
     from urllib.parse import urlparse
 
     hosts = [
-        urlparse(u if "://" in u else f"nats://{u}").hostname or "127.0.0.1"
-        for u in url.split(",")
+        urlparse(u if "://" in u else f"nats://{u}").hostname or "127.0.0.1" for u in url.split(",")
     ]
     return all(host in ("127.0.0.1", "localhost", "::1") for host in hosts)
 

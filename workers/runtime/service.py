@@ -1,9 +1,10 @@
 """What every worker process shares: start-up, signals, graceful shutdown.
 
 A worker is a subclass of `Worker` with `setup()` (load models, show progress) and
-`consumers()`; `run_worker` does the rest: logging, telemetry, bus connection, stream
-provisioning, running the consumers, and on SIGTERM/SIGINT a drain (the batch in hand is
-finished and acked), a flush of pending publishes and of spans.
+`consumers()`; `run_worker` does the rest: logging, telemetry, bus connection, a check
+that the streams exist (`just nats-setup` owns their settings), running the consumers, and
+on SIGTERM/SIGINT a drain (the batch in hand is finished and acked), a flush of pending
+publishes and of spans.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from workers.runtime.bus import Bus, BusError, Consumer, Handler
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.logs import setup_logging
 from workers.runtime.models import ModelNotFoundError
+from workers.runtime.streams import require_streams
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("voicebus.service")
@@ -141,7 +143,7 @@ class Worker:
 
 async def serve(factory: Callable[[Bus, Settings], Worker], settings: Settings) -> int:
     bus = await Bus.connect(settings, name=settings.worker_id or factory.__name__)
-    await bus.ensure_streams()
+    await require_streams(bus)
     worker = factory(bus, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
