@@ -142,6 +142,7 @@ TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
 )
 
 
