@@ -387,6 +387,17 @@ def make_backend(settings: LlmSettings) -> Backend:
             temperature=settings.temperature,
             context_tokens=settings.context_tokens,
         )
+    if settings.parallel > 1:
+        from workers.llm.batched import BatchedBackend
+
+        return BatchedBackend(
+            settings.model,
+            slots=settings.parallel,
+            threads=settings.threads,
+            context_tokens=settings.context_tokens,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        )
     return EmbeddedBackend(
         settings.model,
         threads=settings.threads,
