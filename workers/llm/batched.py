@@ -10,7 +10,7 @@ the next prompt that starts the same way (the system prompt, the conversation so
 evaluated again.
 
 Sampling happens here (greedy, or seeded with the turn's seed at LLM_TEMPERATURE > 0) with
-llama.cpp's repeat penalty over the last 64 tokens, so a redelivered transcript gives the
+llama.cpp's repeat penalty over the reply's last 64 tokens, so a redelivered transcript gives the
 same reply; the cancel flag is checked before every step.
 """
 
@@ -268,8 +268,9 @@ class BatchedBackend(EmbeddedBackend):
 
     def _sample(self, s: _Seq, logits: np.ndarray) -> int:
         x = logits.astype(np.float32, copy=True)
-        if self.repeat_penalty != 1.0:
-            recent = np.unique(np.array((s.prompt + s.generated)[-PENALTY_LAST_N:]))
+        if self.repeat_penalty != 1.0 and s.generated:
+            # As llama-cpp-python's sampler: over the reply's own last tokens, not the prompt.
+            recent = np.unique(np.array(s.generated[-PENALTY_LAST_N:]))
             v = x[recent]
             x[recent] = np.where(v > 0, v / self.repeat_penalty, v * self.repeat_penalty)
         if s.temperature <= 0:
