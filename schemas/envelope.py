@@ -236,8 +236,10 @@ def add_endpoint(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def dlq_subject(consumer: str) -> str:
-    return f"{DLQ_ROOT}.{consumer}"
+def dlq_subject(role: str, consumer: str) -> str:
+    """Where a role's consumer dead-letters: the role is its own token, so NATS can let each
+    role write only its own dead letters."""
+    return f"{DLQ_ROOT}.{role}.{consumer}"
 
 
 def encode(event: Event) -> bytes:

@@ -70,7 +70,7 @@ async def test_invalid_messages_go_to_the_dead_letter_subject_and_the_consumer_g
     assert [e.seq for e in got] == [0, 1]
     assert consumer.dead_lettered == 3
 
-    dlq = await bus.js.pull_subscribe("dlq.dl", durable="dlq-reader", stream="VOICE_DLQ")
+    dlq = await bus.js.pull_subscribe("dlq.cli.dl", durable="dlq-reader", stream="VOICE_DLQ")
     letters = await dlq.fetch(3, timeout=2)
     for msg, (body, reason) in zip(letters, bad, strict=True):
         assert msg.data == body  # the original bytes are kept
@@ -100,7 +100,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_with_the_reason(b
     await wait_for(settled)
     assert attempts[events[1].event_id] == 3
     assert attempts[events[0].event_id] == attempts[events[2].event_id] == 1
-    msg = await bus.js.get_last_msg("VOICE_DLQ", "dlq.flaky")
+    msg = await bus.js.get_last_msg("VOICE_DLQ", "dlq.cli.flaky")
     assert "model exploded" in msg.headers["Dlq-Reason"]
 
 

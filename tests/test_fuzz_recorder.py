@@ -88,7 +88,7 @@ def garbage(rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
 
 async def dead_letters(bus: Bus, consumer: str) -> list[nats.aio.msg.Msg]:
     sub = await bus.js.pull_subscribe(
-        f"dlq.{consumer}",
+        f"dlq.*.{consumer}",
         stream=DLQ_STREAM,
         config=nats.js.api.ConsumerConfig(deliver_policy=nats.js.api.DeliverPolicy.ALL),
     )

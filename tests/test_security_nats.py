@@ -20,6 +20,7 @@ from workers.runtime.natsd import NatsServer, auth_config, free_port, nats_serve
 from workers.runtime.procs import WorkerProcess, settings_env
 from workers.runtime.security import (
     ROLES,
+    UnknownRoleError,
     credentials_file,
     passwords,
     read_credentials,
@@ -181,13 +182,16 @@ def test_workers_spawned_by_a_cli_get_their_own_role(tmp_path: Path) -> None:
         _env_file=None,  # type: ignore[call-arg]
     )
     assert (mine.nats_user, mine.nats_password) == ("alice", "pw")
-    assert [role_of(w) for w in ("stt-12", "recorder", "speaker-2", "", "bench")] == [
+    assert [role_of(w) for w in ("stt-12", "recorder", "speaker-2", "stt-gpu", "")] == [
         "stt",
         "recorder",
         "speaker",
-        "cli",
+        "stt",
         "cli",
     ]
+    for name in ("bench", "gpu-box", "sttx-1"):  # never the operator by default
+        with pytest.raises(UnknownRoleError):
+            role_of(name)
 
 
 def test_credentials_are_generated_once_private_and_overridable(

@@ -11,6 +11,7 @@ growing delay and tried again for as long as it takes, never dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.js.api import DeliverPolicy
@@ -21,6 +22,7 @@ from workers.runtime.bus import Bus, Consumer, Delivery
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog, Record
 from workers.runtime.service import Worker
+from workers.runtime.streams import Lag, recorder_lag
 
 log = logging.getLogger("voicebus.recorder")
 RETRY_S = 0.5
@@ -37,6 +39,12 @@ class RecorderSettings(BaseSettings):
     ack_wait_s: float = 5.0
     """RECORDER_ACK_WAIT_S: after a crash, events the dead recorder held come back after this
     long (a batch commit takes milliseconds, so it can be short)."""
+    lag_check_s: float = 10.0
+    """RECORDER_LAG_CHECK_S: how often the recorder measures how far behind the stream it is."""
+    lag_warn_s: float = 60.0
+    """RECORDER_LAG_WARN_S: warn when the oldest unrecorded event is older than this."""
+    fill_warn: float = 0.8
+    """RECORDER_FILL_WARN: warn when the stream is this full (at 1.0 it refuses events)."""
 
 
 def record_of(d: Delivery) -> Record:
@@ -62,6 +70,8 @@ class Recorder(Worker):
         """Events new to the log."""
         self.committed = 0
         """Deliveries committed and acked (redeliveries and repeats included)."""
+        self.lag: Lag | None = None
+        """The last lag measured."""
 
     async def setup(self) -> None:
         self.eventlog = await asyncio.to_thread(EventLog, self.settings.db_url)
@@ -78,6 +88,25 @@ class Recorder(Worker):
                 fetch_timeout=0.25,
             )
         ]
+
+    async def background(self) -> None:
+        """Alarm on lag: an event older than STREAM_MAX_AGE_S leaves the stream recorded or not,
+        and a full stream refuses new events."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.options.lag_check_s)
+            if self.stopping.is_set() or not self._consumers:
+                return
+            try:
+                self.lag = await recorder_lag(self.bus, self._consumers[0].durable)
+            except Exception as exc:  # reconnecting: measured again next time
+                log.info("lag check failed", extra={"error": repr(exc)})
+                continue
+            o = self.options
+            for warning in self.lag.warnings(
+                self.settings.stream_max_age_s, o.lag_warn_s, o.fill_warn
+            ):
+                log.warning(warning, extra={"lag_events": self.lag.events})
 
     async def write(self, deliveries: list[Delivery]) -> None:
         """The consumer's batch handler: one transaction; the consumer acks after it."""

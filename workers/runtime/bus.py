@@ -44,6 +44,7 @@ from schemas import (
     subject_filter,
 )
 from workers.runtime.config import Settings, get_settings
+from workers.runtime.security import OPERATOR, ROLES, UnknownRoleError, inbox_prefix, role_of
 from workers.runtime.telemetry import extract_context, inject_headers
 
 log = logging.getLogger("voicebus.bus")
@@ -53,6 +54,17 @@ MSG_ID = "Nats-Msg-Id"
 TYPE_HEADER = "Voice-Type"
 #: Tries of the first connection before Bus.connect gives up with a BusError.
 CONNECT_ATTEMPTS = 3
+
+
+def bus_role(settings: Settings) -> str:
+    """The NATS role a connection with these settings acts as (its user's, or its worker's)."""
+    if settings.nats_user is not None:
+        # Someone else's user (their own server config): NATS' default inbox.
+        return settings.nats_user if settings.nats_user in ROLES else OPERATOR
+    try:
+        return settings.nats_role or role_of(settings.worker_id)
+    except UnknownRoleError:
+        return OPERATOR
 
 
 class BusError(RuntimeError):
@@ -171,6 +183,7 @@ class Bus:
         self.settings = settings
         self.name = name
         self.stream = settings.stream_name
+        self.role = bus_role(settings)
         self._state: dict[str, bool] = {}
         # Pipelined publishes awaiting their ack: what to send again if the ack never comes.
         self._unacked: dict[asyncio.Future[PubAck], tuple[str, bytes, dict[str, str]]] = {}
@@ -221,6 +234,9 @@ class Bus:
                 reconnected_cb=reconnected_cb,
                 pending_size=64 * 1024 * 1024,
                 drain_timeout=5,
+                # Each role may subscribe only below its own prefix: no other client's
+                # deliveries or API replies.
+                inbox_prefix=inbox_prefix(bus_role(settings)),
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
             last = repr(state.get("last_error")).lower()
@@ -322,7 +338,7 @@ class Bus:
                 "Dlq-Stream-Seq": str(seq),
             }
         )
-        await self.js.publish(dlq_subject(consumer), msg.data, headers=headers)
+        await self.js.publish(dlq_subject(self.role, consumer), msg.data, headers=headers)
         log.warning(
             "dead-lettered", extra={"consumer": consumer, "subject": msg.subject, "reason": reason}
         )
@@ -494,6 +510,9 @@ class Consumer:
 
     async def start(self) -> Consumer:
         config = ConsumerConfig(
+            # The name puts the durable (and a single filter) in the API subject
+            # (CONSUMER.CREATE.<stream>.<name>), where NATS permissions can check it.
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,

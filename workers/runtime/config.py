@@ -43,9 +43,11 @@ class Settings(BaseSettings):
     stream_name: str = "VOICE"
     """JETSTREAM: name of the stream holding voice.> events."""
     stream_max_age_s: float = 7 * 24 * 3600.0
-    """STREAM_MAX_AGE_S: JetStream keeps events this long; the SQLite log is the record."""
+    """STREAM_MAX_AGE_S: JetStream keeps events this long, recorded or not; the SQL log is
+    the record (the recorder warns long before an unrecorded event gets this old)."""
     stream_max_bytes: int = 2 * 1024**3
-    """STREAM_MAX_BYTES: size cap of the stream; oldest events are discarded first."""
+    """STREAM_MAX_BYTES: size cap of the stream; when full, new events are refused (an error
+    to the publisher), never old ones dropped."""
     stream_replicas: int = Field(default=1, ge=1, le=5)
     """STREAM_REPLICAS: copies JetStream keeps of each stream (1 on one server, 3 on a
     cluster); applied by `just nats-setup`, never by a worker."""

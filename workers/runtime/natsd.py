@@ -209,7 +209,9 @@ def auth_config(settings: Settings) -> str:
     """The `authorization` block of the embedded server ("" when NATS_AUTH is off)."""
     if not settings.nats_auth:
         return ""
-    return authorization_block(passwords(settings.data_dir), settings.stream_name)
+    return authorization_block(
+        passwords(settings.data_dir), settings.stream_name, tuple(settings.served_endpoints)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,26 @@
 """NATS accounts: one user per worker role, each allowed only the subjects it needs.
 
-A role publishes only the events of its own stage (`voice.*.*.<stage>.>`: any endpoint, any
-conversation; the mic also binds conversations, `endpoint.>`) and `control.error`
-(any stage may fail a turn; only the speaker may also publish `control.interrupt`), and
-dead letters (`dlq.*`). It may provision the VOICE and VOICE_DLQ streams and pull from
-consumers of VOICE, but not delete or purge anything; it subscribes only to `_INBOX.>`
-(where pull consumers deliver), never to voice subjects directly. `cli` is the operator
-(CLIs, demo, benchmarks, purge): everything.
+Writing. A role publishes only the events of its own stage (`voice.*.*.<stage>.>`; the mic
+also binds conversations, `endpoint.>`, but never on an endpoint another endpoint role owns)
+and `control.error` (any stage may fail a turn; only the speaker may also publish
+`control.interrupt`), and dead letters under its own role (`dlq.<role>.>`). No role may
+create, update, delete or purge a stream: `just nats-setup` (workers.runtime.streams), run
+as the operator, owns stream settings. `cli` is the operator (CLIs, demo, set-up, purge):
+everything.
 
-Reading is not restricted per role: a JetStream pull consumer reads through the API, and
-durable names carry instance ids, which subject wildcards (whole tokens only) cannot match.
+Consumers. A role creates, reads, pulls from, acks and deletes only durables named for it:
+its services' shared durables (`recorder`, `stt`, `llm`, `llm-control-llm`, `tts`,
+`speaker-<endpoint>`) are denied to every other role by name. Durables with a tool run's pool
+or an instance id in their name (`stt-demo-3f2a9c1b`, `llm-control-llm-2`) cannot be told
+apart by NATS subject permissions (wildcards match whole tokens only), so those are not
+protected from other roles. Deliveries and API replies come on a per-role inbox prefix
+(`_INBOX_<role>.>`), the only thing a role may subscribe to.
+
+Reading (see README "Security and privacy"): through its own durables a role reads what their
+filters say; stt, tts and speaker also follow a claimed conversation with ephemeral (ordered)
+consumers, whose filters NATS cannot check, and every role may look up the last message of
+any subject (`STREAM.MSG.GET`/`DIRECT.GET`: bindings, interrupts). So a role can read any
+event of the VOICE stream; it cannot read another role's deliveries or API replies.
 
 Passwords come from NATS_PASSWORD_<ROLE> when set, else from a file generated on first use,
 DATA_DIR/nats/credentials.env (mode 0600, one `NATS_PASSWORD_<ROLE>=...` line per role).
@@ -35,17 +46,58 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "tts": ("tts",),
     "speaker": ("speaker",),
 }
+#: Endpoint roles: the endpoints whose input only they may publish. The mic is the local
+#: device and the tool runs' file microphones (their endpoints are named per run); a gateway
+#: role (web, wyoming) owns its endpoint, which the mic may then not publish on.
+ENDPOINT_ROLES: dict[str, tuple[str, ...]] = {"mic": ()}
+#: Endpoints owned by a gateway role (filled in by the gateway's role).
+GATEWAY_ENDPOINTS: dict[str, str] = {}
 #: Roles that may stop a reply (barge-in); the operator may too.
 INTERRUPTS = ("speaker",)
 #: Roles that follow a claimed utterance or reply with an ephemeral (ordered) consumer.
 EPHEMERAL_CONSUMERS = ("stt", "tts", "speaker")
 DLQ_STREAM = "VOICE_DLQ"
+#: The services' endpoints (ENDPOINTS' default): the speaker has one durable per endpoint.
+SERVICE_ENDPOINTS = ("device", "web", "wyoming")
+
+
+class UnknownRoleError(ValueError):
+    """A WORKER_ID that names no worker role: refused, never run with the operator's rights."""
 
 
 def role_of(worker_id: str) -> str:
-    """ "stt-2" -> "stt"; anything that is not a worker role is the operator."""
-    base = re.sub(r"-\d+$", "", worker_id or "")
-    return base if base in ROLES else OPERATOR
+    """ "stt-2", "stt-gpu", "stt" -> "stt"; "" (a CLI) -> the operator; else UnknownRoleError."""
+    if not worker_id:
+        return OPERATOR
+    base = worker_id.split("-", 1)[0]
+    if base in ROLES:
+        return base
+    raise UnknownRoleError(
+        f"WORKER_ID={worker_id!r} names no worker role: use <role> or <role>-<name> with a "
+        f"role among {', '.join(r for r in ROLES if r != OPERATOR)} (or set NATS_ROLE)"
+    )
+
+
+def role_of_durable(durable: str) -> str:
+    """The role owning a durable consumer: its route's first word ("llm-control-x" -> llm)."""
+    return durable.split("-", 1)[0]
+
+
+def service_durables(endpoints: tuple[str, ...] = SERVICE_ENDPOINTS) -> dict[str, list[str]]:
+    """Role -> the names of its services' shared durables (those of `just up`)."""
+    from schemas.routing import ROUTES
+
+    out: dict[str, list[str]] = {}
+    for route in ROUTES:
+        role = role_of_durable(route.name)
+        if route.per_endpoint:
+            names = [route.durable(endpoint=ep) for ep in endpoints]
+        elif route.name == "llm-control":
+            names = [route.durable(instance="llm")]  # the default single instance
+        else:
+            names = [route.durable()]
+        out.setdefault(role, []).extend(names)
+    return out
 
 
 def password_env(role: str) -> str:
@@ -104,52 +156,92 @@ def passwords(data_dir: Path, create: bool = True) -> dict[str, str]:
     return base
 
 
-def permissions(role: str, stream: str = "VOICE") -> dict[str, list[str]]:
-    """`{"publish": [...], "subscribe": [...]}` allowed to a role."""
+def permissions(
+    role: str, stream: str = "VOICE", endpoints: tuple[str, ...] = SERVICE_ENDPOINTS
+) -> dict[str, dict[str, list[str]]]:
+    """`{"publish": {"allow": [...], "deny": [...]}, "subscribe": {...}}` of a role."""
     if role == OPERATOR:
-        return {"publish": [">"], "subscribe": [">"]}
+        return {"publish": {"allow": [">"], "deny": []}, "subscribe": {"allow": [">"], "deny": []}}
     if role not in PUBLISHES:
         raise ValueError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
     api = "$JS.API"
-    pub = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
-    pub.append("voice.*.*.control.error")
+    allow = [f"voice.*.*.{stage}.>" for stage in PUBLISHES[role]]
+    deny: list[str] = []
+    if role in ENDPOINT_ROLES:
+        owned = ENDPOINT_ROLES[role]
+        if owned:  # a gateway: its own endpoint only
+            allow = [f"voice.{ep}.*.{stage}.>" for ep in owned for stage in PUBLISHES[role]]
+        else:  # the mic: any endpoint but those a gateway owns
+            for ep in GATEWAY_ENDPOINTS:
+                deny += [f"voice.{ep}.*.{stage}.>" for stage in PUBLISHES[role]]
+    allow.append("voice.*.*.control.error")
     if role in INTERRUPTS:
-        pub.append("voice.*.*.control.interrupt")
-    # Subject wildcards match whole tokens only, and durable names carry instance ids
-    # ("llm-control-llm-2"), so consumers and dead letters are not restricted by name.
-    pub.append("dlq.*")
-    pub.append(f"{api}.INFO")
-    for s in (stream, DLQ_STREAM):  # every worker provisions the streams at start
-        pub += [f"{api}.STREAM.INFO.{s}", f"{api}.STREAM.CREATE.{s}", f"{api}.STREAM.UPDATE.{s}"]
-    pub.append(f"{api}.STREAM.NAMES")
+        allow.append("voice.*.*.control.interrupt")
+    allow.append(f"dlq.{role}.>")
+    allow.append(f"{api}.INFO")
+    allow += [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.INFO.{DLQ_STREAM}"]
     # Workers look up the last event of a subject (get_last_msg), e.g. a turn's interrupt.
-    pub += [
+    allow += [
         f"{api}.STREAM.MSG.GET.{stream}",
         f"{api}.DIRECT.GET.{stream}",
         f"{api}.DIRECT.GET.{stream}.>",
     ]
-    pub += [
+    # Durables: any name (tool runs and instances have their own), except the services'
+    # durables of other roles, denied by name.
+    allow += [
         f"{api}.CONSUMER.CREATE.{stream}.*",
         f"{api}.CONSUMER.CREATE.{stream}.*.>",
-        f"{api}.CONSUMER.DURABLE.CREATE.{stream}.*",
         f"{api}.CONSUMER.INFO.{stream}.*",
         f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"$JS.ACK.{stream}.>",
+        f"$JS.ACK.{stream}.*.>",
     ]
+    for other, names in service_durables(endpoints).items():
+        if other == role:
+            continue
+        for name in names:
+            deny += [
+                f"{api}.CONSUMER.CREATE.{stream}.{name}",
+                f"{api}.CONSUMER.CREATE.{stream}.{name}.>",
+                f"{api}.CONSUMER.INFO.{stream}.{name}",
+                f"{api}.CONSUMER.MSG.NEXT.{stream}.{name}",
+                f"{api}.CONSUMER.DELETE.{stream}.{name}",
+                f"$JS.ACK.{stream}.{name}.>",
+            ]
     if role in EPHEMERAL_CONSUMERS:
-        pub += [
+        allow += [
+            # Unnamed: the server refuses a durable name in the request on this subject.
             f"{api}.CONSUMER.CREATE.{stream}",
             f"{api}.CONSUMER.DELETE.{stream}.*",
             f"$JS.FC.{stream}.>",
         ]
-    return {"publish": pub, "subscribe": ["_INBOX.>"]}
+    return {
+        "publish": {"allow": allow, "deny": deny},
+        "subscribe": {"allow": [f"{inbox_prefix(role)}.>"], "deny": []},
+    }
+
+
+def inbox_prefix(role: str) -> str:
+    """Where a role's replies and deliveries arrive; only that role may subscribe there."""
+    return "_INBOX" if role == OPERATOR else f"_INBOX_{role}"
 
 
 def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def authorization_block(passwords: dict[str, str] | None, stream: str = "VOICE") -> str:
+def _rules(rules: dict[str, list[str]]) -> str:
+    allow = ", ".join(_quote(s) for s in rules["allow"])
+    if not rules["deny"]:
+        return f"{{ allow: [{allow}] }}"
+    deny = ", ".join(_quote(s) for s in rules["deny"])
+    return f"{{ allow: [{allow}],\n        deny: [{deny}] }}"
+
+
+def authorization_block(
+    passwords: dict[str, str] | None,
+    stream: str = "VOICE",
+    endpoints: tuple[str, ...] = SERVICE_ENDPOINTS,
+) -> str:
     """The nats-server `authorization {}` block for every role.
 
     `passwords=None` writes `$NATS_PASSWORD_<ROLE>` references instead, which nats-server
@@ -157,14 +249,12 @@ def authorization_block(passwords: dict[str, str] | None, stream: str = "VOICE")
     """
     users = []
     for role in ROLES:
-        perms = permissions(role, stream)
-        pub = ", ".join(_quote(s) for s in perms["publish"])
-        sub = ", ".join(_quote(s) for s in perms["subscribe"])
+        perms = permissions(role, stream, endpoints)
         pw = "$" + password_env(role) if passwords is None else _quote(passwords[role])
         users.append(
             f"    {{ user: {_quote(role)}, password: {pw},\n"
-            f"      permissions: {{ publish: {{ allow: [{pub}] }},"
-            f" subscribe: {{ allow: [{sub}] }} }} }}"
+            f"      permissions: {{ publish: {_rules(perms['publish'])},"
+            f" subscribe: {_rules(perms['subscribe'])} }} }}"
         )
     return "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n"
 
@@ -186,7 +276,10 @@ def credentials_of(settings: Any) -> tuple[str, str] | None:
     follow WORKER_ID, so a worker spawned by a CLI gets its role's rights, not the CLI's.
     """
     data_dir = Path(settings.data_dir)
-    role = settings.nats_role or role_of(settings.worker_id)
+    try:
+        role = settings.nats_role or role_of(settings.worker_id)
+    except UnknownRoleError:
+        return None  # no credentials: the worker refuses to start (service.run_worker)
     if settings.nats_user is not None:
         user = settings.nats_user
         ours = {read_credentials(credentials_file(data_dir)).get(user)}
@@ -248,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.permissions:
         for role in ROLES:
             perms = permissions(role)
-            print(f"{role}: publish {' '.join(perms['publish'])}")
-            print(f"{' ' * len(role)}  subscribe {' '.join(perms['subscribe'])}")
+            pad = " " * len(role)
+            print(f"{role}: publish {' '.join(perms['publish']['allow'])}")
+            if perms["publish"]["deny"]:
+                print(f"{pad}  publish denied {' '.join(perms['publish']['deny'])}")
+            print(f"{pad}  subscribe {' '.join(perms['subscribe']['allow'])}")
         return 0
     from workers.runtime.config import get_settings
 

@@ -1,9 +1,9 @@
 """What every worker process shares: start-up, signals, graceful shutdown.
 
 A worker is a subclass of `Worker` with `setup()` (load models, show progress) and
-`consumers()`; `run_worker` does the rest: logging, telemetry, bus connection, a check
-that the streams exist (`just nats-setup` owns their settings), running the consumers, and
-on SIGTERM/SIGINT a drain (the batch in hand is finished and acked), a flush of pending
+`consumers()`; `run_worker` does the rest: logging, telemetry, bus connection, a check that
+the streams exist (`just nats-setup` owns their settings), running the consumers, and on
+SIGTERM/SIGINT a drain (the batch in hand is finished and acked), a flush of pending
 publishes and of spans.
 """
 
@@ -26,6 +26,7 @@ from workers.runtime.bus import Bus, BusError, Consumer, Handler
 from workers.runtime.config import Settings, get_settings
 from workers.runtime.logs import setup_logging
 from workers.runtime.models import ModelNotFoundError
+from workers.runtime.security import UnknownRoleError, role_of
 from workers.runtime.streams import require_streams
 from workers.runtime.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -167,6 +168,12 @@ def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
     settings = get_settings()
     if not settings.worker_id:
         settings = settings.for_worker(name)
+    try:
+        # Never the operator's rights for a name that is no role ("gpu-box", "bench").
+        settings.nats_role or role_of(settings.worker_id)
+    except UnknownRoleError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level, settings.log_json)
     setup_telemetry(name)
     try:

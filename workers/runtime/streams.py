@@ -8,12 +8,21 @@ so no worker can shrink retention and the last one started no longer decides the
 
 STREAM_REPLICAS (default 1) is the number of copies JetStream keeps: 1 on a single server,
 3 on a cluster.
+
+Retention. VOICE never discards an event to make room: at STREAM_MAX_BYTES it refuses new
+ones (DiscardPolicy.NEW: the publisher gets an error, nothing already stored goes away).
+Events leave it only by age (STREAM_MAX_AGE_S, 7 days, recorded or not) or by `just purge`.
+So an event can be lost unrecorded only if the recorder is behind for longer than that:
+`recorder_lag` measures how far behind it is, and the recorder warns in its log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import time
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
@@ -22,6 +31,8 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from schemas import DLQ_ROOT, SUBJECT_ROOT
 from workers.runtime.bus import DLQ_STREAM, Bus, BusError, retry_transient
 from workers.runtime.config import Settings, get_settings
+
+log = logging.getLogger("voicebus.streams")
 
 #: JetStream's error code for "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
@@ -33,7 +44,8 @@ def voice_stream(s: Settings) -> StreamConfig:
         description="voice pipeline events; the SQLite/Postgres log is the record",
         subjects=[f"{SUBJECT_ROOT}.>"],
         storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
+        # Full: refuse new events (an explicit error) rather than drop unrecorded old ones.
+        discard=DiscardPolicy.NEW,
         max_age=s.stream_max_age_s,
         max_bytes=s.stream_max_bytes,
         max_msg_size=1024 * 1024,
@@ -84,6 +96,63 @@ async def require_streams(bus: Bus) -> None:
             ) from None
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far the recorder (a durable of the stream) is behind the stream."""
+
+    events: int
+    """Events it has not recorded yet (not delivered, or delivered and not acked)."""
+    oldest_s: float
+    """Age of the oldest of them in seconds (an upper bound; 0 when none)."""
+    last_seq: int
+    """The stream's last sequence."""
+    recorded_seq: int
+    """Every event up to this stream sequence is recorded (the durable's ack floor)."""
+    fill: float
+    """Stream bytes / STREAM_MAX_BYTES: at 1.0 new events are refused."""
+
+    def warnings(self, max_age_s: float, warn_s: float, warn_fill: float) -> list[str]:
+        out = []
+        if self.events and self.oldest_s > warn_s:
+            out.append(
+                f"recorder is {self.events} events behind (stream seq {self.recorded_seq} of "
+                f"{self.last_seq}); the oldest unrecorded is {self.oldest_s:.0f} s old and is "
+                f"dropped unrecorded at {max_age_s:.0f} s"
+            )
+        if self.fill >= warn_fill:
+            out.append(
+                f"stream is {self.fill:.0%} full: at 100% new events are refused "
+                "(raise STREAM_MAX_BYTES or run `just purge`)"
+            )
+        return out
+
+
+async def recorder_lag(bus: Bus, durable: str) -> Lag:
+    """The durable's lag behind the stream (its own consumer info and the stream info)."""
+    info = await bus.js.consumer_info(bus.stream, durable)
+    stream = await bus.js.stream_info(bus.stream)
+    events = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+    oldest = 0.0
+    if events:
+        try:
+            # The first message after the ack floor (any subject) is at least as old as the
+            # first unrecorded one.
+            msg = await bus.js.get_msg(bus.stream, seq=floor + 1, next=True)
+            if msg.time is not None:
+                oldest = max(0.0, time.time() - msg.time.timestamp())
+        except (nats.js.errors.NotFoundError, nats.errors.Error, nats.js.errors.Error):
+            pass
+    cap = stream.config.max_bytes or -1
+    return Lag(
+        events=events,
+        oldest_s=oldest,
+        last_seq=int(stream.state.last_seq),
+        recorded_seq=floor,
+        fill=(stream.state.bytes / cap) if cap > 0 else 0.0,
+    )
+
+
 async def setup(settings: Settings | None = None) -> list[str]:
     """Connect as the operator and apply the stream settings; returns the stream names."""
     settings = settings or get_settings()
@@ -93,6 +162,25 @@ async def setup(settings: Settings | None = None) -> list[str]:
     finally:
         await bus.close()
     return [c.name or "" for c in stream_configs(settings)]
+
+
+async def status(settings: Settings, durable: str = "recorder") -> str:
+    """One line: how full the stream is and how far the services' recorder is behind."""
+    bus = await Bus.connect(settings, name="nats-setup")
+    try:
+        try:
+            lag = await recorder_lag(bus, durable)
+        except nats.js.errors.NotFoundError:
+            return f"recorder {durable!r} has not started yet: nothing recorded from this stream"
+    finally:
+        await bus.close()
+    line = (
+        f"stream {settings.stream_name} {lag.fill:.0%} full; recorder {lag.events} events "
+        f"behind (recorded up to seq {lag.recorded_seq} of {lag.last_seq}"
+        + (f", oldest unrecorded {lag.oldest_s:.0f} s old)" if lag.events else ")")
+    )
+    warnings = lag.warnings(settings.stream_max_age_s, 60.0, 0.8)
+    return "; ".join([line, *(f"WARNING: {w}" for w in warnings)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         names = asyncio.run(setup(settings))
+        line = asyncio.run(status(settings))
     except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
         print(f"nats-setup: error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"streams {', '.join(names)} set up at {settings.nats_url} "
         f"(replicas {settings.stream_replicas})"
     )
+    print(line)
     return 0
 
 
