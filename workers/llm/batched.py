@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -86,7 +85,6 @@ class BatchedBackend(EmbeddedBackend):
         params.n_ctx = self.context_tokens * self.slots  # each sequence gets n_ctx / n_seq_max
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = self.slots
-        params.kv_unified = os.environ.get("LLM_KV_UNIFIED", "0") == "1"
         params.n_threads = params.n_threads_batch = self.threads
         self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
