@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_llm_support import transcript
-from workers.runtime.bus import Bus
+from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings
 from workers.runtime.natscluster import NatsCluster, wait_jetstream
 from workers.runtime.natsd import NatsServerError, free_port, is_listening
@@ -115,3 +115,51 @@ async def test_llm_started_with_the_first_of_three_urls_down_answers_and_survive
         proc.stop()
     log = (tmp_path / "llm.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_just_nats_cluster_3_starts_nodes_with_the_role_accounts_and_stops_them(
+    tmp_path: Path,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from workers.runtime.natsd import is_listening as listening
+
+    base = free_port()
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "NATS_URL": f"nats://127.0.0.1:{base}",
+        "NATS_SYNC_INTERVAL": "always",
+    }
+    proc = subprocess.Popen(  # noqa: ASYNC220 (a server in the background, not awaited)
+        [sys.executable, "-m", "workers.runtime.natsd", "--cluster", "3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        url = next(x.split("=", 1)[1].strip() for x in lines if "NATS_URL=" in x)
+        urls = url.split(",")
+        assert urls == [f"nats://127.0.0.1:{base + i}" for i in range(3)]
+        settings = Settings(
+            nats_url=url, stream_replicas=3, data_dir=tmp_path / "data", _env_file=None
+        )  # type: ignore[call-arg]
+        bus = await Bus.connect(settings, name="test")  # the operator's generated password
+        try:
+            await ensure_streams(bus)
+            info = await bus.js.stream_info(bus.stream)
+            assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
+        finally:
+            await bus.close()
+        wrong = Settings(nats_url=url, nats_user="cli", nats_password="wrong", _env_file=None)  # type: ignore[call-arg]
+        with pytest.raises(BusError, match=r"refused|credentials"):
+            await Bus.connect(wrong, name="test")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert not any(listening(u) for u in urls)  # every node stopped with it

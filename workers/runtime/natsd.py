@@ -292,6 +292,10 @@ def run_cluster(settings: Settings, size: int) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a supervisor, `timeout`) stops the nodes too
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         while all(n.proc is not None and n.proc.poll() is None for n in cluster.nodes):
             time.sleep(0.5)
