@@ -2,7 +2,9 @@
 
 Both run in this one invocation, each on a fresh store: first a single embedded server
 (R1 streams), then a loopback cluster (R3 streams) whose VOICE stream leader is killed -9
-a few seconds into every level (mid-turn) and restarted a few seconds later. The pause a
+a few seconds into a level (mid-turn) and restarted a few seconds later: the levels run
+once undisturbed (for throughput, voice-to-voice and recorder lag against the single
+server) and once more with the kill. The pause a
 failover causes is the time from the kill until the stream answers again under a new
 leader. Every turn must still end and the log audit must stay clean (the levels' problems).
 The nodes share this machine's cores with the workers: the cluster pays three servers'
@@ -41,9 +43,15 @@ def with_nats(settings: Settings, url: str, replicas: int) -> Settings:
     return type(settings)(_env_file=None, **data)  # type: ignore[call-arg]
 
 
-def leader_killer(cluster: NatsCluster):  # type: ignore[no-untyped-def]
-    async def during(p: Pipeline, n: int) -> dict[str, Any]:
+def leader_killer(cluster: NatsCluster, skip: int):  # type: ignore[no-untyped-def]
+    """Kills the stream leader in every level after the first `skip` ones."""
+    calls = [0]
+
+    async def during(p: Pipeline, n: int) -> dict[str, Any] | None:
         assert p.bus is not None
+        calls[0] += 1
+        if calls[0] <= skip:
+            return None
         await asyncio.sleep(KILL_AFTER_S)
         info = await p.bus.js.stream_info(p.bus.stream)
         leader = info.cluster.leader if info.cluster else None
@@ -110,15 +118,19 @@ def main_cluster(args: argparse.Namespace, levels: list[int]) -> int:
         cluster.start()
         asyncio.run(wait_jetstream(cluster.urls, settings.nats_user, settings.nats_password))
         progress(f"{args.cluster}-node cluster at {cluster.nats_url}")
-        results["cluster"] = asyncio.run(
+        both = asyncio.run(
             run(
-                levels,
+                levels + levels,
                 args.fast,
                 args.llm_threads,
                 args.llm_parallel,
                 with_nats(settings, cluster.nats_url, min(3, args.cluster)),
-                during=leader_killer(cluster),
+                during=leader_killer(cluster, skip=len(levels)),
             )
+        )
+        results["cluster"], results["cluster, leader killed"] = (
+            both[: len(levels)],
+            both[len(levels) :],
         )
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench load: error (cluster): {exc}", file=sys.stderr)
@@ -129,21 +141,21 @@ def main_cluster(args: argparse.Namespace, levels: list[int]) -> int:
         f"ran N in {levels} on one server, then on {args.cluster} nodes, in "
         f"{time.monotonic() - t0:.0f} s"
     )
-    for name in ("single", "cluster"):
+    for name in results:
         print(f"\n== {name} ==")
         print_table(results[name])
-    print_ratios(results["single"], results["cluster"])
+    print_ratios(results["single"], results["cluster"], results["cluster, leader killed"])
     if args.json:
         print(json.dumps(results))
     return 0
 
 
-def print_ratios(single: list[dict], cluster: list[dict]) -> None:
+def print_ratios(single: list[dict], cluster: list[dict], killed: list[dict]) -> None:
     print("\n== cluster / single ==")
 
-    def row(label: str, f) -> None:  # type: ignore[no-untyped-def]
+    def row(label: str, f, other: list[dict] = cluster) -> None:  # type: ignore[no-untyped-def]
         cells = []
-        for a, b in zip(single, cluster, strict=True):
+        for a, b in zip(single, other, strict=True):
             x, y = f(a), f(b)
             cells.append(f"{y / x:.2f}x" if x else "-")
         print(f"{label:34}" + "".join(f"{c:>12}" for c in cells))
@@ -156,18 +168,19 @@ def print_ratios(single: list[dict], cluster: list[dict]) -> None:
     row("voice-to-voice p95", lambda r: r["voice_to_voice_ms"]["p95"])
     row("recorder lag p50", lambda r: r["recorder_lag_ms"]["p50"])
     row("recorder lag p99", lambda r: r["recorder_lag_ms"]["p99"])
+    row("v2v p50, leader killed mid-level", lambda r: r["voice_to_voice_ms"]["p50"], killed)
     pauses = [
         r["during"]["failover_pause_ms"]
-        for r in cluster
+        for r in killed
         if r.get("during") and r["during"]["failover_pause_ms"] is not None
     ]
-    never = sum(1 for r in cluster if r.get("during") and r["during"]["failover_pause_ms"] is None)
+    never = sum(1 for r in killed if r.get("during") and r["during"]["failover_pause_ms"] is None)
     if pauses:
         print(
             f"failover pause (leader killed -9 -> new leader answers): p50 "
             f"{statistics.median(pauses):.0f} ms, max {max(pauses):.0f} ms over {len(pauses)} "
             f"kill(s)" + (f"; {never} without a new leader in 60 s" if never else "")
         )
-    ended = all(r["turns"] >= r["n"] for r in cluster)
-    problems = sum(len(r["problems"]) for r in cluster)
+    ended = all(r["turns"] >= r["n"] for r in cluster + killed)
+    problems = sum(len(r["problems"]) for r in cluster + killed)
     print(f"cluster: every turn ended: {'yes' if ended else 'NO'}; log problems: {problems}")
