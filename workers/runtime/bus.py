@@ -161,7 +161,8 @@ TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
 async def retry_transient(
     call: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "JetStream"
 ) -> Any:
-    """`call()` again while the cluster answers "not now", up to `timeout` seconds."""
+    """`call()` again while the cluster answers "not now", up to `timeout` seconds; then the
+    last error is raised as it came (callers handle NATS errors as before)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.1
@@ -170,7 +171,8 @@ async def retry_transient(
             return await call()
         except TRANSIENT_API_ERRORS as exc:
             if loop.time() + delay > deadline:
-                raise BusError(f"{what} did not answer within {timeout:.0f} s: {exc!r}") from exc
+                log.warning("jetstream did not answer", extra={"what": what, "error": repr(exc)})
+                raise
             log.info("jetstream busy; retrying", extra={"what": what, "error": repr(exc)})
             await asyncio.sleep(delay)
             delay = min(1.0, delay * 2)
