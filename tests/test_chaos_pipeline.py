@@ -189,9 +189,15 @@ async def test_kill_every_worker_and_nats_mid_turn_loses_and_doubles_nothing(
     assert result.problems == []
     assert [p.line() for p in verified] == []  # `just verify`: sequences, lifecycle, projections
     assert result.turns == len(ROUNDS)
+    errors = dict(result.errors)
+    # A speaker killed once its reply was playing ends the turn with "speaker-restarted" (how
+    # much was heard is unknown); killed before its first sample, the reply is played again.
+    # Which one depends on whether the speaker had played the first chunk when the kill came.
+    restarted = errors.pop("speaker-restarted", 0)
+    assert restarted <= 1
     # The killed mic's utterance is cut short: stt names it, after STT_UTTERANCE_TIMEOUT_S.
-    assert result.errors == {"utterance-timeout": 1}
-    assert result.completed == len(ROUNDS) - 1
+    assert errors == {"utterance-timeout": 1}
+    assert result.completed == len(ROUNDS) - 1 - restarted
     assert dlq == 0
     # Kills mid-turn leave inputs unacknowledged: they came back and changed nothing.
     assert any(redelivered.values()), redelivered

@@ -81,7 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         verdict = "ok" if not problems else f"{len(problems)} problem(s)"
         print(f"verify: {len(ids)} conversation(s), {verdict}", file=sys.stderr)
+    recorder_status(settings)
     return 1 if problems else 0
+
+
+def recorder_status(settings: Settings) -> None:
+    """What the log does not have yet: the recorder's lag behind JetStream (stderr), when a
+    NATS server listens at NATS_URL."""
+    import asyncio
+
+    from workers.runtime.natsd import is_listening
+    from workers.runtime.streams import status
+
+    if not is_listening(settings.nats_url):
+        return
+    try:
+        line = asyncio.run(status(settings))
+    except Exception as exc:  # no stream yet, refused: the log check stands on its own
+        line = f"recorder lag unknown ({exc.__class__.__name__})"
+    print(f"verify: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":
