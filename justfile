@@ -27,9 +27,9 @@ test *ARGS:
 stress ROUNDS="5" *ARGS:
     sh ops/stress.sh {{ROUNDS}} {{ARGS}}
 
-# Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL
-nats:
-    @{{python}} -m workers.runtime.natsd
+# Start the embedded NATS server (JetStream) in the foreground, unless one listens at NATS_URL [--cluster 3]
+nats *ARGS:
+    @{{python}} -m workers.runtime.natsd "$@"
 
 # Create or update the JetStream streams (their one owner; STREAM_REPLICAS copies); `up` and the tools run it too
 nats-setup:

@@ -175,3 +175,31 @@ def test_system_prompt_and_question_are_kept_even_over_budget() -> None:
     # The question keeps its end (the most recent words) and fits the budget.
     assert messages[-1]["role"] == "user" and messages[-1]["content"].endswith("w499")
     assert words(messages[-1]["content"]) <= 100
+
+
+async def test_memory_reads_the_log_at_database_url_sqlite_or_postgres(db_url: str) -> None:
+    """On PostgreSQL the llm needs no file of the recorder's machine: DATABASE_URL is all."""
+    log = EventLog(db_url)  # the recorder's side: migrates and writes
+    log.append(
+        [
+            Record.of(e)
+            for e in turn_events(
+                "u1",
+                "Hi.",
+                ["Hello there."],
+                played_ms=2000.0,
+                sentences_heard=1,
+                last_sentence_index=0,
+                last_sentence_played_ms=2000.0,
+            )
+        ]
+    )
+    log.close()
+    memory = EventLogMemory(db_url)
+    try:
+        assert await memory.previous_turns(CONV, "u2") == [
+            Turn("u1", "Hi.", "Hello there.", interrupted=False)
+        ]
+        assert await memory.wait_recorded(["u1-pb"], 1.0)
+    finally:
+        memory.close()

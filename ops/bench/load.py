@@ -17,7 +17,12 @@ all. Reported per level, from the event log:
   the load average (other processes on the machine distort every figure above).
 The speaker's WAV sink runs without its real-time clock (voice-to-voice ends at the first
 played sample, so this changes no latency, only how long a level takes).
-The llm generates one reply at a time: at N > 1 its queue is the expected bottleneck.
+The llm generates one reply at a time unless --llm-parallel K (LLM_PARALLEL: K replies decoded
+together in one batch); at N > 1 its queue is the expected bottleneck.
+
+`--cluster 3` runs the levels twice in one run, on a single embedded server and on a
+loopback 3-node cluster with R3 streams (ops/bench/cluster_load.py), and kills -9 the VOICE
+stream leader during each cluster level: the pause it causes is reported beside the ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,7 @@ from ops.chaos import audit, consumer_states, quiescent
 from workers.cli.pipeline import Pipeline, progress, tool_endpoint
 from workers.runtime.audio import write_wav
 from workers.runtime.bus import Bus
-from workers.runtime.config import get_settings
+from workers.runtime.config import Settings, get_settings
 from workers.runtime.eventlog import EventLog, row_event, timings
 from workers.runtime.eventlog.verify import verify
 
@@ -287,18 +293,35 @@ def problems_of(log: EventLog, conversations: list[str]) -> list[str]:
     return problems + [p.line() for p in verify(log, conversations)]
 
 
-async def run(levels: list[int], fast: bool, llm_threads: int | None = None) -> list[dict]:
-    settings = get_settings()
+async def run(
+    levels: list[int],
+    fast: bool,
+    llm_threads: int | None = None,
+    llm_parallel: int | None = None,
+    settings: Settings | None = None,
+    during: Callable[[Pipeline, int], Awaitable[Any]] | None = None,
+) -> list[dict]:
+    """The levels through one pipeline; `during(p, n)` runs beside each level (a fault) and
+    its result goes into the level's figures as "during"."""
+    settings = settings or get_settings()
     files = await asyncio.to_thread(question_files, settings.data_dir / "bench" / "load-inputs")
     env = {"speaker": {"SPEAKER_SINK": "wav", "SPEAKER_REALTIME": "0"}}
+    llm_env = {}
     if llm_threads:
-        env["llm"] = {"LLM_THREADS": str(llm_threads)}
+        llm_env["LLM_THREADS"] = str(llm_threads)
+    if llm_parallel:
+        llm_env["LLM_PARALLEL"] = str(llm_parallel)
+    if llm_env:
+        env["llm"] = llm_env
     results = []
     async with Pipeline(settings, env=env, pool=tool_endpoint("bench")) as p:
         log = EventLog(settings.db_url, migrate=False)
         for n in levels:
             progress(f"load level N={n}: {n} conversation(s) at once ...")
+            fault = asyncio.create_task(during(p, n)) if during else None
             res = await level(p, log, files, n, fast)
+            if fault is not None:
+                res["during"] = await fault
             progress(
                 f"  N={n}: {res['turns']} turns in {res['wall_s']:.1f} s, voice-to-voice p50 "
                 f"{res['voice_to_voice_ms']['p50']:.0f} ms"
@@ -380,6 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=int, default=8, help="add 16 (and beyond) when >= 16")
     ap.add_argument("--fast", action="store_true", help="mics stream as fast as possible")
     ap.add_argument("--llm-threads", type=int, help="LLM_THREADS for the llm worker")
+    ap.add_argument(
+        "--llm-parallel", type=int, help="LLM_PARALLEL: replies the llm decodes together"
+    )
+    ap.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="3",
+        help="also run on a loopback cluster of this many nodes (R3 streams), leader killed",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     levels = args.levels or [n for n in (1, 4, 8, 16, 32) if n <= max(8, args.max)]
@@ -389,8 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     mode = "fast (as fast as possible)" if args.fast else "real time"
     progress(f"running N in {levels}, mics in {mode}, embedded models, one worker each")
     t0 = time.monotonic()
+    if args.cluster:
+        from ops.bench.cluster_load import main_cluster
+
+        return main_cluster(args, levels)
     try:
-        results = asyncio.run(run(levels, args.fast, args.llm_threads))
+        results = asyncio.run(run(levels, args.fast, args.llm_threads, args.llm_parallel))
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench load: error: {exc}", file=sys.stderr)
         return 1

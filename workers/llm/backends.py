@@ -463,6 +463,17 @@ def make_backend(settings: LlmSettings) -> Backend:
             first_token_timeout_s=settings.ollama_first_token_timeout_s,
             stall_timeout_s=settings.ollama_stall_timeout_s,
         )
+    if settings.parallel > 1:
+        from workers.llm.batched import BatchedBackend
+
+        return BatchedBackend(
+            settings.model,
+            slots=settings.parallel,
+            threads=settings.threads,
+            context_tokens=settings.context_tokens,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        )
     return EmbeddedBackend(
         settings.model,
         threads=settings.threads,

@@ -40,6 +40,10 @@ class LlmSettings(BaseSettings):
     exactly."""
     context_tokens: int = Field(default=2048, ge=256, le=131_072)
     """LLM_CONTEXT_TOKENS: prompt + reply budget; oldest turns are dropped to fit."""
+    parallel: int = Field(default=1, ge=1, le=64)
+    """LLM_PARALLEL: replies one worker generates at once. Above 1 the embedded model decodes
+    them together in one batch (llama.cpp parallel sequences; `just bench load 1 4`); with
+    Ollama, set the server's OLLAMA_NUM_PARALLEL to the same number."""
     threads: int = Field(default=0, ge=0)
     """LLM_THREADS: llama.cpp threads (0: all cores but one, left to the tts and stt)."""
     nice: int = Field(default=10, ge=0, le=19)

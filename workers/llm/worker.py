@@ -108,6 +108,13 @@ class LlmWorker(Worker):
         self._memory_wait = self.options.memory_wait_s
         self._tracer = tracer("voicebus.llm")
         self._speculations: set[asyncio.Task[None]] = set()
+        # LLM_PARALLEL > 1: turns run side by side (the backend batches them); a transcript
+        # waits for a free slot, and the consumer fetches no more meanwhile (batch=1), so
+        # the rest go to other instances.
+        self._slots = (
+            asyncio.Semaphore(self.options.parallel) if self.options.parallel > 1 else None
+        )
+        self._turn_tasks: set[asyncio.Task[None]] = set()
         self.turns = 0
 
     async def setup(self) -> None:
@@ -142,8 +149,9 @@ class LlmWorker(Worker):
         for turn in self.active.values():
             turn.reason = "shutdown"
             turn.cancel.set()
-        if self._speculations:  # they end at their next token and ack their transcripts
-            await asyncio.wait(list(self._speculations), timeout=5)
+        pending = self._speculations | self._turn_tasks
+        if pending:  # they end at their next token and ack their transcripts
+            await asyncio.wait(list(pending), timeout=5)
         await self.backend.aclose()
         self.memory.close()
 
@@ -214,21 +222,44 @@ class LlmWorker(Worker):
             self._speculations.add(task)
             task.add_done_callback(self._speculations.discard)
             return
-        await self._run(event, turn, arrived, delivery)
+        if self._slots is None:
+            await self._run(event, turn, arrived, delivery)
+            return
+        await self._slots.acquire()
+        delivery.defer()  # acked when its turn ends
+        task = asyncio.create_task(self._run_in_slot(event, turn, arrived, delivery))
+        self._turn_tasks.add(task)
+        task.add_done_callback(self._turn_tasks.discard)
+
+    async def _run_in_slot(
+        self, event: Transcript, turn: ActiveTurn, arrived: float, delivery: Delivery
+    ) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(event, turn, arrived, delivery)
+        except Exception:
+            # Not the consumer's task: the transcript is redelivered after the ack wait.
+            log.exception("llm turn failed", extra={"utterance": event.utterance_id})
+        finally:
+            self._slots.release()
 
     async def _run(
         self, event: Transcript, turn: ActiveTurn, arrived: float, delivery: Delivery
     ) -> None:
         # A long generation tells JetStream it is still working on the transcript.
         progress = asyncio.create_task(self._keep_alive(delivery, self.options.ack_wait_s / 3))
+        ended = False
         try:
             await self._turn(event, turn, arrived)
+            ended = True
         finally:
             progress.cancel()
             if self.active.get(event.conversation_id) is turn:
                 del self.active[event.conversation_id]
             if delivery.deferred:
-                await delivery.ack()
+                # A turn that did not end (its publishes failed) comes back, here or to
+                # another instance; its events' ids are the same, so nothing doubles.
+                await (delivery.ack() if ended else delivery.nak(1.0))
 
     # -- speculation --------------------------------------------------------------------
 

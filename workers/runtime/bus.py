@@ -1,6 +1,7 @@
 """The event bus: NATS JetStream with typed events, trace headers and dead-lettering.
 
-- `Bus.connect` reconnects forever and reports connection trouble once per state change.
+- `Bus.connect` takes the servers of NATS_URL (one, or a cluster's list), reconnects forever
+  to any of them and reports connection trouble once per state change.
 - The streams (VOICE for voice.>, VOICE_DLQ) are set up by workers.runtime.streams, never
   by a worker.
 - `Bus.publish` sets Nats-Msg-Id (the event id) and the W3C trace context.
@@ -145,6 +146,38 @@ Handler = Callable[[Event, Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
+#: JetStream API errors that mean "not now" (a cluster electing a leader after a node died,
+#: or the client reconnecting to another node), not "no".
+TRANSIENT_API_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "JetStream"
+) -> Any:
+    """`call()` again while the cluster answers "not now", up to `timeout` seconds; then the
+    last error is raised as it came (callers handle NATS errors as before)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_API_ERRORS as exc:
+            if loop.time() + delay > deadline:
+                log.warning("jetstream did not answer", extra={"what": what, "error": repr(exc)})
+                raise
+            log.info("jetstream busy; retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
 class Bus:
     def __init__(self, nc: NatsClient, settings: Settings, name: str) -> None:
         self.nc = nc
@@ -185,7 +218,10 @@ class Bus:
 
         try:
             nc = await nats.connect(
-                settings.nats_url,
+                # Every server of NATS_URL: the first connection takes any that answers,
+                # a reconnect after a node died goes to another (and to those the cluster
+                # told us about).
+                settings.nats_servers,
                 name=name,
                 user=settings.nats_user,
                 password=settings.nats_password,
@@ -233,11 +269,22 @@ class Bus:
         return headers
 
     async def publish(
-        self, event: Event, ctx: otel_context.Context | None = None, timeout: float = 5.0
+        self,
+        event: Event,
+        ctx: otel_context.Context | None = None,
+        timeout: float = 5.0,
+        retry_s: float = 30.0,
     ) -> PubAck:
-        """Publish and wait for JetStream's ack (stored). `duplicate=True` means a re-publish."""
-        return await self.js.publish(
-            event.subject(), encode(event), timeout=timeout, headers=self.headers_for(event, ctx)
+        """Publish and wait for JetStream's ack (stored). `duplicate=True` means a re-publish.
+
+        While a cluster elects a new stream leader (a node died) the publish is tried again
+        for up to `retry_s`, with the same Msg-Id: stored once whatever happened to the
+        tries before."""
+        subject, data, headers = event.subject(), encode(event), self.headers_for(event, ctx)
+        return await retry_transient(
+            lambda: self.js.publish(subject, data, timeout=timeout, headers=headers),
+            timeout=retry_s,
+            what=f"publish {event.type}",
         )
 
     async def publish_nowait(
@@ -247,26 +294,39 @@ class Bus:
         subject, data, headers = event.subject(), encode(event), self.headers_for(event, ctx)
         future = await self.js.publish_async(subject, data, headers=headers)
         self._unacked[future] = (subject, data, headers)
-        future.add_done_callback(lambda f: self._unacked.pop(f, None))
+        future.add_done_callback(self._acked)
         return future
+
+    def _acked(self, future: asyncio.Future[PubAck]) -> None:
+        # A refused publish (no stream leader for a moment) stays for `flush_publishes`.
+        if future.cancelled() or future.exception() is None:
+            self._unacked.pop(future, None)
 
     async def flush_publishes(self, timeout: float = 5.0) -> None:
         """Wait for the acks of pipelined publishes.
 
         The ack of a message in flight when the server died never comes (nats-py would wait
-        forever, and the message may not be stored): after `timeout` such messages are
-        published again with their Msg-Id, so the stream keeps each exactly once. Raises if
-        the server still does not ack them.
+        forever, and the message may not be stored), and a publish made while a cluster had
+        no stream leader is refused: such messages are published again with their Msg-Id
+        (after `timeout` for a missing ack), so the stream keeps each exactly once. Raises
+        if the server still does not ack them.
         """
         if not self._unacked:
             return
-        _, late = await asyncio.wait(list(self._unacked), timeout=timeout)
-        for future in late:
+        await asyncio.wait(list(self._unacked), timeout=timeout)
+        for future in list(self._unacked):
             resend = self._unacked.pop(future, None)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue
             future.cancel()  # frees nats-py's pending slot
             if resend is not None:
                 subject, data, headers = resend
-                await self.js.publish(subject, data, headers=headers, timeout=timeout)
+                await retry_transient(
+                    lambda s=subject, d=data, h=headers: self.js.publish(  # type: ignore[misc]
+                        s, d, headers=h, timeout=timeout
+                    ),
+                    what="publish",
+                )
 
     async def dead_letter(self, consumer: str, msg: Msg, reason: str) -> None:
         headers = dict(msg.headers or {})
@@ -482,13 +542,14 @@ class Consumer:
             config.filter_subject = self.filter_subjects[0]
         else:
             config.filter_subjects = self.filter_subjects
+        add = lambda: self.bus.js.add_consumer(self.bus.stream, config)  # noqa: E731
         try:
-            await self.bus.js.add_consumer(self.bus.stream, config)
+            await retry_transient(add, what=f"consumer {self.durable}")
         except nats.js.errors.BadRequestError as exc:
             # Existing durable with other settings (e.g. a new filter): update what may change.
             if exc.err_code not in (10148, 10013, 10105):
                 raise
-            await self.bus.js.add_consumer(self.bus.stream, config)
+            await retry_transient(add, what=f"consumer {self.durable}")
         self._sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
         return self
 

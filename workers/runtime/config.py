@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     nats_url: str = DEFAULT_NATS_URL
-    """NATS_URL: where the bus is. If nothing listens there, `just nats`/`just demo` start one."""
+    """NATS_URL: where the bus is: one server, or a comma-separated list of the servers of
+    a cluster (a worker connects to any that answers and moves to another when it dies).
+    If nothing listens at a single local URL, `just nats`/`just demo` start one."""
     nats_user: str | None = None
     """NATS_USER / NATS_PASSWORD: credentials; default: the worker role's user (see
     NATS_AUTH), its password from NATS_PASSWORD_<ROLE> or DATA_DIR/nats/credentials.env."""
@@ -77,6 +79,19 @@ class Settings(BaseSettings):
         if v and not _TOKEN.match(v):
             raise ValueError(f"{v!r}: 1-64 letters, digits, '-' or '_'")
         return v
+
+    @field_validator("nats_url")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        urls = [u.strip() for u in v.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("NATS_URL is empty: give nats://host:port[,nats://host:port...]")
+        return ",".join(urls)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL as a list of server URLs."""
+        return self.nats_url.split(",")
 
     @field_validator("endpoints")
     @classmethod

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats.errors
 import nats.js.errors
 
 from schemas import routing
@@ -155,5 +156,7 @@ async def wait_pulling(
                 return
         except nats.js.errors.NotFoundError:
             first_delivered = 0
+        except (nats.errors.Error, TimeoutError):
+            pass  # a cluster electing a new leader after a node died: ask again
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the {durable} worker is not ready after {timeout:.0f} s")

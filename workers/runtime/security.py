@@ -320,8 +320,10 @@ def authorization_block(
 def _is_local(url: str) -> bool:
     from urllib.parse import urlparse
 
-    host = urlparse(url if "://" in url else f"nats://{url}").hostname or "127.0.0.1"
-    return host in ("127.0.0.1", "localhost", "::1")
+    hosts = [
+        urlparse(u if "://" in u else f"nats://{u}").hostname or "127.0.0.1" for u in url.split(",")
+    ]
+    return all(host in ("127.0.0.1", "localhost", "::1") for host in hosts)
 
 
 def credentials_of(settings: Any) -> tuple[str, str] | None:

@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from schemas import DLQ_ROOT, SUBJECT_ROOT
-from workers.runtime.bus import DLQ_STREAM, Bus, BusError
+from workers.runtime.bus import DLQ_STREAM, Bus, BusError, retry_transient
 from workers.runtime.config import Settings, get_settings
 
 log = logging.getLogger("voicebus.streams")
@@ -87,7 +87,8 @@ async def require_streams(bus: Bus) -> None:
     """What a worker does at start: the streams must exist; it never changes them."""
     for name in (bus.settings.stream_name, DLQ_STREAM):
         try:
-            await bus.js.stream_info(name)
+            # On a cluster that just lost a node, the answer may take a leader election.
+            await retry_transient(lambda n=name: bus.js.stream_info(n), what=f"stream {name}")
         except nats.js.errors.NotFoundError:
             raise BusError(
                 f"stream {name} does not exist at {bus.settings.nats_url}: "
