@@ -59,7 +59,7 @@ wyoming *ARGS:
 web *ARGS:
     @{{python}} -m workers.cli.web "$@"
 
-# Benchmarks: bus, stt, llm, tts, e2e, turn, load N, answers, peers, wyoming, web, aec (side by side in one run)
+# Benchmarks: bus, stt, llm, tts, e2e, turn, load N, answers, peers, wyoming, web, aec, wake (side by side in one run)
 bench NAME *ARGS:
     @{{python}} -m ops.bench "$@"
 
