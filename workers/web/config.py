@@ -19,5 +19,8 @@ class WebSettings(BaseSettings):
     """WEB_MAX_TABS: conversations (tabs) served at once; more are refused."""
     max_concurrent: int = 8
     """WEB_MAX_CONCURRENT: replies played at once (of different tabs)."""
+    turn: str = "smart"
+    """WEB_TURN: when a tab's turn ends, as MIC_TURN for the mic: "smart" (Smart Turn v3.2,
+    with the stt's transcript at the pause) or "vad" (a fixed 400 ms of silence)."""
     ack_wait_s: float = 5.0
     """WEB_ACK_WAIT_S: like SPEAKER_ACK_WAIT_S, for the replies this gateway plays."""

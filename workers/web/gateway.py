@@ -24,6 +24,7 @@ from workers.runtime.bus import Bus, Consumer
 from workers.runtime.config import Settings
 from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer
 from workers.runtime.endpoint.playback import PlaybackConfig, Player
+from workers.runtime.endpoint.turn import make_turn_model
 from workers.runtime.endpoint.vad import make_vad
 from workers.runtime.eventlog import EventLog
 from workers.runtime.service import StartupError, Worker
@@ -61,6 +62,15 @@ class WebWorker(Worker):
         self.log: EventLog | None = None
         self.runner: web.AppRunner | None = None
         self.port = self.web.port
+        if self.web.turn not in ("smart", "vad"):
+            raise StartupError(f"WEB_TURN={self.web.turn!r}: want smart or vad")
+        # The mic's end-pointing, shared: a tab's turn ends the way a spoken one at the
+        # device does (one end-of-turn model for all tabs: it keeps no state between calls).
+        self.endpointing = EndpointConfig(
+            turn=self.web.turn,  # type: ignore[arg-type]
+            transcript_wait_ms=300 if self.web.turn == "smart" else 0,
+        )
+        self.turn_model = make_turn_model(self.web.turn)
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -182,7 +192,7 @@ class WebWorker(Worker):
             self.settings.endpoint,
             conversation_id,
             conversation_id[:8],
-            Endpointer(make_vad("silero", 3), EndpointConfig()),
+            Endpointer(make_vad("silero", 3), self.endpointing, self.turn_model),
             self.worker_id,
             self._turn_done,
         )
