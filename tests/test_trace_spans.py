@@ -6,7 +6,6 @@ One module-scoped turn feeds all tests here (model loading dominates: ~20 s).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,6 +21,7 @@ import pytest
 
 import schemas as s
 from workers.cli import conversations, replay, trace
+from workers.cli.demo import parser as demo_parser
 from workers.cli.demo import run as demo_run
 from workers.cli.demo import synthesize_question
 from workers.runtime.config import Settings, get_settings
@@ -70,7 +70,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         wav = synthesize_question("What is the capital of France?", tmp / "question.wav")
         # In real time, as a microphone would: the as-heard rendering needs its clock.
-        args = argparse.Namespace(files=[str(wav)], json=True, fast=False, conversation=None)
+        args = demo_parser().parse_args([str(wav), "--json"])
         # Leaving the pipeline SIGTERMs every worker, which flushes its spans.
         result = asyncio.run(demo_run(args, settings))
         (turn,) = result["turns"]

@@ -315,7 +315,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict:
     return {"conversation_id": conversation, "endpoint": endpoint, "turns": result_turns}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="just demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -335,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         help="play each reply back into the microphone through a simulated room (echo); "
         "files are spoken in turns, FILE@S over the reply S seconds after it starts",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     settings = get_settings()
     return run_command("demo", lambda: asyncio.run(run(args, settings)), json_out=args.json)
 

@@ -73,8 +73,11 @@ class ScriptSource:
         starts = [s for s in self.buffer.history if s >= i]
         return min(starts) / RATE if starts else None
 
-    def _cue(self, line: Line | None, spoken_end: float, now: float) -> bool:
-        started = self._reply_since(spoken_end)
+    def _cue(self, line: Line | None, spoken: tuple[float, float], now: float) -> bool:
+        # The reply to a line starts after the line began: a fast one can start while the
+        # line's own trailing silence is still being fed, and is still its answer.
+        spoken_start, spoken_end = spoken
+        started = self._reply_since(spoken_start)
         if now - spoken_end > self.max_wait_s:
             return True
         if started is None:
@@ -100,11 +103,12 @@ class ScriptSource:
                 yield chunk
 
         for k, audio in enumerate(self.audio):
+            spoken_start = time.time()
             async for b in paced(audio):
                 yield b
-            spoken_end = time.time()
+            spoken = (spoken_start, time.time())
             nxt = self.lines[k + 1] if k + 1 < len(self.lines) else None
-            while not self._cue(nxt, spoken_end, time.time()):
+            while not self._cue(nxt, spoken, time.time()):
                 async for b in paced(silence):
                     yield b
         async for b in paced(np.zeros(round(self.tail * RATE), dtype=np.int16)):
