@@ -53,6 +53,17 @@ class PromptTooLong(BackendError):
     code = "prompt-too-long"
 
 
+def room_left(prompt_tokens: int, context_tokens: int) -> int:
+    """Tokens a reply may take after the prompt; PromptTooLong when that is next to none."""
+    room = context_tokens - prompt_tokens
+    if room < 8:
+        raise PromptTooLong(
+            f"prompt of {prompt_tokens} tokens leaves no room in LLM_CONTEXT_TOKENS="
+            f"{context_tokens}"
+        )
+    return room
+
+
 @dataclass
 class Generation:
     """What a backend reports about one reply while and after streaming it."""
@@ -204,12 +215,7 @@ class EmbeddedBackend:
         async with self._lock:
             tokens, stop = self.prompt_tokens(messages)
             gen.prompt_tokens = len(tokens)
-            room = self.context_tokens - len(tokens)
-            if room < 8:
-                raise PromptTooLong(
-                    f"prompt of {len(tokens)} tokens leaves no room in LLM_CONTEXT_TOKENS="
-                    f"{self.context_tokens}"
-                )
+            room = room_left(len(tokens), self.context_tokens)
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
             abandoned = threading.Event()

@@ -33,7 +33,7 @@ from workers.llm.backends import (
     EmbeddedBackend,
     Generation,
     Message,
-    PromptTooLong,
+    room_left,
 )
 
 log = logging.getLogger("voicebus.llm")
@@ -120,12 +120,7 @@ class BatchedBackend(EmbeddedBackend):
         await self.start()
         tokens, _ = self.prompt_tokens(messages)
         gen.prompt_tokens = len(tokens)
-        room = self.context_tokens - len(tokens)
-        if room < 8:
-            raise PromptTooLong(
-                f"prompt of {len(tokens)} tokens leaves no room in LLM_CONTEXT_TOKENS="
-                f"{self.context_tokens}"
-            )
+        room = room_left(len(tokens), self.context_tokens)
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         abandoned = threading.Event()
