@@ -187,7 +187,12 @@ TIMING_LINE = (
 def format_timings(ms: dict) -> str:
     """One line of per-stage timings; voice-to-voice runs from the real end of speech."""
     parts = " | ".join(f"{label} {fmt_ms(ms.get(key)).strip()}" for key, label in TIMING_LINE)
-    return f"  timings (ms): {parts}"
+    line = f"  timings (ms): {parts}"
+    if any((ms.get(key) or 0) < 0 for key, _ in TIMING_LINE):
+        # Stages count from the final transcript; an answer to the pause's speculative
+        # transcript starts before it.
+        line += "\n  (negative: the answer started on the pause's transcript, before the final)"
+    return line
 
 
 def split_cue(spec: str) -> tuple[Path, str]:
