@@ -11,7 +11,7 @@ import pytest
 
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
-from workers.runtime.natsd import NatsServer, free_port
+from workers.runtime.natsd import NatsServer, auth_config, free_port
 from workers.runtime.streams import setup as setup_streams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,3 +104,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{(tmp_path / 'log.db').as_posix()}"
     else:
         yield from _pg_database()
+
+
+@pytest.fixture
+def auth_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings of the operator against a nats-server that requires the role users."""
+    port = free_port()
+    base = Settings(
+        nats_url=f"nats://127.0.0.1:{port}",
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    server = NatsServer(
+        port, tmp_path / "nats", "1s", extra_config=auth_config(base), log_file=tmp_path / "n.log"
+    )
+    server.start()
+    try:
+        yield base
+    finally:
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -16,7 +15,7 @@ from tests.conftest import ROOT, wait_for
 from workers.runtime.bus import Bus
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog
-from workers.runtime.natsd import NatsServer, auth_config, free_port, nats_server_binary
+from workers.runtime.natsd import nats_server_binary
 from workers.runtime.procs import WorkerProcess, settings_env
 from workers.runtime.security import (
     ROLES,
@@ -29,26 +28,6 @@ from workers.runtime.security import (
 )
 from workers.runtime.streams import require_streams
 from workers.runtime.streams import setup as setup_streams
-
-
-@pytest.fixture
-def auth_settings(tmp_path: Path) -> Iterator[Settings]:
-    """Settings of the operator against a nats-server that requires the role users."""
-    port = free_port()
-    base = Settings(
-        nats_url=f"nats://127.0.0.1:{port}",
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    server = NatsServer(
-        port, tmp_path / "nats", "1s", extra_config=auth_config(base), log_file=tmp_path / "n.log"
-    )
-    server.start()
-    try:
-        yield base
-    finally:
-        server.stop()
 
 
 async def connect_as(settings: Settings, worker_id: str) -> tuple[Bus, list[str]]:

@@ -9,19 +9,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import nats.errors
-import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 import schemas as s
 from tests.conftest import ROOT, wait_for
 from workers.runtime.bus import DLQ_STREAM, Bus
 from workers.runtime.config import Settings
-from workers.runtime.natsd import NatsServer, auth_config, free_port
+from workers.runtime.natsd import free_port
 from workers.runtime.procs import settings_env
 from workers.runtime.security import OPERATOR, ROLES, inbox_prefix
 from workers.runtime.streams import setup as setup_streams
@@ -29,25 +27,6 @@ from workers.runtime.streams import setup as setup_streams
 WORKER_ROLES = [r for r in ROLES if r != OPERATOR]
 #: A service durable of another role, per attacking role.
 VICTIM = {role: "recorder" for role in WORKER_ROLES} | {"recorder": "speaker-device"}
-
-
-@pytest.fixture
-def auth_settings(tmp_path: Path) -> Iterator[Settings]:
-    port = free_port()
-    base = Settings(
-        nats_url=f"nats://127.0.0.1:{port}",
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{(tmp_path / 'voice.db').as_posix()}",
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    server = NatsServer(
-        port, tmp_path / "nats", "1s", extra_config=auth_config(base), log_file=tmp_path / "n.log"
-    )
-    server.start()
-    try:
-        yield base
-    finally:
-        server.stop()
 
 
 async def _victim_with_a_pending_message(admin: Bus, durable: str) -> str:
