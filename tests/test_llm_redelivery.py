@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import ReplyDiscarded, ReplyDone, ReplyStarted, ReplyToken, new_id
+from schemas import ReplyCommitted, ReplyDiscarded, ReplyDone, ReplyStarted, ReplyToken, new_id
 from tests.conftest import wait_for
 from tests.ollama_faults import Fault, FaultyOllama
 from tests.test_llm_support import Tap, transcript
@@ -74,3 +74,47 @@ async def test_a_reply_cut_by_a_dead_llm_is_answered_again_under_a_new_generatio
     assert "r2w0" in turn.assistant_text and "r1w" not in turn.assistant_text
     memory.close()
     log.close()
+
+
+async def test_a_committed_speculation_cut_by_a_dead_llm_is_answered_again_as_committed(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """The final transcript committed the speculative answer (and was acknowledged), then the
+    llm died: the answer given again must be heard, so it starts committed; a speculative one
+    nobody commits would be held unheard by the speaker and the turn never end."""
+    server = await FaultyOllama([Fault(3, "stall"), Fault(6, "done")]).start()
+    env = {
+        "LLM_BACKEND": "ollama",
+        "OLLAMA_HOST": server.url,
+        "LLM_MODEL": server.name,
+        "LLM_ACK_WAIT_S": "2",
+        "LLM_MEMORY_WAIT_S": "0.5",
+        "LLM_NICE": "0",
+        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",
+    }
+    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    tap = await Tap().start(bus)
+    final = transcript("Tell me something.")
+    spec = final.model_copy(update={"event_id": new_id(), "speculative": True})
+    uid = final.utterance_id
+    try:
+        llm.start()
+        await llm.wait_consumer(bus)
+        await bus.publish(spec)
+        await wait_for(lambda: len(tap.of(ReplyToken, uid)) == 3, timeout=30)
+        await bus.publish(final)
+        await wait_for(lambda: tap.of(ReplyCommitted, uid), timeout=30)
+        llm.kill()
+        llm.start()
+        done: ReplyDone = await tap.done(uid, timeout=60)
+    finally:
+        llm.stop()
+        await server.stop()
+    first, second = tap.of(ReplyStarted, uid)
+    assert (first.generation, first.speculative) == (spec.event_id, True)
+    assert second.generation != first.generation and not second.speculative
+    (committed,) = tap.of(ReplyCommitted, uid)
+    assert committed.generation == first.generation
+    (discarded,) = tap.of(ReplyDiscarded, uid)
+    assert (discarded.generation, discarded.reason) == (first.generation, "abandoned")
+    assert done.generation == second.generation and "r2w0" in done.text

@@ -197,15 +197,16 @@ class LlmWorker(Worker):
             return
         if await self._settle_speculation(event):
             return  # the speculative answer already running is this turn's answer
-        generation = await self._generation(event, delivery)
-        if generation is None:
-            return  # answered before: only the ack was lost
+        attempt = await self._generation(event, delivery)
+        if attempt is None:
+            return  # answered or decided before: only the ack was lost
+        generation, committed = attempt
         turn = ActiveTurn(
             event.conversation_id,
             event.utterance_id,
             generation=generation,
             question=event.text,
-            speculative=event.speculative,
+            speculative=event.speculative and not committed,
         )
         if event.utterance_id in self._interrupted:
             turn.reason = self._interrupted[event.utterance_id]
@@ -328,22 +329,33 @@ class LlmWorker(Worker):
             extra={"utterance": t.utterance_id, "generation": generation},
         )
 
-    async def _generation(self, t: Transcript, d: Delivery) -> str | None:
-        """The generation this delivery of `t` answers under (None: already answered).
+    async def _generation(self, t: Transcript, d: Delivery) -> tuple[str, bool] | None:
+        """(generation, committed) this delivery of `t` answers under; None: no answer is due.
 
         The first delivery answers under the transcript's id. A redelivery means the llm that
         had it was lost, maybe half-way: a model does not regenerate the same tokens (sampling,
         a GPU, another Ollama), so reusing the ids would stitch the old head to a new tail. The
         half-done generation is discarded ("abandoned") and the turn answered again under a
-        new one; memory and replay follow the last generation not discarded."""
+        new one; memory and replay follow the last generation not discarded.
+
+        A lost speculative answer that the final transcript had already committed is answered
+        again as committed: that final was acknowledged, nothing would commit the new one, and
+        the speaker would hold it unheard. One the end-pointer had discarded needs no answer."""
         if d.num_delivered <= 1:
-            return t.event_id
+            return t.event_id, False
         earlier = [t.event_id] + [attempt_id(t, n) for n in range(2, d.num_delivered)]
         done = await self.bus.last(t.endpoint, t.conversation_id, ReplyDone.type)
         if isinstance(done, ReplyDone) and done.generation in earlier:
             return None
+        committed = False
         started = await self.bus.last(t.endpoint, t.conversation_id, ReplyStarted.type)
         if isinstance(started, ReplyStarted) and started.generation in earlier:
+            if not started.speculative:
+                committed = True  # answered as committed from its start
+            elif await self._decided(t, started.generation, ReplyCommitted):
+                committed = True
+            elif await self._decided(t, started.generation, ReplyDiscarded, "abandoned"):
+                return None  # superseded or changed: the turn has another answer
             await self.bus.publish(
                 ReplyDiscarded(
                     event_id=derive_id(started.generation, "abandoned"),
@@ -359,7 +371,19 @@ class LlmWorker(Worker):
                 "reply abandoned by a lost llm; answering again",
                 extra={"utterance": t.utterance_id, "generation": started.generation},
             )
-        return attempt_id(t, d.num_delivered)
+        return attempt_id(t, d.num_delivered), committed
+
+    async def _decided(
+        self, t: Transcript, generation: str, kind: type[Event], unless_reason: str = ""
+    ) -> bool:
+        """Whether the last `kind` decision of `t`'s conversation is about `generation`
+        (a discard for `unless_reason` aside)."""
+        decided = await self.bus.last(t.endpoint, t.conversation_id, kind.type)
+        return (
+            decided is not None
+            and getattr(decided, "generation", "") == generation
+            and (not unless_reason or getattr(decided, "reason", "") != unless_reason)
+        )
 
     async def _stale(self, t: Transcript, age_s: float) -> None:
         """A transcript this old is not a question someone is waiting for (it sat in the
@@ -380,13 +404,13 @@ class LlmWorker(Worker):
                 return
 
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
-        reply = ReplyWriter(self.bus, t, self.worker_id, turn.generation)
+        reply = ReplyWriter(self.bus, t, self.worker_id, turn.generation, turn.speculative)
         self.turns += 1
         with self._tracer.start_as_current_span("llm.generate") as span:
             # First, so the tts claims the reply while the prompt is built and the model
             # thinks (and its spans join this one).
             await reply.started(self.backend.model)
-            span.set_attribute("llm.speculative", t.speculative)
+            span.set_attribute("llm.speculative", turn.speculative)
             span.set_attribute("llm.generation", t.event_id)
             messages, kept = await self._prompt(t)
             span.set_attribute("llm.backend", self.backend.name)
@@ -492,9 +516,18 @@ class ReplyWriter:
     transcript's id for its first delivery: a repeat of the same generation republishes the
     same ids, which JetStream and the log drop)."""
 
-    def __init__(self, bus: Bus, t: Transcript, producer: str, generation: str = "") -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        t: Transcript,
+        producer: str,
+        generation: str = "",
+        speculative: bool | None = None,
+    ) -> None:
         self.bus = bus
         self.t = t
+        self.speculative = t.speculative if speculative is None else speculative
+        """Held unheard until llm.reply-committed (a speculation not yet decided)."""
         self.generation = generation or t.event_id
         self.turn = {
             "endpoint": t.endpoint,
@@ -514,7 +547,7 @@ class ReplyWriter:
                 language=self.t.language[:16],
                 model=model[:256],
                 question=self.t.text[:10_000],
-                speculative=self.t.speculative,
+                speculative=self.speculative,
                 **self.common,
             )
         )
