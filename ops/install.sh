@@ -17,15 +17,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+. ops/llama_build.sh
 if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
     echo "compiling llama-cpp-python (once: ~3 min)" >&2
-    # A portable AVX2 build, not -march=native: llama.cpp 0.3.36's AVX-512 kernels crash
-    # (SIGSEGV on any prompt of two tokens or more) on AVX-512 FP16 Xeons, and a native wheel
-    # left in pip's cache crashes on any other CPU. Not cached for the same reason. Set
-    # CMAKE_ARGS yourself for another build (e.g. -DGGML_CUDA=on).
-    CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
--DGGML_F16C=ON -DGGML_BMI2=ON} .venv/bin/python -m pip install -q --no-cache-dir \
-        'llama-cpp-python>=0.3,<0.4'
+    llama_install .venv/bin/python 'llama-cpp-python>=0.3,<0.4'
 fi
 echo "installing voicebus and its models" >&2
 .venv/bin/python -m pip install -q -e '.[llm,audio,dev]'
