@@ -54,13 +54,24 @@ def backends():  # type: ignore[no-untyped-def]
     loop.close()
 
 
+#: Questions whose greedy answer has no near-tie at any step: the smallest gap between the two
+#: best logits is 0.89 (France) and 0.29 (Hamlet). The spider's first token is a near-tie
+#: (A 31.018, The 30.950) and the planet's 12th one (0.041): a batch kernel sums in another
+#: order than the single one, so either token may win there, in this build or the next.
+CLEAR = [QUESTIONS[0], QUESTIONS[2]]
+
+
 def test_one_at_a_time_it_answers_as_the_single_backend(backends) -> None:  # type: ignore[no-untyped-def]
     single, batched, loop = backends
     for i, q in enumerate(QUESTIONS):
         a = loop.run_until_complete(reply(single, q, i))
         b = loop.run_until_complete(reply(batched, q, i))
-        assert a[0] == b[0], q
-        assert a[1].finish_reason == b[1].finish_reason and a[1].prompt_tokens == b[1].prompt_tokens
+        again = loop.run_until_complete(reply(batched, q, i))
+        assert b[0] == again[0], q  # its own answer does not depend on the run
+        if q in CLEAR:
+            assert a[0] == b[0], q
+        assert a[1].prompt_tokens == b[1].prompt_tokens
+        assert a[1].finish_reason == b[1].finish_reason or q not in CLEAR
 
 
 def test_four_replies_are_generated_together_not_queued(backends) -> None:  # type: ignore[no-untyped-def]
