@@ -6,9 +6,10 @@ in one run, alternating sides per round:
   sink's clock), its voice-to-voice from the event log;
 - web: `just web`, and chromium (headless, Debian's) whose microphone is one WAV holding the
   same questions with silence between them; voice-to-voice as the browser measures it, from
-  the real end of speech (stamped with the browser's capture clock) to the first reply
-  sample its AudioWorklet played (plus the context's output latency), and the log's figure
-  for the same turns.
+  the real end of speech (the capture clock: when the graph processed the sample, less the
+  microphone's reported input latency) to the first reply sample heard (the output device's
+  position clock, getOutputTimestamp, which includes the output latency), and the log's
+  figure for the same turns.
 Printed: median and spread per side, and the difference of medians (the gateway, the
 WebSocket and the browser's audio path; target <= 30 ms). Both sides run on the same NATS
 and models; the machine's other load makes single figures noisy, so read the medians.

@@ -1,5 +1,16 @@
 // The page's audio: microphone -> capture worklet -> frames; replies -> player -> tap -> speakers.
 
+// The output buffer the page asks for: by default the smallest the device allows (a reply's
+// first sound is heard that much sooner: headless Chromium reports 2.9 + 8 ms with 0 against
+// 10 + 32 ms with "interactive"). `?latency=interactive` (or balanced, playback, or seconds)
+// in the page's URL trades that back for a larger cushion against crackles on a busy machine.
+function latencyHint() {
+  const asked = new URLSearchParams(location.search).get("latency");
+  if (!asked) return 0;
+  const seconds = Number(asked);
+  return Number.isFinite(seconds) ? seconds : asked;
+}
+
 export class Audio {
   constructor({ onFrame, onPlayed, onFirst }) {
     this.onFrame = onFrame;
@@ -8,11 +19,12 @@ export class Audio {
     this.ctx = null;
     this.heard = [];
     this.halts = []; // {reply, samples, at (context time)} of replies stopped by a barge-in
+    this.inputLatencyMs = 0;
   }
 
   async start() {
     if (this.ctx) return;
-    this.ctx = new AudioContext();
+    this.ctx = new AudioContext({ latencyHint: latencyHint() });
     await this.ctx.audioWorklet.addModule(new URL("./worklets.js", import.meta.url));
     this.player = new AudioWorkletNode(this.ctx, "voicebus-player", { outputChannelCount: [1] });
     this.tap = new AudioWorkletNode(this.ctx, "voicebus-tap", { outputChannelCount: [1] });
@@ -30,11 +42,21 @@ export class Audio {
     if (this.ctx.state !== "running") await this.ctx.resume();
   }
 
-  // A context time as wall-clock milliseconds (the clock the gateway stamps events with).
+  // When the sample the graph renders at context time `ctxTime` is heard, as wall-clock
+  // milliseconds (the clock the gateway stamps events with). getOutputTimestamp() pairs the
+  // position the output device is playing with its time, so the device's latency is in it
+  // already: adding outputLatency again would count it twice.
   wallMs(ctxTime) {
     const ts = this.ctx.getOutputTimestamp();
-    const latency = (this.ctx.outputLatency || 0) * 1000;
-    return performance.timeOrigin + ts.performanceTime + (ctxTime - ts.contextTime) * 1000 + latency;
+    return performance.timeOrigin + ts.performanceTime + (ctxTime - ts.contextTime) * 1000;
+  }
+
+  // When a microphone sample that the graph processes at context time `ctxTime` was spoken,
+  // as wall-clock milliseconds: the render clock (currentTime now) runs ahead of what the
+  // device plays by baseLatency + outputLatency, so the output mapping above would stamp it
+  // that much late; and the input device held it for its own latency before the graph got it.
+  capturedMs(ctxTime) {
+    return performance.timeOrigin + performance.now() + (ctxTime - this.ctx.currentTime) * 1000 - this.inputLatencyMs;
   }
 
   async openMic() {
@@ -42,12 +64,12 @@ export class Audio {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
+    const track = this.stream.getAudioTracks()[0];
+    this.inputLatencyMs = ((track && track.getSettings().latency) || 0) * 1000;
     this.source = this.ctx.createMediaStreamSource(this.stream);
     this.capture = new AudioWorkletNode(this.ctx, "voicebus-capture", { numberOfOutputs: 0 });
     this.capture.port.onmessage = (e) => {
-      const ts = this.ctx.getOutputTimestamp();
-      const at = performance.timeOrigin + ts.performanceTime + (e.data.at - ts.contextTime) * 1000;
-      this.onFrame(new Int16Array(e.data.pcm), at, e.data.rms);
+      this.onFrame(new Int16Array(e.data.pcm), this.capturedMs(e.data.at), e.data.rms);
     };
     this.source.connect(this.capture);
   }
