@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ops.chaos import quiescent
 from schemas import ReplyCommitted, ReplyDiscarded, ReplyDone, ReplyStarted, ReplyToken, new_id
 from tests.conftest import wait_for
 from tests.ollama_faults import Fault, FaultyOllama
@@ -118,3 +119,48 @@ async def test_a_committed_speculation_cut_by_a_dead_llm_is_answered_again_as_co
     (discarded,) = tap.of(ReplyDiscarded, uid)
     assert (discarded.generation, discarded.reason) == (first.generation, "abandoned")
     assert done.generation == second.generation and "r2w0" in done.text
+
+
+async def test_a_redelivered_speculation_does_not_cut_off_the_final_answer(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """The final transcript changed the words (the speculation was discarded) and its answer
+    was half-way when the llm died: both transcripts come back. The final is answered once
+    more; the speculation needs no answer, and answering it would cancel the final's."""
+    server = await FaultyOllama([Fault(3, "stall"), Fault(3, "stall"), Fault(6, "done")]).start()
+    env = {
+        "LLM_BACKEND": "ollama",
+        "OLLAMA_HOST": server.url,
+        "LLM_MODEL": server.name,
+        "LLM_ACK_WAIT_S": "2",
+        "LLM_MEMORY_WAIT_S": "0.5",
+        "LLM_NICE": "0",
+        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",
+    }
+    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    tap = await Tap().start(bus)
+    final = transcript("Tell me something about cats.")
+    spec = final.model_copy(
+        update={"event_id": new_id(), "speculative": True, "text": "Tell me something."}
+    )
+    uid = final.utterance_id
+    try:
+        llm.start()
+        await llm.wait_consumer(bus)
+        await bus.publish(spec)
+        await wait_for(lambda: len(tap.of(ReplyToken, uid)) == 3, timeout=30)
+        await bus.publish(final)
+        await wait_for(lambda: len(tap.of(ReplyToken, uid)) == 6, timeout=30)
+        llm.kill()
+        llm.start()
+        done: ReplyDone = await tap.done(uid, timeout=60)
+        # Both transcripts taken and acknowledged: a re-answer of either would be on the bus.
+        await quiescent(bus, timeout=30)
+    finally:
+        llm.stop()
+        await server.stop()
+    generations = [e.generation for e in tap.of(ReplyStarted, uid)]
+    assert generations[:2] == [spec.event_id, final.event_id]
+    assert len(generations) == 3, generations  # the final's, answered again; nothing else
+    assert done.generation == generations[2] and "r3w0" in done.text
+    assert not tap.of(ReplyDone, uid)[1:]

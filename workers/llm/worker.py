@@ -340,7 +340,8 @@ class LlmWorker(Worker):
 
         A lost speculative answer that the final transcript had already committed is answered
         again as committed: that final was acknowledged, nothing would commit the new one, and
-        the speaker would hold it unheard. One the end-pointer had discarded needs no answer."""
+        the speaker would hold it unheard. One the end-pointer had discarded needs no answer,
+        nor does a transcript whose turn another live generation answers."""
         if d.num_delivered <= 1:
             return t.event_id, False
         earlier = [t.event_id] + [attempt_id(t, n) for n in range(2, d.num_delivered)]
@@ -349,6 +350,15 @@ class LlmWorker(Worker):
             return None
         committed = False
         started = await self.bus.last(t.endpoint, t.conversation_id, ReplyStarted.type)
+        if (
+            isinstance(started, ReplyStarted)
+            and started.utterance_id == t.utterance_id
+            and started.generation not in earlier
+            and not await self._decided(t, started.generation, ReplyDiscarded)
+        ):
+            # The turn is answered under another transcript (the final's, or the speculation
+            # this final committed): answering this one again would cut that answer off.
+            return None
         if isinstance(started, ReplyStarted) and started.generation in earlier:
             if not started.speculative:
                 committed = True  # answered as committed from its start
