@@ -67,7 +67,7 @@ def workers(bus: Bus, settings: Settings, piper: PiperBackend):  # type: ignore[
         bus,
         settings,
         llm_settings(max_tokens=160),
-        EmbeddedBackend(threads=2, max_tokens=160),
+        EmbeddedBackend(max_tokens=160),
     )
     tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
     speaker = SpeakerWorker(bus, settings, SpeakerSettings(_env_file=None))  # type: ignore[call-arg]

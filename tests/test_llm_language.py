@@ -44,7 +44,7 @@ def test_the_transcripts_language_becomes_one_line_of_the_system_prompt():
 
 async def test_worker_prompt_carries_the_reply_language(bus: Bus, settings: Settings) -> None:
     options = llm_settings()
-    backend = EmbeddedBackend(threads=2, max_tokens=options.max_tokens)
+    backend = EmbeddedBackend(max_tokens=options.max_tokens)
     tap = await Tap().start(bus)
     t = spoken("Quelle est la capitale de la France ?", "fr")
     async with running(LlmWorker(bus, settings, options, backend)):
@@ -65,9 +65,7 @@ async def test_default_settings_answer_the_capital_of_italy_in_english(
     """With the old defaults SmolLM2 said "Il capo di Italy!"."""
     tap = await Tap().start(bus)
     options = llm_settings(max_tokens=40)
-    backend = EmbeddedBackend(
-        threads=2, max_tokens=options.max_tokens, temperature=options.temperature
-    )
+    backend = EmbeddedBackend(max_tokens=options.max_tokens, temperature=options.temperature)
     questions = [
         ("What is the capital of Italy?", "rome"),
         ("How many legs does a spider have?", "8"),

@@ -26,7 +26,7 @@ NAME = "smollm2:135m"
 
 @pytest.fixture
 async def compat() -> AsyncIterator[OllamaCompatServer]:
-    server = await OllamaCompatServer(EmbeddedBackend(threads=2), NAME, port=0).start()
+    server = await OllamaCompatServer(EmbeddedBackend(), NAME, port=0).start()
     try:
         yield server
     finally:
@@ -106,7 +106,7 @@ async def test_ollama_down_is_an_error_event_and_the_worker_goes_on(
         assert host in error.message and "ollama serve" in error.message
         assert error.cause_event_id == first.event_id
         # Ollama comes up: the same worker answers the next turn.
-        server = await OllamaCompatServer(EmbeddedBackend(threads=2), NAME, port=port).start()
+        server = await OllamaCompatServer(EmbeddedBackend(), NAME, port=port).start()
         try:
             await bus.publish(second)
             done = await tap.done(second.utterance_id)

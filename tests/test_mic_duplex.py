@@ -60,11 +60,13 @@ async def test_half_duplex_hears_nothing_while_a_reply_plays(bus, settings, pipe
         MicSettings(_env_file=None, conversation=conv, duplex=duplex),  # type: ignore[call-arg]
         source=FileSource(audio=audio, name="room", realtime=True),
     )
+    # Set up (models loaded) before the reply: on a loaded machine that takes seconds, and
+    # the reply would be over before the mic heard the words spoken over it.
+    await mic.setup()
     async with running(tts), running(speaker):
         for ev in reply(conv, utt, ["Good morning.", "Here is the news of the day in brief."]):
             await bus.publish(ev)
         await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20)
-        await mic.setup()
         await mic.run()  # the file ends: the mic stops
         await wait_for(lambda: len(tap.of(VoiceStopped)) == mic.utterances, timeout=5)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=10))[0]

@@ -27,7 +27,7 @@ from workers.tts.worker import TtsWorker
 
 def llm(bus: Bus, settings: Settings) -> LlmWorker:
     options = llm_settings(max_tokens=24)
-    return LlmWorker(bus, settings, options, EmbeddedBackend(threads=2, max_tokens=24))
+    return LlmWorker(bus, settings, options, EmbeddedBackend(max_tokens=24))
 
 
 def said(conv: str, utt: str, text: str, k: int | None) -> s.Transcript:
