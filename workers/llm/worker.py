@@ -421,7 +421,7 @@ class LlmWorker(Worker):
             # thinks (and its spans join this one).
             await reply.started(self.backend.model)
             span.set_attribute("llm.speculative", turn.speculative)
-            span.set_attribute("llm.generation", t.event_id)
+            span.set_attribute("llm.generation", turn.generation)
             messages, kept = await self._prompt(t)
             span.set_attribute("llm.backend", self.backend.name)
             span.set_attribute("llm.model", self.backend.model)
