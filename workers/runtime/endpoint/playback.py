@@ -250,7 +250,11 @@ class Player:
                     continue
                 last = loop.time()
                 if got.event is not None:
-                    if pb.first_context is None and isinstance(got.event, TtsAudioChunk):
+                    if (
+                        pb.first_context is None
+                        and isinstance(got.event, TtsAudioChunk)
+                        and pb.owns(got.event)  # not a discarded speculation's late chunk
+                    ):
                         pb.first_context = got.context
                     await self._on_event(pb, got.event)
             await pb.published.wait()  # finished by the watcher: its publish completes first
