@@ -23,10 +23,8 @@ from workers.runtime.eventlog import EventLog
 from workers.runtime.procs import WorkerProcess
 
 
-async def test_a_reply_cut_by_a_dead_llm_is_answered_again_under_a_new_generation(
-    bus: Bus, settings: Settings, tmp_path: Path
-) -> None:
-    server = await FaultyOllama([Fault(3, "stall"), Fault(6, "done")]).start()
+def faulty_llm(settings: Settings, tmp_path: Path, server: FaultyOllama) -> WorkerProcess:
+    """A real llm process on `server`, quick to redeliver (2 s ack wait)."""
     env = {
         "LLM_BACKEND": "ollama",
         "OLLAMA_HOST": server.url,
@@ -34,9 +32,16 @@ async def test_a_reply_cut_by_a_dead_llm_is_answered_again_under_a_new_generatio
         "LLM_ACK_WAIT_S": "2",
         "LLM_MEMORY_WAIT_S": "0.5",
         "LLM_NICE": "0",
-        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",  # only the kill may end the first reply
+        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",  # only the kill may end a stalled reply
     }
-    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    return WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+
+
+async def test_a_reply_cut_by_a_dead_llm_is_answered_again_under_a_new_generation(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    server = await FaultyOllama([Fault(3, "stall"), Fault(6, "done")]).start()
+    llm = faulty_llm(settings, tmp_path, server)
     rec = recorder(settings, tmp_path)
     tap = await Tap().start(bus)
     t = transcript("Tell me something.")
@@ -84,16 +89,7 @@ async def test_a_committed_speculation_cut_by_a_dead_llm_is_answered_again_as_co
     llm died: the answer given again must be heard, so it starts committed; a speculative one
     nobody commits would be held unheard by the speaker and the turn never end."""
     server = await FaultyOllama([Fault(3, "stall"), Fault(6, "done")]).start()
-    env = {
-        "LLM_BACKEND": "ollama",
-        "OLLAMA_HOST": server.url,
-        "LLM_MODEL": server.name,
-        "LLM_ACK_WAIT_S": "2",
-        "LLM_MEMORY_WAIT_S": "0.5",
-        "LLM_NICE": "0",
-        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",
-    }
-    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    llm = faulty_llm(settings, tmp_path, server)
     tap = await Tap().start(bus)
     final = transcript("Tell me something.")
     spec = final.model_copy(update={"event_id": new_id(), "speculative": True})
@@ -128,16 +124,7 @@ async def test_a_redelivered_speculation_does_not_cut_off_the_final_answer(
     was half-way when the llm died: both transcripts come back. The final is answered once
     more; the speculation needs no answer, and answering it would cancel the final's."""
     server = await FaultyOllama([Fault(3, "stall"), Fault(3, "stall"), Fault(6, "done")]).start()
-    env = {
-        "LLM_BACKEND": "ollama",
-        "OLLAMA_HOST": server.url,
-        "LLM_MODEL": server.name,
-        "LLM_ACK_WAIT_S": "2",
-        "LLM_MEMORY_WAIT_S": "0.5",
-        "LLM_NICE": "0",
-        "LLM_OLLAMA_STALL_TIMEOUT_S": "120",
-    }
-    llm = WorkerProcess("llm", settings, env=env, log_file=tmp_path / "llm.log")
+    llm = faulty_llm(settings, tmp_path, server)
     tap = await Tap().start(bus)
     final = transcript("Tell me something about cats.")
     spec = final.model_copy(
