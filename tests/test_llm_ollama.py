@@ -42,7 +42,7 @@ def ollama_worker(bus: Bus, settings: Settings, host: str, model: str = NAME, **
 async def test_compat_server_speaks_ollamas_chat_protocol() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "ops.ollama_compat", "--port", str(port), "--threads", "2"],
+        *[sys.executable, "-m", "ops.ollama_compat", "--port", str(port), "--threads", "1"],
         cwd=ROOT,
     )
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -38,6 +39,7 @@ async def test_reply_streams_tokens_then_sentences_then_done(bus: Bus, settings:
     tap = await Tap().start(bus)
     t = transcript("What is the capital of France?")
     async with running(worker(bus, settings)):
+        sent = time.time()
         await bus.publish(t)
         done = await tap.done(t.utterance_id)
     tokens = tap.of(ReplyToken, t.utterance_id)
@@ -51,7 +53,11 @@ async def test_reply_streams_tokens_then_sentences_then_done(bus: Bus, settings:
     assert tokens[0].event_id == derive_id(t.event_id, "token", 0)
     assert sentences[0].event_id == derive_id(t.event_id, "sentence", 0)
     assert done.event_id == derive_id(t.event_id, "done")
-    assert 0 < done.first_token_ms < 5000 and done.prompt_tokens > 10 and done.tokens_per_s > 0
+    # The worker's first-token time is a wait the tap saw: from publishing the transcript to
+    # the first token arriving (no wall-clock bound: the suite must pass beside a CPU hog).
+    seen_ms = (tap.arrival(tokens[0]) - sent) * 1000
+    assert 0 < done.first_token_ms <= seen_ms + 5
+    assert done.prompt_tokens > 10 and done.tokens_per_s > 0
     # The first sentence is out before the reply is done (TTS can start early).
     first_sentence_at = tap.arrived[tap.events.index(sentences[0])]
     assert first_sentence_at <= tap.arrived[tap.events.index(done)]

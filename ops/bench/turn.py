@@ -99,7 +99,7 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
     if setting == "vad":
         ep = Endpointer(SileroVad(), EndpointConfig(turn="vad", hangover_ms=400))
     else:
-        wait = 0 if setting == "smart-audio" else 400
+        wait = 0 if setting == "smart-audio" else 1000
         ep = Endpointer(SileroVad(), EndpointConfig(turn="smart", transcript_wait_ms=wait), model)
     stops, decisions = [], []
     start = 0  # stream sample where the open utterance starts

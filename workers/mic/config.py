@@ -45,10 +45,12 @@ class MicSettings(BaseSettings):
     """MIC_TURN_MAX_SILENCE_MS (smart): silence that ends a turn whatever the model says."""
     turn_threshold: float = 0.5
     """MIC_TURN_THRESHOLD (smart): model score from which a turn is complete."""
-    turn_transcript_wait_ms: int = 300
+    turn_transcript_wait_ms: int = 1000
     """MIC_TURN_TRANSCRIPT_WAIT_MS (smart): after a "complete", wait up to this much more
     silence for the stt's speculative transcript; a last word such as "for" or "the" then
-    keeps the turn open. 0 = judge on the audio alone."""
+    keeps the turn open. 0 = judge on the audio alone. The default reaches the max silence:
+    the answer cannot start before that transcript anyway, so waiting for it costs nothing
+    when the stt is quick and keeps a slow (loaded) stt from letting a pause end the turn."""
     hangover_ms: int = 400
     """MIC_HANGOVER_MS (vad): silence that ends an utterance."""
     max_utterance_ms: int = 20_000

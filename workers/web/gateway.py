@@ -68,7 +68,7 @@ class WebWorker(Worker):
         # device does (one end-of-turn model for all tabs: it keeps no state between calls).
         self.endpointing = EndpointConfig(
             turn=self.web.turn,  # type: ignore[arg-type]
-            transcript_wait_ms=300 if self.web.turn == "smart" else 0,
+            transcript_wait_ms=1000 if self.web.turn == "smart" else 0,
         )
         self.turn_model = make_turn_model(self.web.turn)
 
