@@ -80,15 +80,16 @@ async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Se
             audio_ms=0.0,
         )
         assert (await tts.publish(done)).seq >= 1
-        # ... another stage's do not: the server drops them, JetStream never acks.
+        # ... another stage's do not: the server drops them, JetStream never acks (retry_s=0:
+        # waiting out the retries for an ack that cannot come only slows the test).
         with pytest.raises(nats.errors.TimeoutError):
-            await tts.publish(transcript(), timeout=1.0)
+            await tts.publish(transcript(), timeout=1.0, retry_s=0)
         await wait_for(lambda: any("permissions violation" in e.lower() for e in errors), 5)
         assert any("voice.device.c1.stt.transcript" in e for e in errors)
         # Nor may it barge in, read voice subjects directly or delete the record.
         interrupt = s.Interrupt(endpoint="device", conversation_id="c1", utterance_id="u1")
         with pytest.raises(nats.errors.TimeoutError):
-            await tts.publish(interrupt, timeout=1.0)
+            await tts.publish(interrupt, timeout=1.0, retry_s=0)
         await tts.nc.subscribe("voice.>")
         with pytest.raises(nats.errors.TimeoutError):
             await tts.js.purge_stream(tts.stream)
@@ -220,10 +221,10 @@ async def test_the_wyoming_bridge_publishes_only_its_endpoints_input(
         # Another endpoint's input, or a worker's output on its own endpoint, does not.
         other = {**mine, "endpoint": "device"}
         with pytest.raises(nats.errors.TimeoutError):
-            await bridge.publish(s.VoiceStarted(**other), timeout=1.0)
+            await bridge.publish(s.VoiceStarted(**other), timeout=1.0, retry_s=0)
         with pytest.raises(nats.errors.TimeoutError):
             await bridge.publish(
-                s.TtsDone(**mine, sentences=0, chunks=0, audio_ms=0.0), timeout=1.0
+                s.TtsDone(**mine, sentences=0, chunks=0, audio_ms=0.0), timeout=1.0, retry_s=0
             )
         await bridge.nc.subscribe("voice.device.>")
         await wait_for(lambda: any("subscription to" in e.lower() for e in errors), 5)
@@ -253,7 +254,7 @@ async def test_the_web_gateway_publishes_only_its_own_endpoints_input(
             s.Transcript(endpoint="web", conversation_id="c1", utterance_id="u1", text="hi"),
         ):
             with pytest.raises(nats.errors.TimeoutError):
-                await gateway.publish(event, timeout=1.0)
+                await gateway.publish(event, timeout=1.0, retry_s=0)
         await wait_for(lambda: sum("permissions violation" in e.lower() for e in errors) >= 3, 5)
     finally:
         await gateway.close()

@@ -211,7 +211,10 @@ async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
     assert len(tap.of(s.VoiceStarted)) == 1 and len(tap.of(s.VoiceStopped)) == 1
     assert normalize(final.text) == normalize("Set a timer for ten minutes.")
     decisions = tap.of(s.TurnDecision, utt)
-    assert decisions[0].outcome == "wait" and decisions[-1].outcome == "end"
+    # The pause ended nothing: the model's "complete" there was overruled by the transcript
+    # ("... for": a "wait" decision) or, on a loaded machine where that transcript came after
+    # the speech went on, held without a decision while it was awaited.
+    assert [d.outcome for d in decisions].count("end") == 1 and decisions[-1].outcome == "end"
     (answer,) = answered()
     assert answer.text.strip() and answer.finish_reason != "discarded"
     discarded = {d.generation for d in tap.of(s.ReplyDiscarded, utt)}

@@ -54,7 +54,9 @@ async def wait_pulling(bus: Bus, procs: list[WorkerProcess], loops: int, timeout
 
 
 def write_conversation(tmp_path: Path, name: str, phrases: list[str], engine: str) -> Path:
-    audio, _ = with_silence([synth(p, engine) for p in phrases], gap_ms=700, lead_ms=300)
+    # Gaps longer than the smart turn's max silence: two turns whatever the load (a 700 ms gap
+    # is a pause the end-pointer may hold while a loaded stt's transcript is on its way).
+    audio, _ = with_silence([synth(p, engine) for p in phrases], gap_ms=1300, lead_ms=300)
     return write_wav(tmp_path / f"{name}.wav", audio.tobytes(), 16000)
 
 
