@@ -40,6 +40,18 @@ def test_trailing_quiet_asks_for_a_speculative_final_once() -> None:
     assert u.want_decode() in (None, "partial")
 
 
+def test_no_partial_is_started_on_quiet_audio() -> None:
+    """A partial while the speech goes quiet would hold the decoder when the quiet decode
+    (the one the answer waits for) is due; a partial of silence adds no words."""
+    assert _utterance(1000, 0).want_decode() == "partial"
+    assert _utterance(1000, 40).want_decode() is None
+    u = _utterance(1000, 600)
+    u.quiet_decode_done = True
+    u.last_decode_at = 16000 * 1160 // 1000  # the quiet decode; 440 ms of silence since
+    u.add(np.zeros(16000 * 200 // 1000, "<i2").tobytes())
+    assert u.want_decode() is None
+
+
 def test_final_reuses_only_a_final_quality_decode_that_saw_the_speech_end() -> None:
     u = _utterance(1000, 400)
     d = Decoded(text="hi", audio_ms=1200, decode_ms=100)

@@ -71,6 +71,11 @@ class UtteranceAudio:
         if not self.quiet_decode_done and self.trailing_quiet():
             return "quiet"
         if self.partial_interval and self.samples - self.last_decode_at >= self.partial_interval:
+            # Not while the audio is quiet: speech going quiet may be ending, and a partial
+            # started now would hold the (serialised) decoder just when the quiet decode,
+            # which the answer waits for, is due; and silence adds no words to decode.
+            if self._frame_rms[-1] < QUIET_RATIO * self._peak:
+                return None
             return "partial"
         return None
 
