@@ -270,6 +270,23 @@ def test_pauses_are_not_turns_set_a_timer_for_ten_minutes(smart_turn) -> None:
     assert utt[2].duration_ms > 2000  # the whole sentence, both halves
 
 
+@needs_espeak
+def test_a_pause_is_held_while_a_slow_stts_transcript_is_awaited(smart_turn) -> None:
+    """On a loaded machine the stt's transcript of "Set a timer for" comes after the pause:
+    with the mic's default wait the end-pointer holds the pause for it (the answer needs it
+    anyway); a 300 ms wait let intonation alone end the turn in the middle of the sentence."""
+    from workers.mic.config import MicSettings
+    from workers.runtime.endpoint.endpointer import Decision
+
+    wait = MicSettings(_env_file=None).turn_transcript_wait_ms  # type: ignore[call-arg]
+    audio = paused("Set a timer for", "ten minutes.", 650)
+    held = run_smart(audio, smart_turn, transcript_wait_ms=wait)
+    (utt,) = utterances([s for s in held if not isinstance(s, Decision)])
+    assert utt[2].duration_ms > 2000  # the whole sentence
+    cut = run_smart(audio, smart_turn, transcript_wait_ms=300)
+    assert len(utterances([s for s in cut if not isinstance(s, Decision)])) == 2
+
+
 def test_transcript_endings_that_cannot_end_a_sentence() -> None:
     from workers.runtime.endpoint.turn import ends_unfinished
 
