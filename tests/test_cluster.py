@@ -16,7 +16,7 @@ from workers.runtime.natsd import NatsServerError, free_port, is_listening
 from workers.runtime.procs import WorkerProcess
 from workers.runtime.streams import ensure_streams
 
-from .cluster_support import reply_done
+from .cluster_support import reply_done, wait_in_sync
 
 
 @pytest.fixture
@@ -110,6 +110,8 @@ async def test_llm_started_with_the_first_of_three_urls_down_answers_and_survive
         for down in (None, 1, 2):
             if down is not None:
                 cluster.nodes[down - 1].start()
+                # Two of three up means the restarted node has caught up, not just started.
+                await wait_in_sync(cbus, ["llm"])
                 cluster.nodes[down].kill()
             t = transcript("What is the capital of France?")
             await cbus.publish(t)
