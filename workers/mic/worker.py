@@ -10,9 +10,11 @@ span's context, so all downstream spans join one trace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
+import nats.errors
 import numpy as np
 
 from schemas import EchoCancelled, WakeDetected, derive_id, new_id
@@ -208,7 +210,10 @@ class MicWorker(Worker):
                 for r in self.echo.finished(time.time() + 3600):
                     await self._echo_report(r)
             if self._reference_sub is not None:
-                await self._reference_sub.unsubscribe()
+                # A stop drains the connection: its subscriptions end with it, and one left
+                # to unsubscribe raises (a traceback in the log on every SIGTERM mid-file).
+                with contextlib.suppress(nats.errors.Error):
+                    await self._reference_sub.unsubscribe()
         # A file has ended: the worker is done (a live mic only ends on SIGTERM).
         self.stop()
 
