@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.runtime.endpoint.endpointer import SMART_TRANSCRIPT_WAIT_MS
+
 
 class MicSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIC_", env_file=".env", extra="ignore")
@@ -45,7 +47,7 @@ class MicSettings(BaseSettings):
     """MIC_TURN_MAX_SILENCE_MS (smart): silence that ends a turn whatever the model says."""
     turn_threshold: float = 0.5
     """MIC_TURN_THRESHOLD (smart): model score from which a turn is complete."""
-    turn_transcript_wait_ms: int = 1000
+    turn_transcript_wait_ms: int = SMART_TRANSCRIPT_WAIT_MS
     """MIC_TURN_TRANSCRIPT_WAIT_MS (smart): after a "complete", wait up to this much more
     silence for the stt's speculative transcript; a last word such as "for" or "the" then
     keeps the turn open. 0 = judge on the audio alone. The default reaches the max silence:

@@ -22,7 +22,7 @@ import schemas as s
 from schemas.routing import SPEAKER
 from workers.runtime.bus import Bus, Consumer
 from workers.runtime.config import Settings
-from workers.runtime.endpoint.endpointer import EndpointConfig, Endpointer
+from workers.runtime.endpoint.endpointer import SMART_TRANSCRIPT_WAIT_MS, EndpointConfig, Endpointer
 from workers.runtime.endpoint.playback import PlaybackConfig, Player
 from workers.runtime.endpoint.turn import make_turn_model
 from workers.runtime.endpoint.vad import make_vad
@@ -68,7 +68,7 @@ class WebWorker(Worker):
         # device does (one end-of-turn model for all tabs: it keeps no state between calls).
         self.endpointing = EndpointConfig(
             turn=self.web.turn,  # type: ignore[arg-type]
-            transcript_wait_ms=1000 if self.web.turn == "smart" else 0,
+            transcript_wait_ms=SMART_TRANSCRIPT_WAIT_MS if self.web.turn == "smart" else 0,
         )
         self.turn_model = make_turn_model(self.web.turn)
 

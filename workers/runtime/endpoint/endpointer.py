@@ -92,6 +92,10 @@ class EndpointConfig:
     (`Endpointer.hint`) to check its last word; 0 = never wait for one."""
 
 
+#: smart: how long a "complete" waits for the stt's transcript by default (mic and web):
+#: up to the max silence, since the answer cannot start before that transcript anyway.
+SMART_TRANSCRIPT_WAIT_MS = 1000
+
 #: The end of speech is the last 10 ms of the utterance within this many dB of its loudest:
 #: the VAD's last voiced frame runs past it (a frame is 32 ms and its probability lags the
 #: voice), and a quiet final consonant ("France?") is still speech the listener hears.
