@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 import schemas as s
 from tests.conftest import ROOT, wait_for
-from workers.runtime.bus import Bus
+from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog
 from workers.runtime.natsd import nats_server_binary
@@ -63,6 +64,24 @@ async def test_the_embedded_server_config_binds_loopback_and_requires_auth(
 
 async def _quiet(exc: Exception) -> None:
     pass
+
+
+async def test_a_wrong_password_is_named_even_when_another_server_of_the_list_times_out(
+    auth_settings: Settings,
+) -> None:
+    # A listener that never speaks: connecting to it times out, like a loaded or dying node.
+    # Whichever server nats.py tried last, the refusal seen on the other is the news.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        url = f"nats://127.0.0.1:{silent.getsockname()[1]},{auth_settings.nats_url}"
+        wrong = auth_settings.model_copy(
+            update={"nats_url": url, "nats_user": "cli", "nats_password": "wrong"}
+        )
+        for _ in range(4):  # nats.py shuffles the list: each order ends on either server
+            with pytest.raises(BusError, match=r"refused user 'cli': wrong or missing"):
+                await Bus.connect(wrong, name="test", connect_timeout=0.3)
+    finally:
+        silent.close()
 
 
 async def test_a_worker_is_denied_a_subject_it_has_no_right_to(auth_settings: Settings) -> None:

@@ -56,6 +56,11 @@ TYPE_HEADER = "Voice-Type"
 CONNECT_ATTEMPTS = 3
 
 
+def _is_auth_error(exc: object) -> bool:
+    text = repr(exc).lower()
+    return "authorization" in text or "authentication" in text
+
+
 def bus_role(settings: Settings) -> str:
     """The NATS role a connection with these settings acts as (its user's, or its worker's)."""
     if settings.nats_user is not None:
@@ -203,6 +208,11 @@ class Bus:
         async def error_cb(exc: Exception) -> None:
             # Called per failed reconnect attempt; report the first of a streak only.
             state["last_error"] = exc
+            if _is_auth_error(exc):
+                # Kept apart from the last error: on a loaded machine or a cluster the
+                # last attempt may merely time out after a server already said "wrong
+                # password", and that refusal is what the user must hear about.
+                state["auth_error"] = exc
             if state["connected"] and not state["down"]:
                 log.warning("nats error", extra={"error": repr(exc), "worker": name})
             state["down"] = state["connected"]
@@ -241,8 +251,7 @@ class Bus:
                 inbox_prefix=inbox_prefix(bus_role(settings)),
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
-            last = repr(state.get("last_error")).lower()
-            if "authorization" in last or "authentication" in last:
+            if "auth_error" in state or _is_auth_error(state.get("last_error")):
                 raise BusError(
                     f"NATS at {settings.nats_url} refused user {settings.nats_user!r}: wrong "
                     "or missing credentials (NATS_USER/NATS_PASSWORD, NATS_PASSWORD_<ROLE> "
