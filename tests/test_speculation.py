@@ -195,6 +195,27 @@ async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
             await mic.setup()
             await mic.run()
             await wait_for(lambda: stt.finals >= 1, timeout=30)
+            # Why a pause ended the turn, if it did: each decision with its transcript.
+            why = [
+                (
+                    type(e).__name__,
+                    e.model_dump(
+                        include={
+                            "outcome",
+                            "reason",
+                            "silence_ms",
+                            "audio_ms",
+                            "score",
+                            "transcript_tail",
+                            "text",
+                            "speculative",
+                        }
+                    ),
+                )
+                for e in tap.events
+                if isinstance(e, s.TurnDecision | s.Transcript | s.VoiceStopped)
+            ]
+            assert len(tap.of(s.VoiceStarted)) == 1, why
             (started,) = tap.of(s.VoiceStarted)
             utt = started.utterance_id
             final = next(t for t in tap.of(s.Transcript, utt) if not t.speculative)
