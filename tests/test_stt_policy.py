@@ -36,8 +36,59 @@ def test_trailing_quiet_asks_for_a_speculative_final_once() -> None:
     assert u.want_decode() != "quiet"
     u = _utterance(1000, 200)
     assert u.want_decode() == "quiet"
-    u.quiet_decode_done = True
+    u.quiet_decode_started()
     assert u.want_decode() in (None, "partial")
+
+
+def _add(u: UtteranceAudio, ms: int, level: float, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(ms // 20):
+        u.add(rng.normal(0, level, 320).clip(-32768, 32767).astype("<i2").tobytes())
+
+
+def test_a_soft_last_sound_is_speech_not_quiet() -> None:
+    """ "France?" ends in an "s" at 2-5 % of the vowels' level: a decode started in it has
+    not heard the last word, and the end-pointer waits for one that has."""
+    u = UtteranceAudio(partial_interval_ms=0)
+    _add(u, 300, 30)  # pre-roll: a quiet room
+    _add(u, 1000, 3000)
+    _add(u, 200, 120)  # the "s", 4 % of the peak, longer than QUIET_MS
+    assert u.want_decode() is None
+    _add(u, 160, 30)
+    assert u.want_decode() == "quiet"
+
+
+def test_quiet_is_judged_against_the_rooms_noise() -> None:
+    u = UtteranceAudio(partial_interval_ms=0)
+    _add(u, 300, 90)  # a fan at 3 % of the speech
+    _add(u, 1000, 3000)
+    _add(u, 200, 90)
+    assert u.want_decode() == "quiet"  # the fan is not speech
+    v = UtteranceAudio(partial_interval_ms=0)
+    _add(v, 300, 600)  # a room as loud as a fifth of the speech: nothing is quiet in it
+    _add(v, 1000, 3000)
+    _add(v, 400, 600)
+    assert v.want_decode() is None
+
+
+def test_a_long_quiet_gets_one_confirming_decode() -> None:
+    """A decode at the first quiet may have been cut in a soft last sound that the room's
+    noise hid: once the quiet has gone on, the utterance is decoded once more, and no more."""
+    u = _utterance(1000, 200)
+    assert u.want_decode() == "quiet"
+    u.quiet_decode_started()
+    u.last_decode_at = u.samples
+    _add(u, 300, 0)
+    assert u.want_decode() is None
+    _add(u, 20, 0)
+    assert u.want_decode() == "quiet"
+    u.quiet_decode_started()
+    u.last_decode_at = u.samples
+    _add(u, 2000, 0)
+    assert u.want_decode() is None
+    _add(u, 200, 3000)  # speech again: its end gets its own quiet decode
+    _add(u, 200, 0)
+    assert u.want_decode() == "quiet"
 
 
 def test_no_partial_is_started_on_quiet_audio() -> None:
@@ -46,7 +97,8 @@ def test_no_partial_is_started_on_quiet_audio() -> None:
     assert _utterance(1000, 0).want_decode() == "partial"
     assert _utterance(1000, 40).want_decode() is None
     u = _utterance(1000, 600)
-    u.quiet_decode_done = True
+    u.quiet_decode_started()
+    u.quiet_decode_started()  # and its confirmation
     u.last_decode_at = 16000 * 1160 // 1000  # the quiet decode; 440 ms of silence since
     u.add(np.zeros(16000 * 200 // 1000, "<i2").tobytes())
     assert u.want_decode() is None

@@ -8,7 +8,7 @@ Each setting runs the real end-pointer (Silero VAD, Smart Turn v3.2) over the sa
 - vad: a fixed 400 ms hangover (MIC_TURN=vad);
 - smart-audio: the model alone (MIC_TURN=smart, MIC_TURN_TRANSCRIPT_WAIT_MS=0);
 - smart: the model, and the stt's speculative transcript of the speech so far: the bundled
-  Whisper decodes the utterance once 160 ms are quiet (as the stt worker does), and its text
+  Whisper decodes the utterance when the stt worker's quiet rule says so, and its text
   reaches the end-pointer after the decode's measured time, as it would over the bus.
 
 It reports, per setting: premature turns (a paused sentence cut in two), the end-of-turn
@@ -28,6 +28,7 @@ import numpy as np
 
 from ops.bench.stats import pct
 from ops.bench.stt import BENCH_PHRASES, BENCH_VOICES, RATE, synth_espeak, trim, with_silence
+from workers.stt.streaming import UtteranceAudio
 
 #: One turn each, spoken with a pause where a sentence cannot end.
 PAUSED = [
@@ -43,8 +44,6 @@ PAUSED = [
     ("Book a table for", "four people at eight."),
 ]
 PAUSE_MS = 650
-#: The stt asks for a speculative decode after this much quiet (workers/stt/streaming.py).
-STT_QUIET_MS = 160
 BLOCK = 320
 
 
@@ -103,37 +102,36 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
         ep = Endpointer(SileroVad(), EndpointConfig(turn="smart", transcript_wait_ms=wait), model)
     stops, decisions = [], []
     start = 0  # stream sample where the open utterance starts
-    quiet_ms, decoded, pending = 0, False, None  # pending: (deliver at sample, text, ms)
-    peak = 1.0
+    pending: list[tuple[int, str, float]] = []  # (deliver at sample, text, audio ms)
+    heard = UtteranceAudio(partial_interval_ms=0)  # the stt's own quiet rule
     for i in range(0, len(clip.audio), BLOCK):
         block = clip.audio[i : i + BLOCK]
         now = i + len(block)
         for seg in ep.feed(block):
             if isinstance(seg, Started):
                 start = int(RATE * (seg.stream_offset_ms - seg.preroll_ms) / 1000)
-                decoded, pending, peak = False, None, 1.0
+                pending = []
+                heard = UtteranceAudio(partial_interval_ms=0)
+                for j in range(start, now - len(block), BLOCK):  # in the mic's 20 ms chunks
+                    heard.add(clip.audio[j : min(j + BLOCK, now - len(block))].tobytes())
             elif isinstance(seg, Decision):
                 decisions.append(seg)
             elif isinstance(seg, Stopped):
                 stops.append(seg)
         if setting != "smart" or not ep.in_utterance:
             continue
-        rms = float(np.sqrt(np.mean(block.astype(np.float32) ** 2)))
-        peak = max(peak, rms)
-        quiet = rms < 0.06 * peak
-        quiet_ms = quiet_ms + 20 if quiet else 0
-        if not quiet:
-            decoded = False  # speech again: the stt decodes at the next pause
-        if quiet_ms >= STT_QUIET_MS and not decoded:
-            decoded = True
+        heard.add(block.tobytes())
+        if heard.want_decode() == "quiet":
+            heard.quiet_decode_started()
+            heard.last_decode_at = heard.samples
             audio = clip.audio[start:now].astype(np.float32) / 32768
             t0 = time.perf_counter()
             text = stt.transcribe(audio, final=True, language="en").text
             took = int(RATE * (time.perf_counter() - t0))
-            pending = (now + took, text, 1000.0 * (now - start) / RATE)
-        if pending is not None and now >= pending[0]:
-            ep.hint(pending[1], pending[2])
-            pending = None
+            pending.append((now + took, text, 1000.0 * (now - start) / RATE))
+        while pending and now >= pending[0][0]:
+            _, text, audio_ms = pending.pop(0)
+            ep.hint(text, audio_ms)
     for seg in ep.flush():
         if isinstance(seg, Stopped):
             stops.append(seg)

@@ -12,9 +12,22 @@ import numpy as np
 from workers.stt.backends import Decoded
 
 RATE = 16_000
-#: Trailing audio this quiet (relative to the loudest 20 ms so far) looks like speech end.
-QUIET_RATIO = 0.06
+#: Trailing audio this quiet (relative to the loudest 20 ms so far) looks like speech end:
+#: -36 dB. A final fricative ("France?", "minutes.") sits at 2-5 % of the vowels' peak, and
+#: a decode started in it has not heard the last word (the end-pointer does not take such
+#: a transcript as the speech so far, and the turn waited for its max silence).
+QUIET_RATIO = 0.015
+#: In a noisier room quiet is within this factor of the quietest 20 ms heard (the
+#: utterance's pre-roll is room noise)...
+NOISE_MARGIN = 3.0
+#: ...but never above this fraction of the peak: below about 24 dB of speech over noise no
+#: audio is taken as quiet and the final decode waits for the end-pointer.
+QUIET_MAX_RATIO = 0.06
 QUIET_MS = 160
+#: A decode at the first quiet may still have been cut inside a soft last sound: if the
+#: quiet goes on this long after it, the utterance is decoded once more (what the
+#: end-pointer, holding the turn for a transcript of the whole speech, waits for).
+CONFIRM_MS = 320
 
 
 @dataclass
@@ -34,8 +47,11 @@ class UtteranceAudio:
         self.partial_interval = RATE * partial_interval_ms // 1000
         self.last_decode_at = 0  # samples covered by the last decode started
         self._peak = 0.0
+        self._floor = float("inf")
         self._frame_rms: list[float] = []
         self.quiet_decode_done = False
+        self.quiet_decodes = 0
+        """Quiet decodes since the speech last went on (the first and one confirmation)."""
         self.best: Coverage | None = None
         self.last_partial_text = ""
 
@@ -47,22 +63,31 @@ class UtteranceAudio:
         rms = float(np.sqrt(np.mean(a.astype(np.float32) ** 2))) if len(a) else 0.0
         self._frame_rms.append(rms)
         self._peak = max(self._peak, rms)
-        if rms > QUIET_RATIO * self._peak:
-            self.quiet_decode_done = False  # speech again: a new speech end may follow
+        if len(a):
+            self._floor = min(self._floor, rms)
+        if rms > self.quiet_level():
+            # Speech again: a new speech end may follow.
+            self.quiet_decode_done = False
+            self.quiet_decodes = 0
+
+    def quiet_level(self) -> float:
+        """RMS (of 20 ms) below which audio counts as quiet in this utterance."""
+        noise = NOISE_MARGIN * self._floor if self._floor != float("inf") else 0.0
+        return min(QUIET_MAX_RATIO * self._peak, max(QUIET_RATIO * self._peak, noise))
 
     def audio(self, samples: int | None = None) -> np.ndarray:
         a = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return (a[:samples] if samples is not None else a).astype(np.float32) / 32768.0
 
-    def trailing_quiet(self) -> bool:
-        """The last QUIET_MS look like silence after speech: speech has probably ended."""
+    def trailing_quiet(self, ms: float = QUIET_MS) -> bool:
+        """The last `ms` look like silence after speech: speech has probably ended."""
         if not self._frame_rms or self._peak <= 0:
             return False
         ms_per_chunk = 1000.0 * self.samples / RATE / len(self._frame_rms)
-        n = max(1, int(QUIET_MS / ms_per_chunk))
+        n = max(1, int(ms / ms_per_chunk))
         if len(self._frame_rms) <= n:
             return False
-        return max(self._frame_rms[-n:]) < QUIET_RATIO * self._peak
+        return max(self._frame_rms[-n:]) < self.quiet_level()
 
     def want_decode(self) -> str | None:
         """'quiet' (speculative final at an apparent speech end), 'partial', or None."""
@@ -70,14 +95,24 @@ class UtteranceAudio:
             return None
         if not self.quiet_decode_done and self.trailing_quiet():
             return "quiet"
+        if (
+            self.quiet_decodes == 1
+            and self.samples - self.last_decode_at >= RATE * CONFIRM_MS // 1000
+            and self.trailing_quiet(QUIET_MS + CONFIRM_MS)
+        ):
+            return "quiet"
         if self.partial_interval and self.samples - self.last_decode_at >= self.partial_interval:
             # Not while the audio is quiet: speech going quiet may be ending, and a partial
             # started now would hold the (serialised) decoder just when the quiet decode,
             # which the answer waits for, is due; and silence adds no words to decode.
-            if self._frame_rms[-1] < QUIET_RATIO * self._peak:
+            if self._frame_rms[-1] < self.quiet_level():
                 return None
             return "partial"
         return None
+
+    def quiet_decode_started(self) -> None:
+        self.quiet_decode_done = True
+        self.quiet_decodes += 1
 
     def covers(self, samples: int, speech_end_ms: float) -> bool:
         # The VAD's speech end already lags the acoustic end by its own smoothing.
@@ -90,7 +125,8 @@ class UtteranceAudio:
             return False
         per_chunk = self.samples / len(self._frame_rms)
         first = int(np.ceil(samples / per_chunk))
-        return any(r > QUIET_RATIO * self._peak for r in self._frame_rms[first:])
+        level = self.quiet_level()
+        return any(r > level for r in self._frame_rms[first:])
 
     def reusable(self, speech_end_ms: float) -> Decoded | None:
         """A final-quality decode of the whole utterance, if one was made while the

@@ -221,7 +221,7 @@ class SttWorker(Worker):
         samples = utt.samples
         utt.last_decode_at = samples
         if quiet:
-            utt.quiet_decode_done = True
+            utt.quiet_decode_started()
         audio = utt.audio(samples)
         # Beam 1 finals cost only the word alignment more than a partial: decode partials
         # at final quality so a partial that saw the whole speech can become the final.
@@ -274,8 +274,14 @@ class SttWorker(Worker):
         """The speech has paused and this decode saw all of it: publish it as a speculative
         transcript, so the llm (and the tts) can start answering while the end-pointer still
         waits. Nothing of that answer is heard unless the final transcript agrees."""
-        if state.get("final") or not out.text.strip() or out.text == state.get("speculated"):
+        if state.get("final") or not out.text.strip():
             return
+        if out.text == state.get("speculated") and samples <= state.get("speculated_samples", 0):
+            return
+        # The same words again but having heard more (the confirming decode) still go out:
+        # the end-pointer takes a transcript only once it covers all the speech; the llm
+        # sees the same question and lets its answer stand.
+        state["speculated_samples"] = samples
         k = state.get("speculations", 0)
         state["speculations"] = k + 1
         state["speculated"] = out.text
