@@ -102,7 +102,39 @@ def test_first_piece_needs_a_few_words_before_a_clause_cut() -> None:
 
 def test_hyphens_and_negative_numbers_are_not_clause_dashes() -> None:
     text = "A state-of-the-art device works at -5 degrees and more today."
-    assert split_text(text) == [text]
+    assert split_text(text, first_max_words=99) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        # A connective starts a clause: the voice may pause there as at a comma.
+        (
+            "The sky is blue because of a process called Rayleigh scattering.",
+            "The sky is blue",
+        ),
+        ("You can boil it when the water is hot.", "You can boil it"),
+        # A long first sentence with no punctuation ends at a phrase within 8 words.
+        (
+            "One of the most effective ways to improve your sleep is to keep a schedule.",
+            "One of the most effective ways",
+        ),
+        ("I do not have access to real-time weather data for your city.", "I do not have access"),
+        # Short sentences, and "and"/"or" joining nouns, are left whole.
+        ("The capital of France is Paris.", "The capital of France is Paris."),
+        ("Would you like tea or coffee?", "Would you like tea or coffee?"),
+        ("Sure, I can help with that today.", "Sure, I can help with that today."),
+    ],
+)
+def test_a_long_first_sentence_is_cut_at_a_phrase(text: str, first: str) -> None:
+    """The tts speaks whole pieces: the sooner the first one ends, the sooner it is heard."""
+    pieces = split_text(text)
+    assert pieces[0] == first
+    assert " ".join(pieces) == text
+    for seed in range(10):
+        assert stream(text, seed) == pieces
+    # Only the first piece: later sentences stay whole.
+    assert split_text("Hello! " + text) == ["Hello!", text]
 
 
 def test_clause_cut_on_an_em_dash() -> None:

@@ -32,6 +32,19 @@ CLAUSE_MARKS = ",;:"
 DASHES = "-–—"
 OPENERS = "\"'“‘([{*_`"
 
+#: Words a first piece may end before (once it has `first_min_words`): a new clause starts
+#: there, and the voice can pause as at a comma. Not "and"/"or" (they join nouns as often).
+CONNECTIVES = frozenset(
+    "because but so which who whose when where while if since although though unless until "
+    "whereas".split()
+)
+#: Where a long first piece without punctuation may end (before one of these): at a phrase.
+WEAK_BOUNDARIES = CONNECTIVES | frozenset(
+    "and or to of in on at by for with from about into through over after before than as "
+    "like is are was were".split()
+)
+_WORD = re.compile(r"\S+")
+
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+", re.MULTILINE)
 _MD_LINK = re.compile(r"\[([^\]\n]*)\]\([^)\s]*\)")
 _MD_SYMBOLS = re.compile(r"[*#`]+|~~|(?<!\w)__?|__?(?!\w)")
@@ -64,7 +77,10 @@ class SentenceSplitter:
     """Feed it tokens with `push`; it returns the pieces that are complete. `flush` at the end.
 
     first_min_words: a clause boundary (, ; : dash) may end the first piece once it has this
-        many words.
+        many words, and so may a connective ("because", "which", ...) that starts a clause.
+    first_max_words: a first piece this long with no boundary yet ends before its last
+        phrase word ("to", "of", "is", ...): the tts, which speaks whole pieces, starts on
+        a phrase while the model writes the rest of the sentence.
     later_clause_words: later pieces are cut at a clause boundary only when this long.
     first_max_chars / max_chars: with no boundary in sight, cut at the last space before this.
     """
@@ -72,11 +88,13 @@ class SentenceSplitter:
     def __init__(
         self,
         first_min_words: int = 4,
+        first_max_words: int = 8,
         later_clause_words: int = 16,
         first_max_chars: int = 100,
         max_chars: int = 220,
     ) -> None:
         self.first_min_words = first_min_words
+        self.first_max_words = first_max_words
         self.later_clause_words = later_clause_words
         self.first_max_chars = first_max_chars
         self.max_chars = max_chars
@@ -110,8 +128,13 @@ class SentenceSplitter:
         if not n:
             return None
         first = self.emitted == 0
+        # Found up front so that the earliest cut wins whether the text came whole or token
+        # by token (one-shot and streaming give the same pieces).
+        phrase = self._phrase_cut(buf) if first else None
         i = 0
         while i < n:
+            if phrase is not None and i >= phrase:
+                return phrase
             c = buf[i]
             if c == "\n":
                 # A line break ends a heading or list item; blank lines just get skipped.
@@ -145,6 +168,8 @@ class SentenceSplitter:
                 if buf[i + 1].isspace() and (c not in DASHES or c == "—" or buf[i - 1].isspace()):
                     return i + 1
             i += 1
+        if phrase is not None:
+            return phrase
         limit = self.first_max_chars if first else self.max_chars
         if n > limit:
             space = buf.rfind(" ", 0, limit)
@@ -154,6 +179,21 @@ class SentenceSplitter:
             if space > 0:
                 return space
         return n if final else None
+
+    def _phrase_cut(self, buf: str) -> int | None:
+        """Where the first piece may end with no punctuation in it: before a connective, or,
+        once it is long, before its last phrase word. Only whole words count (a word is
+        whole once something follows it)."""
+        words = [m for m in _WORD.finditer(buf) if m.end() < len(buf)]
+        bare = [m.group().lower().strip(OPENERS + CLOSERS) for m in words]
+        for k in range(self.first_min_words, len(words)):
+            if bare[k] in CONNECTIVES:
+                return words[k].start()
+        if len(words) >= self.first_max_words:
+            for k in range(self.first_max_words - 1, self.first_min_words - 1, -1):
+                if bare[k] in WEAK_BOUNDARIES:
+                    return words[k].start()
+        return None
 
     def _clause_ok(self, buf: str, i: int, first: bool) -> bool:
         need = self.first_min_words if first else self.later_clause_words
