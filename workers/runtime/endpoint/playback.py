@@ -525,10 +525,16 @@ class Player:
 
     async def _earlier_owner(self, started: TtsStarted) -> str:
         """How far an earlier owner of this reply got before it died: "done" (playback-done
-        published), "playing" (playback-started published) or "" (nothing heard)."""
+        published), "playing" (playback-started published) or "" (nothing heard). This
+        generation's only: another one of the turn (an answer the llm gave again) that was
+        heard says nothing about this one."""
         for state, event_type in (("done", PlaybackDone.type), ("playing", PlaybackStarted.type)):
             last = await self.bus.last(started.endpoint, started.conversation_id, event_type)
-            if last is not None and last.utterance_id == started.utterance_id:
+            if (
+                last is not None
+                and last.utterance_id == started.utterance_id
+                and getattr(last, "generation", "") == started.generation
+            ):
                 return state
         return ""
 
