@@ -8,6 +8,7 @@ so the kill lands mid-reply."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from ops.chaos import quiescent
@@ -158,3 +159,42 @@ async def test_a_redelivered_speculation_does_not_cut_off_the_final_answer(
     assert done.generation == generations[2] and "r3w0" in done.text
     assert [e for e in tap.of(ReplyDone, uid) if e.generation != spec.event_id] == [done]
     assert all(e.finish_reason == "discarded" for e in tap.of(ReplyDone, uid) if e is not done)
+
+
+async def test_a_transcript_redelivered_while_its_answer_runs_here_is_not_answered_twice(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """The llm froze (stopped, or its progress reports lost in a NATS failover) past the ack
+    wait, so JetStream gave the transcript to it again while its answer was still running (a
+    speculation the final committed: it runs beside the consumer). That llm was not lost:
+    the answer goes on and nothing is abandoned or answered twice."""
+    import os
+    import signal
+
+    server = await FaultyOllama([Fault(12, "done")]).start()
+    server.delay_s = 0.25  # a 3 s reply
+    llm = faulty_llm(settings, tmp_path, server)
+    tap = await Tap().start(bus)
+    final = transcript("Tell me something long.")
+    t = final.model_copy(update={"event_id": new_id(), "speculative": True})
+    uid = t.utterance_id
+    try:
+        llm.start()
+        await llm.wait_consumer(bus)
+        await bus.publish(t)
+        await wait_for(lambda: len(tap.of(ReplyToken, uid)) == 1, timeout=30)
+        await bus.publish(final)
+        await wait_for(lambda: tap.of(ReplyCommitted, uid), timeout=30)
+        assert llm.proc is not None
+        os.kill(llm.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(3.0)  # past the 2 s ack wait: the transcript is redelivered
+        os.kill(llm.proc.pid, signal.SIGCONT)
+        done: ReplyDone = await tap.done(uid, timeout=60)
+        await quiescent(bus, timeout=30)
+    finally:
+        llm.stop()
+        await server.stop()
+    assert [e.generation for e in tap.of(ReplyStarted, uid)] == [t.event_id]
+    assert not tap.of(ReplyDiscarded, uid)
+    assert done.generation == t.event_id and done.tokens == 12 and done.finish_reason == "stop"
+    assert len(tap.of(ReplyDone, uid)) == 1

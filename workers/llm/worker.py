@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import sys
 import threading
@@ -71,6 +72,8 @@ class ActiveTurn:
     speculative: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
+    redeliveries: list[Delivery] = field(default_factory=list)
+    """Later deliveries of the transcript this answer runs for: settled with its own."""
 
 
 def attempt_id(t: Transcript, delivery: int) -> str:
@@ -197,6 +200,8 @@ class LlmWorker(Worker):
             return
         if await self._settle_speculation(event):
             return  # the speculative answer already running is this turn's answer
+        if self._still_answering(event, delivery):
+            return
         attempt = await self._generation(event, delivery)
         if attempt is None:
             return  # answered or decided before: only the ack was lost
@@ -248,7 +253,9 @@ class LlmWorker(Worker):
         self, event: Transcript, turn: ActiveTurn, arrived: float, delivery: Delivery
     ) -> None:
         # A long generation tells JetStream it is still working on the transcript.
-        progress = asyncio.create_task(self._keep_alive(delivery, self.options.ack_wait_s / 3))
+        progress = asyncio.create_task(
+            self._keep_alive(delivery, self.options.ack_wait_s / 3, turn)
+        )
         ended = False
         try:
             await self._turn(event, turn, arrived)
@@ -257,10 +264,33 @@ class LlmWorker(Worker):
             progress.cancel()
             if self.active.get(event.conversation_id) is turn:
                 del self.active[event.conversation_id]
-            if delivery.deferred:
-                # A turn that did not end (its publishes failed) comes back, here or to
-                # another instance; its events' ids are the same, so nothing doubles.
-                await (delivery.ack() if ended else delivery.nak(1.0))
+            # A turn that did not end (its publishes failed) comes back, here or to another
+            # instance; its events' ids are the same, so nothing doubles.
+            for d in [delivery, *turn.redeliveries]:
+                if d.deferred:
+                    with contextlib.suppress(nats.errors.Error):
+                        await (d.ack() if ended else d.nak(1.0))
+
+    def _still_answering(self, t: Transcript, d: Delivery) -> bool:
+        """Whether `t` came again while this process is still answering it: its progress
+        reports or its ack did not reach the server in time (a NATS failover), the llm was
+        not lost. The answer goes on, and settles this delivery with its own; abandoning it
+        would cut off a reply being heard and answer the turn twice."""
+        if d.num_delivered <= 1:
+            return False
+        local = self.active.get(t.conversation_id)
+        earlier = {attempt_id(t, n) for n in range(1, d.num_delivered)}
+        if local is None or local.utterance_id != t.utterance_id:
+            return False
+        if local.generation not in earlier or local.cancel.is_set():
+            return False
+        d.defer()
+        local.redeliveries.append(d)
+        log.info(
+            "transcript redelivered while its answer runs here; kept",
+            extra={"utterance": t.utterance_id, "generation": local.generation},
+        )
+        return True
 
     # -- speculation --------------------------------------------------------------------
 
@@ -405,13 +435,15 @@ class LlmWorker(Worker):
         )
         await self.bus.publish(ControlError.of(t, "llm", "stale", message, producer=self.worker_id))
 
-    async def _keep_alive(self, delivery: Delivery, every_s: float) -> None:
+    async def _keep_alive(
+        self, delivery: Delivery, every_s: float, turn: ActiveTurn | None = None
+    ) -> None:
         while True:
             await asyncio.sleep(every_s)
-            try:
-                await delivery.msg.in_progress()
-            except nats.errors.Error:
-                return
+            for d in [delivery, *(turn.redeliveries if turn else [])]:
+                # One report lost in a failover must not end the reports of the others.
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await d.msg.in_progress()
 
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
         reply = ReplyWriter(self.bus, t, self.worker_id, turn.generation, turn.speculative)
