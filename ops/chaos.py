@@ -82,6 +82,8 @@ async def stream_counts(bus: Bus, event_type: str) -> int:
 class Audit:
     turns: int = 0
     completed: int = 0
+    failed: int = 0
+    """Turns ended by a control.error (one turn may carry several)."""
     errors: dict[str, int] = field(default_factory=dict)
     """control.error code -> turns it ended."""
     events: int = 0
@@ -91,6 +93,7 @@ class Audit:
         return {
             "turns": self.turns,
             "completed": self.completed,
+            "failed": self.failed,
             "errors": self.errors,
             "events": self.events,
             "problems": self.problems,
@@ -120,8 +123,10 @@ def _check_ending(a: Audit, utt: str, evs: list[Any], types: collections.Counter
     if types["speaker.playback-done"]:
         a.completed += 1
     elif final:
+        a.failed += 1
+        for code in {e.code for e in final}:  # type: ignore[attr-defined]
+            a.errors[code] = a.errors.get(code, 0) + 1
         for e in final:
-            a.errors[e.code] = a.errors.get(e.code, 0) + 1  # type: ignore[attr-defined]
             if not e.code or not e.failed_stage:  # type: ignore[attr-defined]
                 a.problems.append(f"{utt}: control.error without a code or stage")
     else:

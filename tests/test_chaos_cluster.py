@@ -122,7 +122,7 @@ async def test_stream_leader_then_another_node_killed_mid_turn_loses_and_doubles
     assert result.problems == []  # every turn ended; no duplicate; no gap in any sequence
     assert [v.line() for v in verified] == []  # `just verify`
     assert result.turns == len(conversations)
-    assert result.completed + sum(result.errors.values()) == len(conversations)
+    assert result.completed + result.failed == len(conversations)
     declared = sum(row_event(r).chunks for r in rows if r.type == "mic.voice-stopped")  # type: ignore[attr-defined]
     recorded = sum(1 for r in rows if r.type == "mic.audio-chunk")
     assert declared == mic_stored == recorded  # no audio chunk lost
