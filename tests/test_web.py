@@ -207,14 +207,17 @@ def test_barge_in_stops_the_reply_and_the_text_and_log_stop_at_what_was_heard(
     with playwright.sync_playwright() as pw:
         browser = launch(pw, wav)
         page = open_page(browser, web["url"])
+        # Handed to the page beforehand: passing its 50 000 samples took long enough on a
+        # loaded machine for the reply to end before the user "spoke".
+        page.evaluate(
+            "pcm => { window.interruption = Int16Array.from(pcm); }", interruption.tolist()
+        )
         page.get_by_role("button", name="Talk").click()
         page.wait_for_function(
             "voicebus.events.some(e => e.type === 'speaker.playback-started')", timeout=90_000
         )
         page.wait_for_timeout(400)  # well into the reply
-        onset = page.evaluate(
-            "pcm => voicebus.audio.inject(Int16Array.from(pcm), 22050)", interruption.tolist()
-        )
+        onset = page.evaluate("() => voicebus.audio.inject(window.interruption, 22050)")
         page.wait_for_function(
             "voicebus.events.some(e => e.type === 'speaker.playback-done' && e.interrupted)",
             timeout=30_000,
