@@ -24,6 +24,24 @@ pytestmark = pytest.mark.slow
 RATE, CHUNK = 22_050, 1764  # 80 ms chunks, as the tts worker sends them
 
 
+async def publish_reply(bus: Bus, common: dict[str, str], n: int) -> None:
+    """A one-sentence reply's audio (`n` chunks of silence), its sentence end and tts.done."""
+    for i in range(n):
+        await bus.publish(
+            s.TtsAudioChunk(
+                seq=i,
+                rate=RATE,
+                sentence_index=0,
+                offset_ms=i * 80.0,
+                audio=bytes(2 * CHUNK),
+                **common,
+            )
+        )
+    ms = n * 80.0
+    await bus.publish(s.SentenceDone(seq=0, sentence_index=0, text="Hello.", audio_ms=ms, **common))
+    await bus.publish(s.TtsDone(sentences=1, chunks=n, audio_ms=ms, **common))
+
+
 async def test_speaker_killed_mid_playback_still_ends_the_turn(
     bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
@@ -53,23 +71,8 @@ async def test_speaker_killed_mid_playback_still_ends_the_turn(
             "utterance_id": utt,
             "producer": "tts",
         }
-        n = 38  # about 3 s of audio
         await bus.publish(s.TtsStarted(rate=RATE, **common))
-        for i in range(n):
-            await bus.publish(
-                s.TtsAudioChunk(
-                    seq=i,
-                    rate=RATE,
-                    sentence_index=0,
-                    offset_ms=i * 80.0,
-                    audio=bytes(2 * CHUNK),
-                    **common,
-                )
-            )
-        await bus.publish(
-            s.SentenceDone(seq=0, sentence_index=0, text="Hello.", audio_ms=n * 80.0, **common)
-        )
-        await bus.publish(s.TtsDone(sentences=1, chunks=n, audio_ms=n * 80.0, **common))
+        await publish_reply(bus, common, 38)  # about 3 s of audio
         await asyncio.wait_for(started.wait(), 30)
         await asyncio.sleep(0.8)  # about a quarter is heard
         speaker.kill()
@@ -129,18 +132,7 @@ async def test_a_restarted_speaker_plays_a_new_generation_of_a_turn_whose_old_on
         speaker.start()
         await speaker.wait_consumer(bus, timeout=60)
         await bus.publish(s.ReplyCommitted(transcript_event_id=gen_b, **{**b, "producer": "llm"}))
-        for i in range(3):
-            await bus.publish(
-                s.TtsAudioChunk(
-                    seq=i,
-                    rate=RATE,
-                    sentence_index=0,
-                    offset_ms=i * 80.0,
-                    audio=bytes(2 * CHUNK),
-                    **b,
-                )
-            )
-        await bus.publish(s.TtsDone(sentences=1, chunks=3, audio_ms=240.0, **b))
+        await publish_reply(bus, b, 3)
         await wait_for(lambda: ended, timeout=30)
     finally:
         await sub.unsubscribe()

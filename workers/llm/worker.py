@@ -253,9 +253,7 @@ class LlmWorker(Worker):
         self, event: Transcript, turn: ActiveTurn, arrived: float, delivery: Delivery
     ) -> None:
         # A long generation tells JetStream it is still working on the transcript.
-        progress = asyncio.create_task(
-            self._keep_alive(delivery, self.options.ack_wait_s / 3, turn)
-        )
+        progress = asyncio.create_task(self._keep_alive(turn, delivery))
         ended = False
         try:
             await self._turn(event, turn, arrived)
@@ -276,13 +274,11 @@ class LlmWorker(Worker):
         reports or its ack did not reach the server in time (a NATS failover), the llm was
         not lost. The answer goes on, and settles this delivery with its own; abandoning it
         would cut off a reply being heard and answer the turn twice."""
-        if d.num_delivered <= 1:
-            return False
         local = self.active.get(t.conversation_id)
-        earlier = {attempt_id(t, n) for n in range(1, d.num_delivered)}
-        if local is None or local.utterance_id != t.utterance_id:
+        if d.num_delivered <= 1 or local is None or local.cancel.is_set():
             return False
-        if local.generation not in earlier or local.cancel.is_set():
+        earlier = {attempt_id(t, n) for n in range(1, d.num_delivered)}
+        if local.utterance_id != t.utterance_id or local.generation not in earlier:
             return False
         d.defer()
         local.redeliveries.append(d)
@@ -435,12 +431,10 @@ class LlmWorker(Worker):
         )
         await self.bus.publish(ControlError.of(t, "llm", "stale", message, producer=self.worker_id))
 
-    async def _keep_alive(
-        self, delivery: Delivery, every_s: float, turn: ActiveTurn | None = None
-    ) -> None:
+    async def _keep_alive(self, turn: ActiveTurn, delivery: Delivery) -> None:
         while True:
-            await asyncio.sleep(every_s)
-            for d in [delivery, *(turn.redeliveries if turn else [])]:
+            await asyncio.sleep(self.options.ack_wait_s / 3)
+            for d in [delivery, *turn.redeliveries]:
                 # One report lost in a failover must not end the reports of the others.
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
                     await d.msg.in_progress()

@@ -49,7 +49,6 @@ class UtteranceAudio:
         self._peak = 0.0
         self._floor = float("inf")
         self._frame_rms: list[float] = []
-        self.quiet_decode_done = False
         self.quiet_decodes = 0
         """Quiet decodes since the speech last went on (the first and one confirmation)."""
         self.best: Coverage | None = None
@@ -66,9 +65,7 @@ class UtteranceAudio:
         if len(a):
             self._floor = min(self._floor, rms)
         if rms > self.quiet_level():
-            # Speech again: a new speech end may follow.
-            self.quiet_decode_done = False
-            self.quiet_decodes = 0
+            self.quiet_decodes = 0  # speech again: a new speech end may follow
 
     def quiet_level(self) -> float:
         """RMS (of 20 ms) below which audio counts as quiet in this utterance."""
@@ -93,7 +90,7 @@ class UtteranceAudio:
         """'quiet' (speculative final at an apparent speech end), 'partial', or None."""
         if self.samples == 0:
             return None
-        if not self.quiet_decode_done and self.trailing_quiet():
+        if not self.quiet_decodes and self.trailing_quiet():
             return "quiet"
         if (
             self.quiet_decodes == 1
@@ -111,7 +108,6 @@ class UtteranceAudio:
         return None
 
     def quiet_decode_started(self) -> None:
-        self.quiet_decode_done = True
         self.quiet_decodes += 1
 
     def covers(self, samples: int, speech_end_ms: float) -> bool:
