@@ -36,7 +36,7 @@ def test_trailing_quiet_asks_for_a_speculative_final_once() -> None:
     assert u.want_decode() != "quiet"
     u = _utterance(1000, 200)
     assert u.want_decode() == "quiet"
-    u.quiet_decode_started()
+    u.decode_started(quiet=True)
     assert u.want_decode() in (None, "partial")
 
 
@@ -76,14 +76,12 @@ def test_a_long_quiet_gets_one_confirming_decode() -> None:
     noise hid: once the quiet has gone on, the utterance is decoded once more, and no more."""
     u = _utterance(1000, 200)
     assert u.want_decode() == "quiet"
-    u.quiet_decode_started()
-    u.last_decode_at = u.samples
+    u.decode_started(quiet=True)
     _add(u, 300, 0)
     assert u.want_decode() is None
     _add(u, 20, 0)
     assert u.want_decode() == "quiet"
-    u.quiet_decode_started()
-    u.last_decode_at = u.samples
+    u.decode_started(quiet=True)
     _add(u, 2000, 0)
     assert u.want_decode() is None
     _add(u, 200, 3000)  # speech again: its end gets its own quiet decode
@@ -97,8 +95,8 @@ def test_no_partial_is_started_on_quiet_audio() -> None:
     assert _utterance(1000, 0).want_decode() == "partial"
     assert _utterance(1000, 40).want_decode() is None
     u = _utterance(1000, 600)
-    u.quiet_decode_started()
-    u.quiet_decode_started()  # and its confirmation
+    u.decode_started(quiet=True)
+    u.decode_started(quiet=True)  # and its confirmation
     u.last_decode_at = 16000 * 1160 // 1000  # the quiet decode; 440 ms of silence since
     u.add(np.zeros(16000 * 200 // 1000, "<i2").tobytes())
     assert u.want_decode() is None

@@ -122,8 +122,7 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
             continue
         heard.add(block.tobytes())
         if heard.want_decode() == "quiet":
-            heard.quiet_decode_started()
-            heard.last_decode_at = heard.samples
+            heard.decode_started(quiet=True)
             audio = clip.audio[start:now].astype(np.float32) / 32768
             t0 = time.perf_counter()
             text = stt.transcribe(audio, final=True, language="en").text

@@ -107,8 +107,12 @@ class UtteranceAudio:
             return "partial"
         return None
 
-    def quiet_decode_started(self) -> None:
-        self.quiet_decodes += 1
+    def decode_started(self, quiet: bool) -> int:
+        """Note a decode of all the audio so far (a quiet one, if `quiet`); its sample count."""
+        self.last_decode_at = self.samples
+        if quiet:
+            self.quiet_decodes += 1
+        return self.samples
 
     def covers(self, samples: int, speech_end_ms: float) -> bool:
         # The VAD's speech end already lags the acoustic end by its own smoothing.

@@ -218,10 +218,7 @@ class SttWorker(Worker):
     async def _partial(
         self, started: VoiceStarted, utt: UtteranceAudio, state: dict[str, Any], quiet: bool
     ) -> None:
-        samples = utt.samples
-        utt.last_decode_at = samples
-        if quiet:
-            utt.quiet_decode_started()
+        samples = utt.decode_started(quiet)
         audio = utt.audio(samples)
         # Beam 1 finals cost only the word alignment more than a partial: decode partials
         # at final quality so a partial that saw the whole speech can become the final.
