@@ -192,7 +192,11 @@ def settings_matrix(args: argparse.Namespace, models: list[str]) -> list[Setting
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     options = LlmSettings(_env_file=None)  # type: ignore[call-arg]
-    embedded = EmbeddedBackend(threads=args.threads or options.threads, max_tokens=args.max_tokens)
+    embedded = EmbeddedBackend(
+        quant=options.quant,  # LLM_QUANT: grade the weight format the worker would run
+        threads=args.threads or options.threads,
+        max_tokens=args.max_tokens,
+    )
     await embedded.start()
     await embedded.warmup([{"role": "user", "content": "Hello."}])
     backends: dict[str, Backend] = {f"embedded:{embedded.model}": embedded}

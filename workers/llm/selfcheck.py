@@ -12,10 +12,14 @@ import subprocess
 import sys
 
 from workers.llm.backends import EmbeddedBackend
+from workers.llm.config import get_llm_settings
 
 
 async def _answer() -> str:
-    backend = EmbeddedBackend(max_tokens=4, context_tokens=512)
+    # In the format the worker runs (LLM_QUANT), which also makes that file once, at install.
+    settings = get_llm_settings()
+    model = settings.model if settings.backend == "embedded" else ""
+    backend = EmbeddedBackend(model, quant=settings.quant, max_tokens=4, context_tokens=512)
     await backend.warmup([{"role": "user", "content": "Say hello in three words."}])
     return backend.model
 
