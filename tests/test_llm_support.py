@@ -16,6 +16,11 @@ def llm_settings(**kw: Any) -> LlmSettings:
     kw.setdefault("memory_wait_s", 2.0)
     # In-process workers: the niceness would stay with pytest and every worker it starts.
     kw.setdefault("nice", 0)
+    # These tests make their transcripts before the worker has loaded its model, which
+    # beside a CPU hog took up to 41 s (ops/stress.sh), so a 30 s LLM_MAX_AGE_S ended their
+    # turns as "stale". A live stt stamps a transcript as it publishes it; the staleness
+    # rule has its own test (test_endpoints).
+    kw.setdefault("max_age_s", 600.0)
     return LlmSettings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 
