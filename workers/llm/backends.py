@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,16 @@ class ModelMissing(BackendError):
 
 class PromptTooLong(BackendError):
     code = "prompt-too-long"
+
+
+def common_prefix(cached: Iterable[int], prompt: Iterable[int]) -> int:
+    """How many leading tokens of `prompt` a KV cache holding `cached` already has."""
+    n = 0
+    for a, b in zip(cached, prompt, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def room_left(prompt_tokens: int, context_tokens: int) -> int:
@@ -285,11 +295,7 @@ class EmbeddedBackend:
         tokens cached and evaluates only the last one."""
         llm = self.llm
         target = len(tokens) - 1
-        done = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens[:target], strict=False):
-            if a != b:
-                break
-            done += 1
+        done = common_prefix(llm.input_ids[: llm.n_tokens], tokens[:target])
         llm.n_tokens = done  # eval() drops the cache past this point
         while done < target:
             if cancelled():

@@ -33,6 +33,7 @@ from workers.llm.backends import (
     EmbeddedBackend,
     Generation,
     Message,
+    common_prefix,
     room_left,
 )
 
@@ -202,12 +203,7 @@ class BatchedBackend(EmbeddedBackend):
         import llama_cpp
 
         def common(slot: int) -> int:
-            n = 0
-            for a, b in zip(self._cached[slot], s.prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
+            return common_prefix(self._cached[slot], s.prompt)
 
         slot = max(self._free, key=common)
         self._free.remove(slot)
