@@ -153,6 +153,53 @@ async def test_device_barge_in_halts_and_reports_what_the_dac_emitted(bus, setti
     await tap.stop()
 
 
+async def test_an_onset_from_the_players_own_capture_stops_the_reply_before_the_bus_has_it(
+    bus, settings, piper
+):
+    """An endpoint that listens and plays in one process (the web gateway) hands its
+    capture's onset straight to its player: the reply stops there and then, and the same
+    onset arriving later from the stream stops nothing twice."""
+    sd = FakePortAudio(output_latency=LATENCY_S, blocksize=BLOCK)
+    conv, utt = turn()
+    texts = [f"Sentence {i} is a fairly long sentence that takes a while to say." for i in range(3)]
+    tap = await Tap().start(bus)
+    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
+    speaker = SpeakerWorker(
+        bus,
+        settings,
+        SpeakerSettings(_env_file=None, sink="device"),  # type: ignore[call-arg]
+        sink=DeviceSink(sd=sd),
+    )
+    async with running(tts), running(speaker):
+        for ev in reply(conv, utt, texts):
+            await bus.publish(ev)
+        await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20)
+        await asyncio.sleep(0.5)
+        onset = VoiceStarted(
+            endpoint="device", conversation_id=conv, utterance_id=new_id(), source="test"
+        )
+        # Not on the bus yet: only the direct hand-over can stop the reply.
+        await speaker.player.heard_onset(onset)
+        stream = sd.outputs()[0]
+        heard_at_stop = int(np.count_nonzero(stream.emitted()))
+        done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=5))[0]
+        assert done.interrupted
+        await bus.publish(onset)  # the capture's copy, as the stream brings it to everyone
+        await wait_for(lambda: tap.of(VoiceStarted), timeout=5)
+        await asyncio.sleep(0.5)
+        heard_later = int(np.count_nonzero(stream.emitted()))
+    assert heard_later == heard_at_stop, "the reply went on after the onset was handed over"
+    stops = tap.of(Interrupt, utt)
+    assert len(stops) == 1 and stops[0].by_utterance_id == onset.utterance_id
+    assert len(tap.of(PlaybackDone, utt)) == 1
+    pcm = np.frombuffer(b"".join(c.audio for c in tap.of(TtsAudioChunk, utt)), "<i2")
+    rate = tap.of(TtsAudioChunk, utt)[0].rate
+    assert abs(round(done.played_ms * rate / 1000) - heard_of(pcm, stream.emitted())) <= (
+        rate * 0.005
+    )
+    await tap.stop()
+
+
 def spoken(piper: PiperBackend, text: str, lead_s: float = 0.5) -> np.ndarray:
     """`text` said by Piper at 16 kHz after `lead_s` of silence: what the room brings to
     the microphone."""

@@ -195,6 +195,7 @@ class WebWorker(Worker):
             Endpointer(make_vad("silero", 3), self.endpointing, self.turn_model),
             self.worker_id,
             self._turn_done,
+            self.player.heard_onset,
         )
         self.tabs[conversation_id] = tab
         self.sink.tabs[conversation_id] = tab

@@ -70,13 +70,16 @@ class Tab:
         endpointer: Endpointer,
         producer: str,
         on_turn_done: Callable[[Tab, str], Awaitable[None]],
+        on_onset: Callable[[s.VoiceStarted], Awaitable[None]] | None = None,
     ) -> None:
         self.ws = ws
         self.bus = bus
         self.endpoint = endpoint
         self.conversation_id = conversation_id
         self.session = session
-        self.capture = Capture(bus, endpointer, endpoint, conversation_id, producer, "web")
+        self.capture = Capture(
+            bus, endpointer, endpoint, conversation_id, producer, "web", on_onset
+        )
         self.outputs: dict[int, BrowserOutput] = {}
         self._replies = 0
         self._out: asyncio.Queue[str | bytes | None] = asyncio.Queue()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from opentelemetry import trace
@@ -55,8 +56,13 @@ class Capture:
         conversation_id: str,
         producer: str,
         source: str,
+        on_onset: Callable[[VoiceStarted], Awaitable[None]] | None = None,
     ) -> None:
         self.bus = bus
+        self.on_onset = on_onset
+        """Called with each utterance's onset once it is on the bus: an endpoint that plays
+        in the same process stops its reply there without waiting for the bus to bring it
+        back (barge-in)."""
         self.endpointer = endpointer
         self.endpoint = endpoint
         self.conversation_id = conversation_id
@@ -217,6 +223,8 @@ class Capture:
         self._started_event_id = started.event_id
         self._decisions = 0
         await self.bus.publish(started, ctx=self._ctx)
+        if self.on_onset is not None:
+            await self.on_onset(started)
 
     async def _stopped(self, seg: Stopped, base: dict[str, str]) -> None:
         await self.bus.flush_publishes()

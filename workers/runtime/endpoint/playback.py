@@ -100,6 +100,9 @@ class Playback:
     tts_done: TtsDone | None = None
     started: bool = False
     finished: bool = False
+    barged_in: bool = False
+    """Stopped by an onset (set before the stop's first await: one stop per reply, whether
+    the onset came from this process's own capture or from the bus)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set at once for a reply that is not speculative; else by llm.reply-committed."""
@@ -460,6 +463,7 @@ class Player:
         return (
             self.config.barge_in
             and not pb.finished
+            and not pb.barged_in
             and onset.utterance_id != pb.utterance_id
             and self.barge_in_gate(pb, onset)
         )
@@ -494,15 +498,41 @@ class Player:
             return onset if ended[1] > said[1] else None
         return None
 
+    async def heard_onset(self, onset: VoiceStarted) -> None:
+        """An onset found by this endpoint's own capture, in this process (the web gateway
+        listens and plays in one): the replies of its conversation stop now, not after the
+        onset's round trip through the stream. The same onset arriving later from the bus
+        finds them stopped."""
+        halted = [
+            pb for pb in list(self.order.get(onset.conversation_id, ())) if self._halt(pb, onset)
+        ]
+        for pb in halted:
+            try:
+                await self._stopped(pb, onset)
+            except Exception as exc:  # the bus's copy of the onset publishes the stop
+                if not pb.finished:
+                    pb.barged_in = False
+                log.warning("barge-in left to the bus", extra={"error": repr(exc)})
+
     async def _barge_in(self, pb: Playback, v: VoiceStarted) -> None:
+        if self._halt(pb, v):
+            await self._stopped(pb, v)
+
+    def _halt(self, pb: Playback, v: VoiceStarted) -> bool:
+        """Silence `pb` if `v` stops it (at once, before anything is published)."""
         if not self.counts_as_barge_in(pb, v):
-            return
+            return False
+        pb.barged_in = True
         if pb.output is not None:
             pb.output.halt()  # what was heard up to the moment we learned of the user
             if pb.reference is not None:
                 pb.reference.halted(time.time())
         # Unheard held audio goes with the playback: nothing of this generation plays.
         pb.pending.clear()
+        return True
+
+    async def _stopped(self, pb: Playback, v: VoiceStarted) -> None:
+        """Tell the llm, the tts and the log that `v` stopped `pb` (halted by `_halt`)."""
         stop = Interrupt(
             # One per reply generation: two generations of a turn stopped by one onset each
             # record their own playback-done.
