@@ -128,3 +128,19 @@ def test_a_decode_made_at_a_pause_is_not_the_final_once_the_user_went_on() -> No
     v = _utterance(1000, 400)
     v.best = Coverage(d, samples=16000 * 1020 // 1000, final_quality=True)
     assert v.reusable(speech_end_ms=1000) is None
+
+
+def test_a_late_quiet_decode_hears_the_same_quiet_as_an_early_one() -> None:
+    """On a busy machine the quiet decode may start long after the quiet began (the decoder
+    was still on a partial): it still decodes the speech and QUIET_MS of quiet, and its
+    confirmation QUIET_MS + CONFIRM_MS; a longer silence makes Whisper add words that were
+    not said ("Set a timer for it")."""
+    from workers.stt.streaming import CONFIRM_MS, QUIET_MS
+
+    speech = 16000 * 1000 // 1000
+    on_time = _utterance(1000, 200)
+    assert on_time.decode_started(quiet=True) == speech + 16 * QUIET_MS
+    late = _utterance(1000, 900)
+    assert late.decode_started(quiet=True) == speech + 16 * QUIET_MS
+    assert late.decode_started(quiet=True) == speech + 16 * (QUIET_MS + CONFIRM_MS)
+    assert late.decode_started(quiet=False) == late.samples  # a partial hears it all

@@ -122,12 +122,12 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
             continue
         heard.add(block.tobytes())
         if heard.want_decode() == "quiet":
-            heard.decode_started(quiet=True)
-            audio = clip.audio[start:now].astype(np.float32) / 32768
+            n = heard.decode_started(quiet=True)
+            audio = clip.audio[start : start + n].astype(np.float32) / 32768
             t0 = time.perf_counter()
             text = stt.transcribe(audio, final=True, language="en").text
             took = int(RATE * (time.perf_counter() - t0))
-            pending.append((now + took, text, 1000.0 * (now - start) / RATE))
+            pending.append((now + took, text, 1000.0 * n / RATE))
         while pending and now >= pending[0][0]:
             _, text, audio_ms = pending.pop(0)
             ep.hint(text, audio_ms)

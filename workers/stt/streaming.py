@@ -45,7 +45,10 @@ class UtteranceAudio:
         self.samples = 0
         self.next_chunk_seq = 0
         self.partial_interval = RATE * partial_interval_ms // 1000
-        self.last_decode_at = 0  # samples covered by the last decode started
+        self.last_decode_at = 0  # samples received when the last decode started
+        self.decoded_to = 0
+        """Samples the last decode started covers (a quiet decode stops short of the
+        quiet's end)."""
         self._peak = 0.0
         self._floor = float("inf")
         self._frame_rms: list[float] = []
@@ -108,11 +111,32 @@ class UtteranceAudio:
         return None
 
     def decode_started(self, quiet: bool) -> int:
-        """Note a decode of all the audio so far (a quiet one, if `quiet`); its sample count."""
+        """Note a decode starting now (a quiet one, if `quiet`); the samples it is to decode.
+
+        A partial decodes all the audio so far. A quiet decode hears the speech and the same
+        stretch of quiet after it however late it starts (QUIET_MS; its confirmation
+        QUIET_MS + CONFIRM_MS): on a busy machine the decoder may still be on a partial when
+        the quiet comes, and Whisper given a longer silence after "Set a timer for" hears
+        words that were not said ("Set a timer for it"), which would end the turn at the
+        pause. The same audio gives the same words, loaded or not."""
         self.last_decode_at = self.samples
+        samples = self.samples
         if quiet:
+            window_ms = QUIET_MS if self.quiet_decodes == 0 else QUIET_MS + CONFIRM_MS
+            samples = min(samples, self.quiet_from() + RATE * window_ms // 1000)
             self.quiet_decodes += 1
-        return self.samples
+        self.decoded_to = samples
+        return samples
+
+    def quiet_from(self) -> int:
+        """Where the trailing quiet begins: the end of the last chunk louder than quiet (all
+        the audio if none is)."""
+        level = self.quiet_level()
+        loud = [i for i, rms in enumerate(self._frame_rms) if rms > level]
+        if not loud:
+            return self.samples
+        per_chunk = self.samples / len(self._frame_rms)
+        return round((loud[-1] + 1) * per_chunk)
 
     def covers(self, samples: int, speech_end_ms: float) -> bool:
         # The VAD's speech end already lags the acoustic end by its own smoothing.

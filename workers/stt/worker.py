@@ -209,7 +209,7 @@ class SttWorker(Worker):
             decoding is not None
             and utt.reusable(stopped.speech_end_offset_ms) is None
             and state.get("inflight_final_quality")
-            and utt.covers(utt.last_decode_at, stopped.speech_end_offset_ms)
+            and utt.covers(utt.decoded_to, stopped.speech_end_offset_ms)
         ):
             await decoding  # it saw all the speech: cheaper than a new decode
         state["final"] = True
