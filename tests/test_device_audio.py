@@ -6,7 +6,9 @@ what its DAC emitted, so "how much was heard" is checked against what was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -42,9 +44,39 @@ LATENCY_S, BLOCK = 0.06, 512
 
 @pytest.fixture(scope="module")
 def piper() -> PiperBackend:
-    backend = PiperBackend(TtsSettings(_env_file=None))  # type: ignore[call-arg]
+    # Without its variation: Piper says "Paris" a little differently each time, and Whisper
+    # tiny heard 2 of 30 of them as "pairs".
+    backend = PiperBackend(TtsSettings(_env_file=None, noise_scale=0.0, noise_w_scale=0.0))  # type: ignore[call-arg]
     backend.load()
     return backend
+
+
+@contextlib.asynccontextmanager
+async def speaking(
+    bus, settings, piper: PiperBackend, sd: FakePortAudio
+) -> AsyncIterator[SpeakerWorker]:
+    """The tts (Piper) and the speaker worker on the fake card, running."""
+    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
+    speaker = SpeakerWorker(
+        bus,
+        settings,
+        SpeakerSettings(_env_file=None, sink="device"),  # type: ignore[call-arg]
+        sink=DeviceSink(sd=sd),
+    )
+    async with running(tts), running(speaker):
+        yield speaker
+
+
+LONG_REPLY = [
+    f"Sentence {i} is a fairly long sentence that takes a while to say." for i in range(3)
+]
+
+
+async def long_reply_playing(bus, tap: Tap, conv: str, utt: str) -> None:
+    """A reply of several seconds, from the moment its first sample is heard."""
+    for ev in reply(conv, utt, LONG_REPLY):
+        await bus.publish(ev)
+    await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20)
 
 
 def heard_of(reply_pcm: np.ndarray, emitted: np.ndarray) -> int:
@@ -89,14 +121,7 @@ async def test_device_reply_ends_with_playback_done_and_all_of_it_heard(bus, set
     sd = FakePortAudio(output_latency=LATENCY_S, blocksize=BLOCK)
     conv, utt = turn()
     tap = await Tap().start(bus)
-    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
-    speaker = SpeakerWorker(
-        bus,
-        settings,
-        SpeakerSettings(_env_file=None, sink="device"),  # type: ignore[call-arg]
-        sink=DeviceSink(sd=sd),
-    )
-    async with running(tts), running(speaker):
+    async with speaking(bus, settings, piper, sd):
         for ev in reply(conv, utt, ["Good morning.", "The weather is fine today."]):
             await bus.publish(ev)
         done = (await wait_for(lambda: tap.of(PlaybackDone, utt), timeout=20))[0]
@@ -117,19 +142,9 @@ async def test_device_reply_ends_with_playback_done_and_all_of_it_heard(bus, set
 async def test_device_barge_in_halts_and_reports_what_the_dac_emitted(bus, settings, piper):
     sd = FakePortAudio(output_latency=LATENCY_S, blocksize=BLOCK)
     conv, utt = turn()
-    texts = [f"Sentence {i} is a fairly long sentence that takes a while to say." for i in range(3)]
     tap = await Tap().start(bus)
-    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
-    speaker = SpeakerWorker(
-        bus,
-        settings,
-        SpeakerSettings(_env_file=None, sink="device"),  # type: ignore[call-arg]
-        sink=DeviceSink(sd=sd),
-    )
-    async with running(tts), running(speaker):
-        for ev in reply(conv, utt, texts):
-            await bus.publish(ev)
-        await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20)
+    async with speaking(bus, settings, piper, sd):
+        await long_reply_playing(bus, tap, conv, utt)
         await asyncio.sleep(1.0)
         stop = Interrupt(
             event_id=derive_id(utt, "stop"),
@@ -161,19 +176,9 @@ async def test_an_onset_from_the_players_own_capture_stops_the_reply_before_the_
     onset arriving later from the stream stops nothing twice."""
     sd = FakePortAudio(output_latency=LATENCY_S, blocksize=BLOCK)
     conv, utt = turn()
-    texts = [f"Sentence {i} is a fairly long sentence that takes a while to say." for i in range(3)]
     tap = await Tap().start(bus)
-    tts = TtsWorker(bus, settings, TtsSettings(_env_file=None), piper)  # type: ignore[call-arg]
-    speaker = SpeakerWorker(
-        bus,
-        settings,
-        SpeakerSettings(_env_file=None, sink="device"),  # type: ignore[call-arg]
-        sink=DeviceSink(sd=sd),
-    )
-    async with running(tts), running(speaker):
-        for ev in reply(conv, utt, texts):
-            await bus.publish(ev)
-        await wait_for(lambda: tap.of(PlaybackStarted, utt), timeout=20)
+    async with speaking(bus, settings, piper, sd) as speaker:
+        await long_reply_playing(bus, tap, conv, utt)
         await asyncio.sleep(0.5)
         onset = VoiceStarted(
             endpoint="device", conversation_id=conv, utterance_id=new_id(), source="test"

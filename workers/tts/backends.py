@@ -104,7 +104,11 @@ class PiperBackend:
         t0 = time.perf_counter()
         self._voice = PiperVoice.load(self.voice_path, use_cuda=self.tts.device == "cuda")
         self.sample_rate = int(self._voice.config.sample_rate)
-        self._syn_config = SynthesisConfig(length_scale=self.tts.length_scale)
+        self._syn_config = SynthesisConfig(
+            length_scale=self.tts.length_scale,
+            noise_scale=self.tts.noise_scale,
+            noise_w_scale=self.tts.noise_w_scale,
+        )
         self.load_s = time.perf_counter() - t0
 
     def synthesize(self, text: str, language: str | None = None) -> Iterator[np.ndarray]:

@@ -30,6 +30,12 @@ class TtsSettings(BaseSettings):
     one the user waits for (later sentences are synthesized while earlier ones play)."""
     length_scale: float | None = None
     """TTS_LENGTH_SCALE: Piper speaking rate (>1 slower); default: the voice's own."""
+    noise_scale: float | None = None
+    """TTS_NOISE_SCALE: Piper's voice variation; default: the voice's own. With
+    TTS_NOISE_W_SCALE it makes each synthesis of a text a little different: 0 for both gives
+    the same audio every time (replays that compare, tests)."""
+    noise_w_scale: float | None = None
+    """TTS_NOISE_W_SCALE: Piper's timing variation; default: the voice's own."""
     ack_wait_s: float = 5.0
     """TTS_ACK_WAIT_S: the owner of a reply tells JetStream it is alive every third of this;
     if it dies, another instance takes the reply over after this long."""
