@@ -52,6 +52,7 @@ class Clip:
     audio: np.ndarray
     paused: bool
     text: str
+    voice: str = ""
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Result:
     waits_ms: list[float] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    cut: list[str] = field(default_factory=list)
+    """The paused sentences cut in two, with what ended the turn at the pause."""
 
 
 def paused_clip(first: str, rest: str, voice: str, pause_ms: int = PAUSE_MS) -> np.ndarray:
@@ -76,7 +79,7 @@ def make_clips(n_complete: int) -> list[Clip]:
     clips = []
     for i, (a, b) in enumerate(PAUSED * 2):
         voice = BENCH_VOICES[i // len(PAUSED) % len(BENCH_VOICES)]
-        clips.append(Clip(paused_clip(a, b, voice), True, f"{a} {b}"))
+        clips.append(Clip(paused_clip(a, b, voice), True, f"{a} ... {b}", voice))
     for i, phrase in enumerate(BENCH_PHRASES[:n_complete]):
         speech = trim(synth_espeak(phrase, BENCH_VOICES[i % len(BENCH_VOICES)]))
         audio, _ = with_silence([speech], gap_ms=1500, lead_ms=500, noise=100)
@@ -137,6 +140,16 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
     return stops, decisions
 
 
+def why_ended(decisions: list) -> str:  # type: ignore[type-arg]
+    """The first decision that ended a turn: its reason, model score and transcript tail."""
+    d = next((d for d in decisions if d.outcome == "end"), None)
+    if d is None:
+        return "end of stream"
+    score = f" score {d.score:.2f}" if d.score is not None else ""
+    tail = f" on {d.transcript_tail!r}" if d.transcript_tail else ""
+    return f"{d.reason}{score}{tail} after {d.silence_ms:.0f} ms of silence"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench turn", description=__doc__.split("\n")[0])
     ap.add_argument("--complete", type=int, default=20, help="finished sentences (default 20)")
@@ -167,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     r.model_ms.append(d.model_ms)
             if clip.paused:
                 r.paused += 1
-                r.premature += len(stops) != 1
+                if len(stops) != 1:
+                    r.premature += 1
+                    r.cut.append(f"{clip.text!r} ({clip.voice}): {why_ended(decisions)}")
             elif len(stops) == 1:
                 r.waits_ms.append(stops[0].duration_ms - stops[0].speech_end_offset_ms)
     n_paused = sum(c.paused for c in clips)
@@ -186,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "wait_p95_ms": pct(r.waits_ms, 0.95),
             "model_p50_ms": pct(r.model_ms, 0.5) if r.model_ms else 0.0,
             "reasons": r.reasons,
+            "cut": r.cut,
         }
         report[s] = row
         print(
@@ -193,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['wait_p95_ms']:7.0f}ms {row['model_p50_ms']:5.0f}ms  "
             + ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
         )
+    for s, r in results.items():
+        for line in r.cut:
+            print(f"  {s} cut {line}")
     if args.json:
         print(json.dumps(report))
     return 0
