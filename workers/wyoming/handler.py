@@ -238,8 +238,17 @@ class WyomingHandler(AsyncEventHandler):
         """The client closed the connection: what it was waiting for is not needed any more."""
         self.gone = True
         for request in list(self.requests):
-            if request.result is not None and request.result.done():
+            # Still listed means its answer task has not handled the result yet, and that task
+            # is cancelled below: a result that failed (its write hit the same broken socket
+            # in the same turn of the loop) must be cancelled here, or the tts speaks on.
+            if answered(request):
                 continue
             await self._cancel(request)
         for task in list(self.tasks):
             task.cancel()
+
+
+def answered(request: Request) -> bool:
+    """The request's result finished with its answer sent (no failure, not cancelled)."""
+    r = request.result
+    return r is not None and r.done() and not r.cancelled() and r.exception() is None

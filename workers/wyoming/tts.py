@@ -114,6 +114,7 @@ class Synthesis:
         self.started: ReplyStarted | None = None
         self.done = False
         """The tts worker finished the reply (nothing to stop if the client goes now)."""
+        self.cancelled = False
 
     def _base(self) -> dict[str, str]:
         return {
@@ -230,7 +231,11 @@ class Synthesis:
 
     async def cancel(self) -> None:
         """The request ends early (bad input, the client went away): the reply is closed and
-        the tts worker told to stop, so it does not synthesize for no one."""
+        the tts worker told to stop, so it does not synthesize for no one. Once: the
+        connection's end and the request's own failure may both get here."""
+        if self.cancelled:
+            return
+        self.cancelled = True
         if self.result is not None and not self.result.done():
             self.result.cancel()
         self.bridge.unlisten(self.conversation_id, self.queue)
