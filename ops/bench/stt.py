@@ -136,8 +136,8 @@ def _piper_voice():  # type: ignore[no-untyped-def]
     )
 
 
-def synth_piper(text: str, deterministic: bool = True) -> np.ndarray:
-    """int16 16 kHz mono speech from the bundled Piper voice (en_US-joe-medium).
+def synth_piper(text: str, deterministic: bool = True, rate: int = RATE) -> np.ndarray:
+    """int16 mono speech at `rate` (16 kHz) from the bundled Piper voice (en_US-joe-medium).
 
     Piper samples noise; `deterministic` turns it off so tests hear the same audio each run.
     """
@@ -148,7 +148,7 @@ def synth_piper(text: str, deterministic: bool = True) -> np.ndarray:
     cfg = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if deterministic else None
     chunks = list(_piper_voice().synthesize(text, cfg))
     x = np.concatenate([c.audio_float_array for c in chunks])
-    return float_to_pcm16(resample_float(x, chunks[0].sample_rate, RATE))
+    return float_to_pcm16(resample_float(x, chunks[0].sample_rate, rate))
 
 
 def synth(text: str, engine: str) -> np.ndarray:
