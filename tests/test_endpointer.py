@@ -141,6 +141,29 @@ def test_file_source_real_time_paces_audio() -> None:
     assert 0.4 < asyncio.run(drain()) < 0.8
 
 
+def test_a_stalled_reader_gets_blocks_dated_when_they_were_captured() -> None:
+    """The burst that follows a stall is dated on the source's clock, one block after another,
+    as a device's ADC clock dates what it buffered (dated on arrival, the simulated room's
+    echo and the canceller's reference part ways and the reply leaks through as voice)."""
+    src = FileSource(audio=np.zeros(16000, np.int16), realtime=True)
+
+    async def drain() -> tuple[float, list[float]]:
+        t0 = time.time()
+        stamps = []
+        async for _ in src.blocks():
+            assert src.captured_at is not None
+            stamps.append(src.captured_at)
+            if len(stamps) == 10:
+                # The process stalls (a blocking call on purpose): 15 blocks are due after it.
+                time.sleep(0.3)  # noqa: ASYNC251
+        return t0, stamps
+
+    t0, stamps = asyncio.run(drain())
+    assert len(stamps) == 50
+    assert np.allclose(np.diff(stamps), 0.02, atol=1e-6)
+    assert abs(stamps[0] - (t0 + 0.02)) < 0.05
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "no such file"), (b"", "not a readable audio file"), (b"RIFFnope", "not a readable")],

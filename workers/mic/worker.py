@@ -187,7 +187,8 @@ class MicWorker(Worker):
         try:
             async for block in blocks:
                 stamped = clock.stamp(len(block))
-                # A device source dates its blocks by the ADC clock; a file by the block clock.
+                # A device dates its blocks by the ADC clock and a real-time file by its own
+                # schedule; the block clock is for a source that does not (a file at full speed).
                 captured_at = getattr(self.source, "captured_at", None)
                 at = captured_at if captured_at is not None else stamped
                 if self.watch is not None and self.watch.audible(at):

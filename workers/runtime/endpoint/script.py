@@ -11,7 +11,6 @@ ends the wait after `max_wait_s`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 
 from workers.runtime.audio import AudioFileError, read_audio
 from workers.runtime.endpoint.reference import ReferenceBuffer
-from workers.runtime.endpoint.sources import AudioSourceError
+from workers.runtime.endpoint.sources import AudioSourceError, Pacer
 from workers.runtime.endpoint.vad import RATE
 
 #: Quiet after a reply before the next line is spoken.
@@ -65,6 +64,8 @@ class ScriptSource:
         self.block = RATE * block_ms // 1000
         self.tail = tail_silence_ms / 1000
         self.max_wait_s = max_wait_s
+        self.captured_at: float | None = None
+        """When the last sample of the block just yielded was spoken (see `Pacer`)."""
         self.name = f"script:{self.lines[0].path.name}+{len(self.lines) - 1}"[:256]
 
     def _reply_since(self, t: float) -> float | None:
@@ -87,19 +88,14 @@ class ScriptSource:
         return now - self.buffer.last_heard / RATE >= IDLE_S and now > started
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        sent = 0
+        pacer = Pacer()
         silence = np.zeros(self.block, dtype=np.int16)
 
         async def paced(a: np.ndarray) -> AsyncIterator[np.ndarray]:
-            nonlocal sent
             for i in range(0, len(a), self.block):
                 chunk = a[i : i + self.block]
-                delay = t0 + (sent + len(chunk)) / RATE - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sent += len(chunk)
+                await pacer.wait(len(chunk))
+                self.captured_at = pacer.captured_at
                 yield chunk
 
         for k, audio in enumerate(self.audio):

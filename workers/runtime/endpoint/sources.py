@@ -34,6 +34,33 @@ class AudioSource(Protocol):
         ...
 
 
+class Pacer:
+    """Real-time pace for one continuous stream of samples, and when each block was captured.
+
+    The schedule is absolute (no drift), and `captured_at` (wall clock, the last sample of the
+    block just paced) comes from it, not from when the loop got there: as a device's ADC clock
+    dates its blocks, a process that stalls catches up with a burst of blocks dated where they
+    belong. Dated by arrival instead, the timeline jumps, and the simulated room's echo no
+    longer matches the reference the canceller reads for the same block: the reply leaks
+    through as a voice onset.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._wall0 = time.time()
+        self.sent = 0
+        self.captured_at: float | None = None
+
+    async def wait(self, n: int) -> None:
+        """Until the next `n` samples have been captured."""
+        self.sent += n
+        delay = self._t0 + self.sent / RATE - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.captured_at = self._wall0 + self.sent / RATE
+
+
 class FileSource:
     def __init__(
         self,
@@ -57,23 +84,23 @@ class FileSource:
         self.name = (name or (Path(path).name if path else "array"))[:256]
         self.realtime = realtime
         self.block = RATE * block_ms // 1000
+        self.captured_at: float | None = None
+        """Real time only: see `Pacer` (as fast as possible, blocks are dated on arrival)."""
 
     @property
     def duration_ms(self) -> float:
         return 1000.0 * len(self.audio) / RATE
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        pacer = Pacer() if self.realtime else None
         for i in range(0, len(self.audio), self.block):
             end = min(len(self.audio), i + self.block)
-            if self.realtime:
+            if pacer is not None:
                 # A microphone delivers a block once its last sample is captured, so a file
                 # does too (a block handed over at its first sample would make every
-                # latency look one block shorter). Absolute schedule: no drift.
-                delay = t0 + end / RATE - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # latency look one block shorter).
+                await pacer.wait(end - i)
+                self.captured_at = pacer.captured_at
             else:
                 await asyncio.sleep(0)
             yield self.audio[i:end]
