@@ -69,7 +69,9 @@ async def test_first_audio_is_published_before_the_reply_is_done(bus, settings, 
     assert done.audio_ms == pytest.approx(total_ms, abs=1)
     per_sentence = tap.of(SentenceDone, utt)
     assert [p.sentence_index for p in per_sentence] == [0, 1, 2]
-    assert all(0 < p.real_time_factor < 1 and p.first_audio_ms > 0 for p in per_sentence)
+    # Timed, not judged: speed is for `just bench tts` (beside a CPU hog a factor goes over 1).
+    assert all(p.real_time_factor > 0 and p.first_audio_ms > 0 for p in per_sentence)
+    assert sum(p.audio_ms for p in per_sentence) == pytest.approx(done.audio_ms, abs=1)
     # ids derive from the sentence: a redelivery republishes the same ones
     assert chunks[0].event_id == derive_id(s[0].event_id, "chunk", 0)
     started = tap.of(TtsStarted, utt)
@@ -203,14 +205,16 @@ async def test_tts_synthesize_span_joins_the_sentence_trace_with_its_timings(bus
         await bus.publish(reply_started(conv, utt))
         with tracer.start_as_current_span("llm.generate") as parent:
             await bus.publish(sentences(conv, utt, TEXTS[:1])[0])
-        await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10)
+        done = (await wait_for(lambda: tap.of(SentenceDone, utt), timeout=10))[0]
     spans = [s for s in exporter.get_finished_spans() if s.name == "tts.synthesize"]
     span = next(s for s in spans if s.attributes["voice.utterance_id"] == utt)
     assert span.context.trace_id == parent.get_span_context().trace_id
     assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
-    assert span.attributes["tts.first_audio_ms"] > 0
-    assert 0 < span.attributes["tts.real_time_factor"] < 1
-    assert span.attributes["tts.audio_ms"] > 1000
+    # The span carries the sentence's own timings. How fast they are is `just bench tts`'s
+    # business: beside a CPU hog the real-time factor went over 1 (1.37) in the stress.
+    assert span.attributes["tts.audio_ms"] == done.audio_ms > 1000
+    assert span.attributes["tts.first_audio_ms"] == done.first_audio_ms > 0
+    assert span.attributes["tts.real_time_factor"] == done.real_time_factor > 0
     await tap.stop()
 
 
