@@ -45,9 +45,10 @@ class ReplyDiscarded(OfGeneration, Event):
 
     type: ClassVar[str] = "llm.reply-discarded"
 
-    reason: Literal["changed", "superseded", "error", "abandoned"] = "changed"
+    reason: Literal["changed", "superseded", "error", "abandoned", "resumed"] = "changed"
     """changed: the final transcript differs; superseded: a newer speculation replaced it;
-    abandoned: the llm generating it was lost mid-reply."""
+    abandoned: the llm generating it was lost mid-reply; resumed: the user went on speaking
+    after a pause (mic.voice-started.resumes), so it answers half a sentence."""
 
 
 class ReplyToken(OfGeneration, Event):
@@ -82,7 +83,11 @@ class ReplyDone(OfGeneration, Event):
     sentences: int = Field(ge=0)
     """Number of reply-sentence events emitted (index 0..sentences-1)."""
     tokens: int = Field(ge=0)
-    finish_reason: Literal["stop", "length", "interrupted", "error", "discarded"] = "stop"
+    finish_reason: Literal["stop", "length", "interrupted", "error", "discarded", "resumed"] = (
+        "stop"
+    )
+    """resumed: the user went on speaking, so the turn was a pause; the utterance that
+    resumed it (mic.voice-started.resumes) holds the whole sentence and is answered instead."""
     model: str = ""
     prompt_tokens: int = Field(default=0, ge=0)
     first_token_ms: float = Field(default=0.0, ge=0)

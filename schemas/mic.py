@@ -39,6 +39,11 @@ class VoiceStarted(Event):
     """Position of the onset in the source stream, milliseconds."""
     preroll_ms: float = Field(default=0.0, ge=0)
     """Audio before the onset that is included in the utterance, milliseconds."""
+    resumes: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    """The utterance this one continues ("" = a new turn): the user went on speaking soon
+    after that turn ended (MIC_TURN_RESUME_MS), so it was a pause, not a turn's end. This
+    utterance's audio starts with that one's, and that turn is not answered: its reply is
+    stopped and left out of memory; `stream_offset_ms` and `preroll_ms` are that one's."""
 
 
 class MicAudioChunk(PcmFormat, PayloadEvent):

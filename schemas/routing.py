@@ -59,9 +59,11 @@ class Route:
 RECORDER = Route("recorder", ())
 STT = Route("stt", (VoiceStarted.type,), follows=("mic.>",))
 LLM = Route("llm", (Transcript.type,))
-#: Per llm instance: an interrupt, a new utterance or a discarded speculation must reach the
-#: instance generating.
-LLM_CONTROL = Route("llm-control", (Interrupt.type, Transcript.type, ReplyDiscarded.type))
+#: Per llm instance: an interrupt, a new utterance, an onset that resumes a turn
+#: (mic.voice-started.resumes) or a discarded speculation must reach the instance generating.
+LLM_CONTROL = Route(
+    "llm-control", (Interrupt.type, Transcript.type, ReplyDiscarded.type, VoiceStarted.type)
+)
 TTS = Route(
     "tts",
     (ReplyStarted.type,),

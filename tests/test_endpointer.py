@@ -310,6 +310,37 @@ def test_a_pause_is_held_while_a_slow_stts_transcript_is_awaited(smart_turn) -> 
     assert len(utterances([s for s in cut if not isinstance(s, Decision)])) == 2
 
 
+@needs_espeak
+def test_speech_resuming_soon_after_a_turn_ended_continues_that_turn() -> None:
+    """A 650 ms pause the vad policy cuts (400 ms hangover): the speech after it resumes the
+    cut turn, and its utterance holds the whole sentence from the same start."""
+    audio = paused("Set a timer for", "ten minutes.", 650)
+    (first, second) = utterances(run_endpointer(audio, "silero", hangover_ms=400, resume_ms=800))
+    assert not first[0].resumes and second[0].resumes
+    assert second[0].stream_offset_ms == first[0].stream_offset_ms
+    assert second[0].preroll_ms == first[0].preroll_ms
+    whole = b"".join(c.pcm for c in second[1][:-1])  # the last chunk is padded
+    cut = b"".join(c.pcm for c in first[1][:-1])
+    assert whole.startswith(cut)
+    # ... and its end of speech is the sentence's: after the pause and "ten minutes".
+    assert second[2].speech_end_offset_ms > first[2].speech_end_offset_ms + 650 + 500
+    # The stream offsets agree: the whole sentence is where the audio has it.
+    start = int(16 * (first[0].stream_offset_ms - first[0].preroll_ms))
+    stream = audio[start : start + len(whole) // 2].tobytes()
+    assert whole[: len(stream)] == stream
+    # Without resumption, the same audio is two turns.
+    plain = utterances(run_endpointer(audio, "silero", hangover_ms=400))
+    assert len(plain) == 2 and not any(u[0].resumes for u in plain)
+
+
+@needs_espeak
+def test_a_question_asked_after_a_longer_silence_is_a_turn_of_its_own(three_phrases) -> None:
+    audio, truth = three_phrases  # 1.2 s between the phrases
+    utts = utterances(run_endpointer(audio, "silero", hangover_ms=400, resume_ms=800))
+    assert len(utts) == len(truth)
+    assert not any(u[0].resumes for u in utts)
+
+
 def test_transcript_endings_that_cannot_end_a_sentence() -> None:
     from workers.runtime.endpoint.turn import ends_unfinished
 

@@ -4,12 +4,16 @@ asking is discarded: never heard, never in memory, never the turn's answer in th
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 import schemas as s
 from ops.bench.stt import espeak_available, normalize
 from tests.conftest import wait_for
 from tests.test_llm_support import Tap, llm_settings, running
+from workers.cli.demo import LiveView
+from workers.cli.replay import recorded_turns, user_audio
 from workers.llm.backends import EmbeddedBackend
 from workers.llm.memory import EventLogMemory
 from workers.llm.worker import LlmWorker
@@ -164,13 +168,10 @@ def _row_with_playback(log: EventLog, utterance_id: str):  # type: ignore[no-unt
     return row if row is not None and row.playback_done_at else None
 
 
-@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
-async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
-    bus: Bus, settings: Settings, tmp_path
-) -> None:
-    """ "Set a timer for ... ten minutes." with a 650 ms pause, spoken in real time to the mic
-    (smart turn detection) and the stt (speculating): one turn, the whole sentence, one answer
-    heard; whatever was started on "Set a timer for" is discarded."""
+async def speak_paused(bus: Bus, settings: Settings, tmp_path, **mic) -> tuple[Tap, list]:  # type: ignore[no-untyped-def]
+    """ "Set a timer for ... ten minutes." (a 650 ms pause) spoken in real time to the mic,
+    the stt (speculating), the llm and the recorder; returns the tap and the end-pointer's
+    reasoning (decisions, transcripts, stops) for assertion messages."""
     from ops.bench.turn import paused_clip
     from tests.test_stt_stream import start_stt
     from workers.mic.config import MicSettings
@@ -186,57 +187,144 @@ async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
     tap = await Tap().start(bus)
     stt, stt_task = await start_stt(bus, settings)
     try:
-        async with running(llm(bus, settings)):
-            mic = MicWorker(
+        async with running(Recorder(bus, settings)), running(llm(bus, settings)):
+            worker = MicWorker(
                 bus,
                 settings,
-                MicSettings(_env_file=None, file=str(path), conversation=conv, last_stage="llm"),  # type: ignore[call-arg]
+                MicSettings(  # type: ignore[call-arg]
+                    _env_file=None, file=str(path), conversation=conv, last_stage="llm", **mic
+                ),
             )
-            await mic.setup()
-            await mic.run()
-            await wait_for(lambda: stt.finals >= 1, timeout=30)
-            # Why a pause ended the turn, if it did: each decision with its transcript.
-            why = [
-                (
-                    type(e).__name__,
-                    e.model_dump(
-                        include={
-                            "outcome",
-                            "reason",
-                            "silence_ms",
-                            "audio_ms",
-                            "score",
-                            "transcript_tail",
-                            "text",
-                            "speculative",
-                        }
+            await worker.setup()
+            await worker.run()
+            stops = len(tap.of(s.VoiceStopped))
+            await wait_for(lambda: stt.finals >= stops, timeout=30)
+            last = tap.of(s.VoiceStarted)[-1].utterance_id
+            final = next(t for t in tap.of(s.Transcript, last) if not t.speculative)
+            # Every utterance's turn ended (answered, resumed or discarded).
+            for v in tap.of(s.VoiceStarted):
+                gen = final.event_id if v.utterance_id == last else None
+                await wait_for(
+                    lambda u=v.utterance_id, g=gen: (
+                        [d for d in tap.of(s.ReplyDone, u) if g is None or d.generation == g]
+                        or [c for c in tap.of(s.ReplyCommitted, u)]
                     ),
+                    timeout=60,
                 )
-                for e in tap.events
-                if isinstance(e, s.TurnDecision | s.Transcript | s.VoiceStopped)
-            ]
-            assert len(tap.of(s.VoiceStarted)) == 1, why
-            (started,) = tap.of(s.VoiceStarted)
-            utt = started.utterance_id
-            final = next(t for t in tap.of(s.Transcript, utt) if not t.speculative)
-
-            def answered() -> list:
-                kept = {c.generation for c in tap.of(s.ReplyCommitted, utt)} | {final.event_id}
-                return [d for d in tap.of(s.ReplyDone, utt) if d.generation in kept]
-
-            await wait_for(answered, timeout=60)
+            await wait_for(lambda: _answers(tap), timeout=60)
+            assert await _recorded(settings, tap)
     finally:
         stt.stop()
         await stt_task
         await tap.stop()
-    assert len(tap.of(s.VoiceStarted)) == 1 and len(tap.of(s.VoiceStopped)) == 1
-    assert normalize(final.text) == normalize("Set a timer for ten minutes.")
+    why = [
+        (
+            type(e).__name__,
+            e.model_dump(
+                include={
+                    "outcome",
+                    "reason",
+                    "silence_ms",
+                    "audio_ms",
+                    "score",
+                    "transcript_tail",
+                    "text",
+                    "speculative",
+                    "resumes",
+                }
+            ),
+        )
+        for e in tap.events
+        if isinstance(e, s.TurnDecision | s.Transcript | s.VoiceStopped | s.VoiceStarted)
+    ]
+    return tap, why
+
+
+def _answers(tap: Tap) -> list[s.ReplyDone]:
+    """Replies that are a turn's answer: not discarded, not cut by a resumption."""
+    discarded = {d.generation for d in tap.of(s.ReplyDiscarded)}
+    return [
+        d
+        for d in tap.of(s.ReplyDone)
+        if d.generation not in discarded and d.finish_reason not in ("discarded", "resumed")
+    ]
+
+
+async def _recorded(settings: Settings, tap: Tap) -> bool:
+    """Every turn-ending event seen on the bus is in the log."""
+    ends = (s.ReplyDone, s.ReplyDiscarded, s.ReplyCommitted, s.VoiceStopped)
+    ids = [e.event_id for e in tap.events if isinstance(e, ends)]
+    log = EventLog(settings.db_url, migrate=False)
+    try:
+        return await log.wait_recorded(ids, 10)
+    finally:
+        log.close()
+
+
+@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+async def test_pauses_are_not_turns_the_whole_sentence_is_answered_once(
+    bus: Bus, settings: Settings, tmp_path
+) -> None:
+    """With smart turn detection (the default), whatever was started on "Set a timer for" is
+    discarded: one turn holds the whole sentence and gets one answer. The pause either ends
+    nothing (the transcript's "for" overrules the model) or, if it did end the turn, the
+    speech after it resumes that turn."""
+    tap, why = await speak_paused(bus, settings, tmp_path)
+    starts = tap.of(s.VoiceStarted)
+    assert len(starts) in (1, 2), why
+    if len(starts) == 2:  # cut at the pause, then resumed
+        assert starts[1].resumes == starts[0].utterance_id, why
+    utt = starts[-1].utterance_id
+    final = next(t for t in tap.of(s.Transcript, utt) if not t.speculative)
+    assert normalize(final.text) == normalize("Set a timer for ten minutes."), why
     decisions = tap.of(s.TurnDecision, utt)
-    # The pause ended nothing: the model's "complete" there was overruled by the transcript
-    # ("... for": a "wait" decision) or, on a loaded machine where that transcript came after
-    # the speech went on, held without a decision while it was awaited.
-    assert [d.outcome for d in decisions].count("end") == 1 and decisions[-1].outcome == "end"
-    (answer,) = answered()
-    assert answer.text.strip() and answer.finish_reason != "discarded"
-    discarded = {d.generation for d in tap.of(s.ReplyDiscarded, utt)}
-    assert answer.generation not in discarded
+    assert decisions[-1].outcome == "end"
+    (answer,) = _answers(tap)
+    assert answer.utterance_id == utt and answer.text.strip()
+
+
+@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+async def test_speech_after_a_cut_resumes_the_turn_which_is_answered_once_whole(
+    bus: Bus, settings: Settings, tmp_path
+) -> None:
+    """The vad policy (400 ms hangover) cuts the sentence at its 650 ms pause every time: the
+    speech after it resumes the cut turn. The stt hears the whole sentence in the resuming
+    utterance, the llm answers it once, the cut turn's answer is stopped or never starts,
+    and memory and the log hold one turn."""
+    tap, why = await speak_paused(bus, settings, tmp_path, turn="vad", turn_resume_ms=800)
+    first, second = tap.of(s.VoiceStarted)
+    assert not first.resumes and second.resumes == first.utterance_id, why
+    assert second.stream_offset_ms == first.stream_offset_ms
+    final = next(t for t in tap.of(s.Transcript, second.utterance_id) if not t.speculative)
+    assert normalize(final.text) == normalize("Set a timer for ten minutes."), why
+    (answer,) = _answers(tap)
+    assert answer.utterance_id == second.utterance_id and answer.text.strip()
+    for cut in tap.of(s.ReplyDone, first.utterance_id):
+        assert cut.finish_reason in ("resumed", "discarded"), cut
+    conv = first.conversation_id
+    log = EventLog(settings.db_url, migrate=False)
+    try:
+        assert verify(log, [conv]) == []
+        cut_row = log.turn(first.utterance_id)
+        if cut_row is not None and cut_row.llm_done_at:
+            assert cut_row.status == "resumed"
+        assert log.turn(second.utterance_id).reply_text == answer.text  # type: ignore[union-attr]
+        # Replay speaks the sentence once: the resumed utterance is no turn of its own.
+        (again,) = recorded_turns(log, conv)
+        assert again.row.utterance_id == second.utterance_id
+        assert again.pcm.startswith(user_audio(log, first.utterance_id)[:-640])
+    finally:
+        log.close()
+    # The demo's live view shows one turn, done when its answer is.
+    view = LiveView(io.StringIO())
+    for e in tap.events:
+        if e.conversation_id == conv:
+            view.on_event(e)
+    assert list(view.turns) == [second.utterance_id] and view.resumed == {first.utterance_id}
+    memory = EventLogMemory(settings.db_url)
+    try:
+        (remembered,) = await memory.previous_turns(conv, "next")
+    finally:
+        memory.close()
+    assert normalize(remembered.user_text) == normalize("Set a timer for ten minutes.")
+    assert remembered.assistant_text.strip() and remembered.assistant_text in answer.text

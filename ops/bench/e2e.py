@@ -250,7 +250,7 @@ async def run_pauses(p: Pipeline, log: EventLog, n: int, work: Path) -> dict[str
     from ops.bench.turn import PAUSED, paused_clip
 
     out: dict[str, Any] = {
-        pol: {"sentences": 0, "premature": 0, "answers": 0, "waits_ms": []}
+        pol: {"sentences": 0, "premature": 0, "resumed": 0, "answers": 0, "waits_ms": []}
         for pol in ("vad", "smart")
     }
     for i in range(n):
@@ -276,6 +276,7 @@ async def run_pauses(p: Pipeline, log: EventLog, n: int, work: Path) -> dict[str
             o = out[pol]
             o["sentences"] += 1
             o["premature"] += len(turns) > 1
+            o["resumed"] += bool(view.resumed)  # cut at the pause, then resumed: one turn
             o["answers"] += sum(1 for r in rows if r is not None and r.reply_text)
             o["waits_ms"] += [
                 timings(r).as_dict()["endpoint_wait"] for r in rows[-1:] if r is not None
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             waits = [w for w in o["waits_ms"] if w is not None]
             print(
                 f"pauses, MIC_TURN={pol}: {o['premature']}/{o['sentences']} sentences cut into "
-                f"premature turns, {o['answers']} answers; end-of-turn wait after the whole "
+                f"premature turns ({o.get('resumed', 0)} cut and resumed as one), "
+                f"{o['answers']} answers; end-of-turn wait after the whole "
                 f"sentence p50 {pct(waits, 0.5):.0f} ms"
             )
     md, png = report(res, get_settings().data_dir / "bench")

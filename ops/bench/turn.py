@@ -11,9 +11,14 @@ Each setting runs the real end-pointer (Silero VAD, Smart Turn v3.2) over the sa
   Whisper decodes the utterance when the stt worker's quiet rule says so, and its text
   reaches the end-pointer after the decode's measured time, as it would over the bus.
 
-It reports, per setting: premature turns (a paused sentence cut in two), the end-of-turn
-wait on finished sentences (from the end of speech to the decision, p50/p95), and the
-model's time per decision.
+Every setting resumes a turn when speech starts again within MIC_TURN_RESUME_MS of its end
+(the mic's default): a paused sentence cut at its pause and then resumed is one turn (the
+stt hears it whole, the llm answers it once), counted as "resumed"; only a cut that is not
+resumed is premature.
+
+It reports, per setting: premature turns (a paused sentence cut in two), the sentences cut
+and resumed, the end-of-turn wait on finished sentences (from the end of speech to the
+decision, p50/p95), and the model's time per decision.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class Clip:
 @dataclass
 class Result:
     premature: int = 0
+    resumed: int = 0
     paused: int = 0
     waits_ms: list[float] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
@@ -87,9 +93,10 @@ def make_clips(n_complete: int) -> list[Clip]:
     return clips
 
 
-def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type: ignore[no-untyped-def]
-    """(stops, decisions) of the end-pointer on one clip."""
+def run_clip(clip: Clip, setting: str, model, stt, resume_ms: int) -> tuple[list, list, list]:  # type: ignore[no-untyped-def]
+    """(starts, stops, decisions) of the end-pointer on one clip."""
     from workers.runtime.endpoint.endpointer import (
+        SMART_TRANSCRIPT_WAIT_MS,
         Decision,
         EndpointConfig,
         Endpointer,
@@ -99,11 +106,13 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
     from workers.runtime.endpoint.vad import SileroVad
 
     if setting == "vad":
-        ep = Endpointer(SileroVad(), EndpointConfig(turn="vad", hangover_ms=400))
+        cfg = EndpointConfig(turn="vad", hangover_ms=400, resume_ms=resume_ms)
+        ep = Endpointer(SileroVad(), cfg)
     else:
-        wait = 0 if setting == "smart-audio" else 1000
-        ep = Endpointer(SileroVad(), EndpointConfig(turn="smart", transcript_wait_ms=wait), model)
-    stops, decisions = [], []
+        wait = 0 if setting == "smart-audio" else SMART_TRANSCRIPT_WAIT_MS
+        cfg = EndpointConfig(turn="smart", transcript_wait_ms=wait, resume_ms=resume_ms)
+        ep = Endpointer(SileroVad(), cfg, model)
+    starts, stops, decisions = [], [], []
     start = 0  # stream sample where the open utterance starts
     pending: list[tuple[int, str, float]] = []  # (deliver at sample, text, audio ms)
     heard = UtteranceAudio(partial_interval_ms=0)  # the stt's own quiet rule
@@ -112,6 +121,7 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
         now = i + len(block)
         for seg in ep.feed(block):
             if isinstance(seg, Started):
+                starts.append(seg)
                 start = int(RATE * (seg.stream_offset_ms - seg.preroll_ms) / 1000)
                 pending = []
                 heard = UtteranceAudio(partial_interval_ms=0)
@@ -137,7 +147,7 @@ def run_clip(clip: Clip, setting: str, model, stt) -> tuple[list, list]:  # type
     for seg in ep.flush():
         if isinstance(seg, Stopped):
             stops.append(seg)
-    return stops, decisions
+    return starts, stops, decisions
 
 
 def why_ended(decisions: list) -> str:  # type: ignore[type-arg]
@@ -156,8 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--settings", default="vad,smart-audio,smart", help="comma-separated (default all)"
     )
+    ap.add_argument(
+        "--resume-ms",
+        type=int,
+        default=None,
+        help="resume a turn on speech within this many ms of its end (default: the mic's "
+        "MIC_TURN_RESUME_MS; 0 = off)",
+    )
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args(argv)
+    from workers.mic.config import MicSettings
+
+    resume_ms = (
+        args.resume_ms if args.resume_ms is not None else MicSettings(_env_file=None).turn_resume_ms  # type: ignore[call-arg]
+    )
     from workers.runtime.endpoint.turn import SmartTurn
     from workers.stt.backends import WhisperBackend
     from workers.stt.config import SttSettings
@@ -172,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     # Settings alternate clip by clip, so a busy moment of the machine hits all of them.
     for clip in clips:
         for s in settings:
-            stops, decisions = run_clip(clip, s, model, stt)
+            starts, stops, decisions = run_clip(clip, s, model, stt, resume_ms)
+            turns = sum(not st.resumes for st in starts)
             r = results[s]
             for d in decisions:
                 r.reasons[d.reason] = r.reasons.get(d.reason, 0) + 1
@@ -180,22 +203,37 @@ def main(argv: list[str] | None = None) -> int:
                     r.model_ms.append(d.model_ms)
             if clip.paused:
                 r.paused += 1
-                if len(stops) != 1:
+                if turns != 1:
                     r.premature += 1
                     r.cut.append(f"{clip.text!r} ({clip.voice}): {why_ended(decisions)}")
-            elif len(stops) == 1:
-                r.waits_ms.append(stops[0].duration_ms - stops[0].speech_end_offset_ms)
+                elif len(stops) > 1:
+                    r.resumed += 1
+            elif turns == 1:
+                # The wait that ended the (last) utterance of the sentence.
+                r.waits_ms.append(stops[-1].duration_ms - stops[-1].speech_end_offset_ms)
     n_paused = sum(c.paused for c in clips)
     print(
         f"\nEnd of turn on {n_paused} sentences with a {PAUSE_MS} ms pause and "
         f"{len(clips) - n_paused} finished ones (espeak-ng {', '.join(BENCH_VOICES)})"
     )
     print("wait = end of speech -> end-of-turn decision on finished sentences (+ chunk padding)")
-    print(f"{'setting':12} {'premature':>9} {'wait p50':>9} {'wait p95':>9} {'model':>7}  reasons")
-    report: dict[str, object] = {"paused": n_paused, "complete": len(clips) - n_paused}
+    print(
+        f"resumed = cut at the pause, then resumed as one turn "
+        f"(speech again within {resume_ms} ms; MIC_TURN_RESUME_MS)"
+    )
+    print(
+        f"{'setting':12} {'premature':>9} {'resumed':>7} {'wait p50':>9} {'wait p95':>9} "
+        f"{'model':>7}  reasons"
+    )
+    report: dict[str, object] = {
+        "paused": n_paused,
+        "complete": len(clips) - n_paused,
+        "resume_ms": resume_ms,
+    }
     for s, r in results.items():
         row = {
             "premature": r.premature,
+            "resumed": r.resumed,
             "premature_rate": r.premature / max(1, r.paused),
             "wait_p50_ms": pct(r.waits_ms, 0.5),
             "wait_p95_ms": pct(r.waits_ms, 0.95),
@@ -205,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         report[s] = row
         print(
-            f"{s:12} {r.premature:4}/{r.paused:<4} {row['wait_p50_ms']:7.0f}ms "
+            f"{s:12} {r.premature:4}/{r.paused:<4} {r.resumed:7} {row['wait_p50_ms']:7.0f}ms "
             f"{row['wait_p95_ms']:7.0f}ms {row['model_p50_ms']:5.0f}ms  "
             + ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items()))
         )

@@ -75,6 +75,8 @@ class LiveView:
         self.turns: dict[str, TurnView] = {}
         self.changed = asyncio.Event()
         self._in_reply: str | None = None
+        self.resumed: set[str] = set()
+        """Utterances a later one resumed (a pause, not a turn): not turns of their own."""
 
     def _p(self, text: str, end: str = "\n") -> None:
         print(text, end=end, file=self.out, flush=True)
@@ -82,8 +84,18 @@ class LiveView:
     def on_event(self, e: s.Event) -> None:
         if not e.TURN_SCOPED:
             return  # the conversation's binding: no turn of its own
+        if e.utterance_id in self.resumed:
+            return  # its answer, if one started, is stopped: the resuming turn has it all
         t = self.turns.setdefault(e.utterance_id, TurnView(e.utterance_id))
         match e:
+            case s.VoiceStarted() if e.resumes:
+                t.preroll_ms = e.preroll_ms
+                self.resumed.add(e.resumes)
+                self.turns.pop(e.resumes, None)
+                if self._in_reply == e.resumes:
+                    self._p("")
+                    self._in_reply = None
+                self._p("  [user speaking again: that was a pause, one turn]")
             case s.VoiceStarted():
                 t.preroll_ms = e.preroll_ms
                 self._p("  [user speaking]")

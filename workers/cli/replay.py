@@ -73,11 +73,14 @@ def user_audio(log: EventLog, utterance_id: str) -> bytes:
 
 
 def recorded_turns(log: EventLog, conversation_id: str) -> list[RecordedTurn]:
+    """The conversation's turns with the user's audio. An utterance a later one resumed
+    (the user only paused) is not one: the resuming utterance's audio starts with it."""
     if log.conversation(conversation_id) is None:
         raise ReplayError(f"no conversation {conversation_id!r} (see: just conversations)")
+    resumed = log.resumed(conversation_id)
+    rows = [row for row in log.turns(conversation_id) if row.utterance_id not in resumed]
     return [
-        RecordedTurn(i, row, user_audio(log, row.utterance_id))
-        for i, row in enumerate(log.turns(conversation_id), 1)
+        RecordedTurn(i, row, user_audio(log, row.utterance_id)) for i, row in enumerate(rows, 1)
     ]
 
 

@@ -6,7 +6,8 @@ in proportion to how much of its audio was played (speaker.playback-done +
 tts.sentence-done). A turn that was never played (text only, `just ask`) counts with the
 text of its llm.reply-done. Nothing is kept in the worker, so a restarted worker, or another
 instance, continues the conversation exactly; a redelivered transcript sees the same history
-because only turns logged before its own transcript count.
+because only turns logged before its own transcript count. A turn that a later utterance
+resumed (`mic.voice-started.resumes`: the user only paused) is not a turn of its own.
 """
 
 from __future__ import annotations
@@ -193,9 +194,14 @@ class EventLogMemory:
             cutoff = next(
                 (r.id for r in transcripts if r.utterance_id == before_utterance_id), None
             )
+            # A turn the user went on speaking after (a pause, not its end) is part of the
+            # utterance that resumed it: that one holds the whole sentence and its answer.
+            resumed = self.eventlog.resumed(conversation_id)
             finals: dict[str, Any] = {}
             for r in transcripts:
                 if (cutoff is not None and r.id >= cutoff) or r.utterance_id == before_utterance_id:
+                    continue
+                if r.utterance_id in resumed:
                     continue
                 if '"speculative":true' in r.envelope:
                     continue  # what the user had said so far, not what they asked

@@ -40,6 +40,7 @@ from schemas import (
     ReplyStarted,
     ReplyToken,
     Transcript,
+    VoiceStarted,
     derive_id,
     subject_filter,
 )
@@ -164,20 +165,32 @@ class LlmWorker(Worker):
         if isinstance(event, ReplyDiscarded):
             turn = self.active.get(event.conversation_id)
             if turn is not None and turn.generation == event.generation:
-                turn.reason = "discarded"
+                if not turn.cancel.is_set():  # the first reason stands (e.g. "resumed")
+                    turn.reason = "discarded"
                 turn.cancel.set()
         elif isinstance(event, Interrupt):
             self._mark_interrupted(event.utterance_id, event.reason)
             turn = self.active.get(event.conversation_id)
             if turn is not None and turn.utterance_id == event.utterance_id:
-                turn.reason = event.reason
+                if not turn.cancel.is_set():  # the first reason stands
+                    turn.reason = event.reason
+                turn.cancel.set()
+        elif isinstance(event, VoiceStarted) and event.resumes:
+            # The user only paused: the turn goes on in this utterance, which will be
+            # answered with the whole sentence. The cut turn's answer stops (or never starts).
+            self._mark_interrupted(event.resumes, "resumed")
+            turn = self.active.get(event.conversation_id)
+            if turn is not None and turn.utterance_id == event.resumes:
+                if not turn.cancel.is_set():
+                    turn.reason = "resumed"
                 turn.cancel.set()
         elif isinstance(event, Transcript) and event.text.strip():
             turn = self.active.get(event.conversation_id)
             if turn is not None and turn.utterance_id != event.utterance_id:
                 # The user spoke again while the reply was generating: barge-in.
-                self._mark_interrupted(turn.utterance_id, "barge-in")
-                turn.reason = "barge-in"
+                if not turn.cancel.is_set():  # the first reason stands (e.g. "resumed")
+                    self._mark_interrupted(turn.utterance_id, "barge-in")
+                    turn.reason = "barge-in"
                 turn.cancel.set()
 
     def _mark_interrupted(self, utterance_id: str, reason: str) -> None:
@@ -298,6 +311,11 @@ class LlmWorker(Worker):
         if spec is None:
             return False
         generation, question = spec
+        if self._interrupted.get(t.utterance_id) == "resumed":
+            # The user went on speaking: this speculation answers half a sentence and is
+            # never heard; the utterance that resumed the turn is answered instead.
+            await self._decide(t, generation, commit=False, reason="resumed")
+            return True
         if same_question(question, t.text):
             if not t.speculative:
                 await self._decide(t, generation, commit=True)
@@ -325,7 +343,9 @@ class LlmWorker(Worker):
                 return None
         return started.generation, started.question
 
-    async def _decide(self, t: Transcript, generation: str, *, commit: bool) -> None:
+    async def _decide(
+        self, t: Transcript, generation: str, *, commit: bool, reason: str = ""
+    ) -> None:
         common = {
             "endpoint": t.endpoint,
             "conversation_id": t.conversation_id,
@@ -342,11 +362,11 @@ class LlmWorker(Worker):
         else:
             event = ReplyDiscarded(
                 event_id=derive_id(generation, "discarded"),
-                reason="superseded" if t.speculative else "changed",
+                reason=reason or ("superseded" if t.speculative else "changed"),  # type: ignore[arg-type]
                 **common,
             )
             local = self.active.get(t.conversation_id)
-            if local is not None and local.generation == generation:
+            if local is not None and local.generation == generation and not local.cancel.is_set():
                 local.reason = "discarded"
                 local.cancel.set()
         await self.bus.publish(event)
@@ -537,7 +557,7 @@ class LlmWorker(Worker):
         finish = gen.finish_reason
         if turn.cancel.is_set():
             # What was not yet a sentence is never spoken; a discarded speculation says so.
-            finish = "discarded" if turn.reason == "discarded" else "interrupted"
+            finish = turn.reason if turn.reason in ("discarded", "resumed") else "interrupted"
         elif error is not None:
             finish = "error"
             log.warning("llm turn failed: %s", error)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.runtime.endpoint.endpointer import SMART_TRANSCRIPT_WAIT_MS
+from workers.runtime.endpoint.endpointer import RESUME_MS, SMART_TRANSCRIPT_WAIT_MS
 
 
 class MicSettings(BaseSettings):
@@ -53,6 +53,10 @@ class MicSettings(BaseSettings):
     keeps the turn open. 0 = judge on the audio alone. The default reaches the max silence:
     the answer cannot start before that transcript anyway, so waiting for it costs nothing
     when the stt is quick and keeps a slow (loaded) stt from letting a pause end the turn."""
+    turn_resume_ms: int = RESUME_MS
+    """MIC_TURN_RESUME_MS: speech that starts again within this much of a turn's end of
+    speech resumes that turn (it was a pause): the new utterance holds the whole sentence,
+    the cut turn's reply is stopped and dropped, and the sentence is answered once. 0 = off."""
     hangover_ms: int = 400
     """MIC_HANGOVER_MS (vad): silence that ends an utterance."""
     max_utterance_ms: int = 20_000

@@ -77,6 +77,7 @@ def endpoint_config(cfg: MicSettings) -> EndpointConfig:
         max_silence_ms=cfg.turn_max_silence_ms,
         turn_threshold=cfg.turn_threshold,
         transcript_wait_ms=cfg.turn_transcript_wait_ms,
+        resume_ms=cfg.turn_resume_ms,
     )
 
 

@@ -22,7 +22,12 @@ import schemas as s
 from schemas.routing import SPEAKER
 from workers.runtime.bus import Bus, Consumer
 from workers.runtime.config import Settings
-from workers.runtime.endpoint.endpointer import SMART_TRANSCRIPT_WAIT_MS, EndpointConfig, Endpointer
+from workers.runtime.endpoint.endpointer import (
+    RESUME_MS,
+    SMART_TRANSCRIPT_WAIT_MS,
+    EndpointConfig,
+    Endpointer,
+)
 from workers.runtime.endpoint.playback import PlaybackConfig, Player
 from workers.runtime.endpoint.turn import make_turn_model
 from workers.runtime.endpoint.vad import make_vad
@@ -69,6 +74,7 @@ class WebWorker(Worker):
         self.endpointing = EndpointConfig(
             turn=self.web.turn,  # type: ignore[arg-type]
             transcript_wait_ms=SMART_TRANSCRIPT_WAIT_MS if self.web.turn == "smart" else 0,
+            resume_ms=RESUME_MS,
         )
         self.turn_model = make_turn_model(self.web.turn)
 

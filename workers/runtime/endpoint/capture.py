@@ -71,6 +71,8 @@ class Capture:
         self.utterances = 0
         self.utterance_id = ""
         """The utterance being published ("" between utterances)."""
+        self.last_utterance_id = ""
+        """The last utterance that ended (a resumed one continues it)."""
         self._tracer = tracer("voicebus.mic")
         self._span: trace.Span | None = None
         self._ctx = None
@@ -209,6 +211,7 @@ class Capture:
                 "endpoint": self.endpoint,
                 "source": self.source,
                 "stream_offset_ms": seg.stream_offset_ms,
+                "resumes": self.last_utterance_id if seg.resumes else "",
             },
         )
         self._ctx = trace.set_span_in_context(self._span)
@@ -219,6 +222,7 @@ class Capture:
             source=self.source,
             stream_offset_ms=seg.stream_offset_ms,
             preroll_ms=seg.preroll_ms,
+            resumes=self.last_utterance_id if seg.resumes else "",
         )
         self._started_event_id = started.event_id
         self._decisions = 0
@@ -247,7 +251,7 @@ class Capture:
             self._span.set_attribute("end_reason", seg.reason)
             self._span.end()
         self._span = None
-        self.utterance_id = ""
+        self.last_utterance_id, self.utterance_id = self.utterance_id, ""
         log.debug("utterance", extra={"chunks": seg.chunks, "reason": seg.reason})
 
     def speech_end_ts(self, speech_end_offset_ms: float) -> float:

@@ -8,6 +8,13 @@ When a turn ends is a policy (`EndpointConfig.turn`): "vad" ends it after a fixe
 then if the model says it is complete, or waits up to `max_silence_ms` if not. A transcript
 of the speech so far (`hint`, the stt's speculative transcript) may overrule a "complete"
 that stops on "for" or "the". Every decision leaves as a `Decision` segment.
+
+No end-of-turn rule is right every time: a pause after "Set a timer for" can sound final and
+be transcribed as a finished sentence. So a turn that ended is not closed for good: speech
+that starts again within `resume_ms` of its end of speech resumes it. The new utterance then
+holds the whole sentence (the ended one's audio, the pause, the new speech), and says which
+turn it continues (`Started.resumes`), so that turn's answer is dropped and the whole sentence
+is answered once.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ class Started:
     """Onset of speech in the source stream."""
     preroll_ms: float
     """Audio before the onset included in the utterance."""
+    resumes: bool = False
+    """Continues the utterance that ended last (the user went on speaking within
+    `resume_ms`): its audio, from that utterance's start, comes first."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,20 @@ class Decision:
 Segment = Started | Chunk | Decision | Stopped
 
 
+@dataclass
+class _Ended:
+    """An utterance that a new onset may still resume."""
+
+    audio: list[np.ndarray]
+    """Its audio from its start, unpadded."""
+    after: list[np.ndarray]
+    """The stream since it ended (VAD frames)."""
+    speech_end: int
+    """Stream sample where its speech ended."""
+    stream_offset_ms: float
+    preroll_ms: float
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     chunk_ms: int = 20
@@ -90,7 +114,15 @@ class EndpointConfig:
     transcript_wait_ms: int = 0
     """smart: after a "complete", wait this much more silence for a transcript of the speech
     (`Endpointer.hint`) to check its last word; 0 = never wait for one."""
+    resume_ms: int = 0
+    """Speech starting within this much of the last turn's end of speech continues that
+    turn (`Started.resumes`); 0 = every onset starts a new turn."""
 
+
+#: How soon after a turn's end of speech a new onset resumes it by default (mic and web): a
+#: sentence paused for 600-700 ms ("Set a timer for ... ten minutes") is one turn, a
+#: second question asked a second later is its own.
+RESUME_MS = 800
 
 #: smart: how long a "complete" waits for the stt's transcript by default (mic and web):
 #: up to the max silence, since the answer cannot start before that transcript anyway.
@@ -156,10 +188,12 @@ class Endpointer:
         self.chunk_samples = RATE * self.cfg.chunk_ms // 1000
         self.frame_samples = vad.frame_samples
         self.frame_ms = 1000.0 * self.frame_samples / RATE
+        self._resume_samples = RATE * self.cfg.resume_ms // 1000
         self._pending = np.zeros(0, dtype=np.int16)  # not yet a whole VAD frame
         self._stream_samples = 0  # samples seen by the VAD
         preroll_frames = int(np.ceil(self.cfg.preroll_ms / self.frame_ms))
         self._min_frames = max(1, int(np.ceil(self.cfg.min_speech_ms / self.frame_ms)))
+        self._resume_horizon = self._resume_samples + (self._min_frames + 1) * self.frame_samples
         self._ring: collections.deque[np.ndarray] = collections.deque(
             maxlen=preroll_frames + self._min_frames
         )
@@ -177,6 +211,12 @@ class Endpointer:
         """(text, audio_ms) of the latest transcript of this utterance."""
         self._pause: dict[str, object] = {}
         """What was decided at the current pause ({} while speech goes on)."""
+        self._audio: list[np.ndarray] = []
+        """The open utterance's audio, unpadded (resume_ms: kept past its end)."""
+        self._ended: _Ended | None = None
+        """The last utterance, while speech starting now would resume it."""
+        self._onset = (0.0, 0.0)
+        """(stream offset, preroll) ms of the open utterance's Started."""
 
     def hint(self, text: str, audio_ms: float) -> None:
         """A transcript of the first `audio_ms` of the current utterance (the stt's
@@ -208,6 +248,11 @@ class Endpointer:
         self._stream_samples += len(frame)
         if not self.in_utterance:
             self._ring.append(frame)
+            if self._ended is not None:
+                self._ended.after.append(frame)
+                # (an onset is dated to its first speech frame, found min_speech_ms later)
+                if self._stream_samples - self._ended.speech_end > self._resume_horizon:
+                    self._ended = None  # the pause is a turn's end now, whatever follows
             self._speech_frames = self._speech_frames + 1 if p >= self.cfg.threshold else 0
             if self._speech_frames >= self._min_frames:
                 self._start(out)
@@ -286,6 +331,7 @@ class Endpointer:
         audio = np.concatenate(list(self._ring))
         speech = self._speech_frames * self.frame_samples
         onset = self._stream_samples - speech
+        ended, self._ended = self._ended, None
         self.in_utterance = True
         self._loudness.reset()
         self._seq = 0
@@ -295,9 +341,21 @@ class Endpointer:
         self._ring.clear()
         self._speech_frames = 0
         self._heard = []
+        self._audio = []
         self._hint = ("", 0.0)
         self._pause = {}
-        out.append(Started(1000.0 * onset / RATE, 1000.0 * (len(audio) - speech) / RATE))
+        if ended is not None and onset - ended.speech_end <= self._resume_samples:
+            # The same turn goes on: its audio from its start, the pause, the new speech
+            # (the ring is the tail of what came after it), so the stt hears one sentence.
+            whole = np.concatenate([*ended.audio, *ended.after])
+            if len(whole) + RATE <= RATE * self.cfg.max_utterance_ms // 1000:
+                out.append(Started(ended.stream_offset_ms, ended.preroll_ms, resumes=True))
+                self._onset = (ended.stream_offset_ms, ended.preroll_ms)
+                self._append(whole, out)
+                self._speech_end_samples = self._utt_samples
+                return
+        self._onset = (1000.0 * onset / RATE, 1000.0 * (len(audio) - speech) / RATE)
+        out.append(Started(*self._onset))
         self._append(audio, out)
         self._speech_end_samples = self._utt_samples
 
@@ -305,6 +363,8 @@ class Endpointer:
         self._loudness.add(audio)
         if self.turn_model is not None:
             self._heard.append(audio)
+        if self._resume_samples:
+            self._audio.append(audio)
         self._utt = np.concatenate([self._utt, audio])
         self._utt_samples += len(audio)
         n = len(self._utt) // self.chunk_samples * self.chunk_samples
@@ -331,11 +391,21 @@ class Endpointer:
                 / RATE,
             )
         )
+        if self._resume_samples and reason == "silence":
+            end = self._loudness.refine(self._speech_end_samples)
+            self._ended = _Ended(
+                audio=self._audio,
+                after=[],
+                speech_end=self._stream_samples - (self._utt_samples - end),
+                stream_offset_ms=self._onset[0],
+                preroll_ms=self._onset[1],
+            )
         self.in_utterance = False
         self._utt = np.zeros(0, dtype=np.int16)
         self._utt_samples = 0
         self._silence_ms = 0.0
         self._heard = []
+        self._audio = []
         self._hint = ("", 0.0)
         self._pause = {}
         # The VAD's RNN state is kept: it is a continuous stream, not a new one.

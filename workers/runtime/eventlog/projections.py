@@ -40,6 +40,7 @@ _RANK = {
     "spoken": 4,
     "interrupted": 5,
     "error": 6,
+    "resumed": 7,
 }
 
 
@@ -130,6 +131,8 @@ def _generation(row: dict[str, Any], e: Event) -> bool:
             row["speculations"] += 1
         return True
     if isinstance(e, ReplyDiscarded):
+        if e.reason == "resumed":
+            _status(row, "resumed")  # a pause: the turn goes on in a later utterance
         if e.generation == row["generation"]:
             row["generation"] = _DISCARDED
             row.update(_REPLY_FIELDS)
@@ -176,7 +179,9 @@ def apply_turn(row: dict[str, Any], e: Event, trace_id: str = "") -> None:
             row["reply_text"] = e.text
             row["finish_reason"] = e.finish_reason
             row["llm_done_at"] = e.ts
-            if e.interrupted:
+            if e.finish_reason == "resumed":
+                _status(row, "resumed")  # a pause: the turn goes on in a later utterance
+            elif e.interrupted:
                 row["interrupted"] = True
                 _status(row, "interrupted")
             else:

@@ -303,6 +303,12 @@ class EventLog:
         """Typed events in log order (same filters as event_rows)."""
         return [row_event(r) for r in self.event_rows(**filters)]
 
+    def resumed(self, conversation_id: str) -> set[str]:
+        """Utterances of the conversation that a later one resumed (the user only paused):
+        the resuming utterance holds their audio and their answer; they are no turn."""
+        starts = self.events(conversation_id=conversation_id, types=["mic.voice-started"])
+        return {e.resumes for e in starts if getattr(e, "resumes", "")}
+
     def conversations(self) -> list[Any]:
         q = select(CONVERSATIONS).order_by(CONVERSATIONS.c.started_at.desc())
         with self.engine.connect() as conn:
