@@ -322,7 +322,15 @@ def decode(body: bytes) -> Event:
         return cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "event"
+        # A field name comes from the message itself: a corrupted one may hold a newline,
+        # and the reason is one line of a dead letter and a log.
+        where = _one_line(".".join(str(p) for p in first["loc"])) or "event"
         raise EventDecodeError(
-            f"{type_name}: invalid {where}: {first['msg']} ({exc.error_count()} error(s))"
+            f"{type_name}: invalid {where}: {_one_line(first['msg'])} "
+            f"({exc.error_count()} error(s))"
         ) from None
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    """`text` with control characters escaped (\\n, \\x00, ...), at most `limit` chars."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]

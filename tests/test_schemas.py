@@ -141,12 +141,18 @@ def test_derived_ids_are_deterministic_and_distinct() -> None:
             b' "stream_offset_ms": Infinity}',
             "finite",
         ),
+        (  # a corrupted field name (found by the fuzz test): the reason stays one line
+            b'{"type": "mic.voice-started", "endpoint": "device", "conversation_id": "c",'
+            b' "utterance_id": "u", "schema_versi\\n": 2}',
+            "invalid schema_versi\\n: Extra inputs",
+        ),
     ],
 )
 def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
     with pytest.raises(s.EventDecodeError) as exc:
         s.decode(body)
     assert reason in exc.value.reason
+    assert exc.value.reason.isprintable()
 
 
 def _camel(words: str) -> str:
