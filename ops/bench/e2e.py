@@ -18,7 +18,9 @@ audio, before the end-pointer's wait) to the first reply sample played, as peopl
 sentences with a 650 ms pause inside ("Set a timer for ... ten minutes.") through the same
 pipeline, once with MIC_TURN=vad and once with MIC_TURN=smart (alternated), and counts the
 premature turns (a sentence cut in two). `--compare-speculation` runs the
-pipeline with and without speculation (STT_SPECULATE), alternated, and prints both.
+pipeline with and without speculation (STT_SPECULATE), alternated, and prints both;
+`--compare VAR=VALUE` does the same for any worker setting (e.g.
+MIC_TURN_TRANSCRIPT_WAIT_MS=0): the defaults against VAR=VALUE, alternated round by round.
 A Markdown table and a PNG chart go to DATA_DIR/bench/. Replies are greedy
 (LLM_TEMPERATURE=0 unless set) so two runs speak the same sentences and can be compared.
 """
@@ -415,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="alternate runs with and without STT_SPECULATE and print both",
     )
-    ap.add_argument("--rounds", type=int, default=2, help="with --compare-speculation")
+    ap.add_argument(
+        "--compare",
+        metavar="VAR=VALUE",
+        help="alternate runs with the defaults and with this worker setting; print both",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare(-speculation)")
     ap.add_argument(
         "--pause-turns",
         type=int,
@@ -428,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LLM_TEMPERATURE", "0")
     if args.compare_speculation:
         return compare_speculation(args)
+    if args.compare:
+        return compare_setting(args)
     res = asyncio.run(run(args))
     st, ra = res["stats"], res["ratios"]
     print(f"{'stage (ms)':28}{'p50':>8}{'p95':>8}")
@@ -471,6 +480,56 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {md}\nchart:  {png}")
     if args.json:
         print(json.dumps(res))
+    return 0
+
+
+def compare_setting(args: argparse.Namespace) -> int:
+    """The defaults against one worker setting (the workers inherit this environment),
+    alternated (default, setting, setting, default, ...), same turns and pause sentences."""
+    name, sep, value = args.compare.partition("=")
+    if not sep or not name:
+        raise SystemExit("--compare wants VAR=VALUE, e.g. MIC_TURN_TRANSCRIPT_WAIT_MS=0")
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    saved = os.environ.get(name)
+    for i in range(args.rounds):
+        for variant in (False, True) if i % 2 == 0 else (True, False):
+            progress(f"round {i + 1}: {args.compare if variant else 'defaults'}")
+            if variant:
+                os.environ[name] = value
+            elif saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+            runs[variant].append(asyncio.run(run(args)))
+    if saved is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = saved
+    label = args.compare[:24]
+    print(f"{'':34}{'defaults':>10}{label:>26}{'ratio':>9}")
+    for key in ("voice_to_voice", "endpoint_wait", "voice_to_voice_from_endpoint"):
+        for q in ("p50", "p95"):
+            a = statistics.median(r["stats"][key][q] for r in runs[False])
+            b = statistics.median(r["stats"][key][q] for r in runs[True])
+            print(f"{key + ' ' + q:34}{a:>10.0f}{b:>26.0f}{b / a:>9.2f}")
+    for variant in (False, True):
+        rounds = ", ".join(f"{r['stats']['voice_to_voice']['p50']:.0f}" for r in runs[variant])
+        pauses = [r["pauses"] for r in runs[variant]]
+        cut = {
+            pol: (
+                sum(x[pol]["premature"] for x in pauses),
+                sum(x[pol]["resumed"] for x in pauses),
+                sum(x[pol]["sentences"] for x in pauses),
+            )
+            for pol in ("vad", "smart")
+        }
+        print(
+            f"{args.compare if variant else 'defaults'}: voice-to-voice p50 per round {rounds} "
+            "ms; pause sentences premature/resumed/spoken: "
+            + ", ".join(f"{pol} {p}/{r}/{n}" for pol, (p, r, n) in cut.items())
+        )
+    if args.json:
+        print(json.dumps({"defaults": runs[False], args.compare: runs[True]}))
     return 0
 
 
