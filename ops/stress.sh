@@ -14,6 +14,9 @@ python=${PYTHON:-$here/.venv/bin/python}
 hogs=${STRESS_HOGS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
 logs=${STRESS_LOGS:-$here/.stress}
 mkdir -p "$logs"
+# This checkout's code, also in the workers the tests start from another folder (a venv
+# shared with another checkout would otherwise import that one's through its editable path).
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 
 pids=""
 stop_hogs() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null; pids=""; }
