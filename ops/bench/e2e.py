@@ -483,6 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def side_by_side(a: list[dict[str, Any]], b: list[dict[str, Any]], la: str, lb: str) -> None:
+    """Median over rounds of each side's p50/p95, and the ratio b / a."""
+    print(f"{'':34}{la:>10}{lb:>26}{lb + '/' + la:>12}")
+    for key in ("voice_to_voice", "endpoint_wait", "voice_to_voice_from_endpoint"):
+        for q in ("p50", "p95"):
+            x = statistics.median(r["stats"][key][q] for r in a)
+            y = statistics.median(r["stats"][key][q] for r in b)
+            print(f"{key + ' ' + q:34}{x:>10.0f}{y:>26.0f}{y / x if x else 0:>12.2f}")
+
+
 def compare_setting(args: argparse.Namespace) -> int:
     """The defaults against one worker setting (the workers inherit this environment),
     alternated (default, setting, setting, default, ...), same turns and pause sentences."""
@@ -505,13 +515,7 @@ def compare_setting(args: argparse.Namespace) -> int:
         os.environ.pop(name, None)
     else:
         os.environ[name] = saved
-    label = args.compare[:24]
-    print(f"{'':34}{'defaults':>10}{label:>26}{'ratio':>9}")
-    for key in ("voice_to_voice", "endpoint_wait", "voice_to_voice_from_endpoint"):
-        for q in ("p50", "p95"):
-            a = statistics.median(r["stats"][key][q] for r in runs[False])
-            b = statistics.median(r["stats"][key][q] for r in runs[True])
-            print(f"{key + ' ' + q:34}{a:>10.0f}{b:>26.0f}{b / a:>9.2f}")
+    side_by_side(runs[False], runs[True], "defaults", args.compare[:24])
     for variant in (False, True):
         rounds = ", ".join(f"{r['stats']['voice_to_voice']['p50']:.0f}" for r in runs[variant])
         pauses = [r["pauses"] for r in runs[variant]]
@@ -542,12 +546,7 @@ def compare_speculation(args: argparse.Namespace) -> int:
         for speculate in order:
             progress(f"round {i + 1}: speculation {'on' if speculate else 'off'}")
             runs[speculate].append(asyncio.run(run(args, speculate=speculate)))
-    print(f"{'':34}{'on':>10}{'off':>10}{'on/off':>9}")
-    for key in ("voice_to_voice", "endpoint_wait", "voice_to_voice_from_endpoint"):
-        for q in ("p50", "p95"):
-            on = statistics.median(r["stats"][key][q] for r in runs[True])
-            off = statistics.median(r["stats"][key][q] for r in runs[False])
-            print(f"{key + ' ' + q:34}{on:>10.0f}{off:>10.0f}{on / off:>9.2f}")
+    side_by_side(runs[False], runs[True], "off", "on")
     spec = [r["speculation"] for r in runs[True]]
     print(
         "speculation on: committed "
