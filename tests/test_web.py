@@ -165,6 +165,51 @@ def test_spoken_question_is_transcribed_answered_heard_and_timed(web, tmp_path: 
     assert overlap >= 0.5, f"played {heard!r} for reply {reply_text!r}"
 
 
+def test_a_turn_resumed_after_a_pause_is_shown_as_one(web) -> None:
+    """The mic cut "Set a timer for", then the user went on: the page drops the cut turn and
+    shows the resuming one, which holds the whole sentence (events as the gateway forwards
+    them, fed to the page's own handler)."""
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, None)
+        page = open_page(browser, web["url"])
+        cut, whole = "cut0000000000000000000000000001", "whole00000000000000000000000002"
+        for e in (
+            {"type": "mic.voice-started", "utterance_id": cut, "resumes": ""},
+            {
+                "type": "stt.transcript",
+                "utterance_id": cut,
+                "text": "Set a timer.",
+                "speculative": False,
+            },
+            {
+                "type": "llm.reply-sentence",
+                "utterance_id": cut,
+                "generation": cut,
+                "index": 0,
+                "text": "Sure.",
+            },
+            {"type": "mic.voice-started", "utterance_id": whole, "resumes": cut},
+            {
+                "type": "llm.reply-done",
+                "utterance_id": cut,
+                "generation": cut,
+                "finish_reason": "resumed",
+            },
+            {
+                "type": "stt.transcript",
+                "utterance_id": whole,
+                "text": "Set a timer for ten minutes.",
+                "speculative": False,
+            },
+        ):
+            page.evaluate("e => voicebus.onEvent(e)", e)
+        shown = page.locator("li.turn").evaluate_all("ls => ls.map(l => l.dataset.utterance)")
+        text = page.locator("li.turn .you .final").all_inner_texts()
+        browser.close()
+    assert shown == [whole]
+    assert text == ["Set a timer for ten minutes."]
+
+
 def test_the_page_without_its_token_is_refused(web) -> None:
     base = web["url"].split("?", 1)[0]
     for url in (base, base + "?token=wrong", base + "api/conversations"):

@@ -12,6 +12,7 @@ const state = {
   turns: new Map(), // utterance_id -> turn view
   replies: new Map(), // reply number -> {utterance_id, firstAt}
   discarded: new Set(), // generations thrown away
+  resumed: new Set(), // utterances a later one resumed: a pause, not a turn of their own
 };
 // Read by the tests and the benchmark.
 window.voicebus = { state, turns: [], events: [] };
@@ -31,7 +32,7 @@ const audio = new Audio({
   },
   onFirst(reply, atMs) {
     const r = state.replies.get(reply);
-    if (!r) return;
+    if (!r || state.resumed.has(r.utterance_id)) return;
     r.firstAt = atMs;
     const t = turn(r.utterance_id);
     t.firstHeardAt = atMs;
@@ -105,9 +106,19 @@ function turn(uid) {
   return t;
 }
 
+window.voicebus.onEvent = (e) => onEvent(e); // the tests feed it events of their own
 function onEvent(e) {
   window.voicebus.events.push(e);
   if (e.type === "control.error" && !state.turns.has(e.utterance_id)) return;
+  if (state.resumed.has(e.utterance_id)) return; // its answer, if any, is stopped
+  if (e.type === "mic.voice-started" && e.resumes) {
+    // The user went on after a pause: the cut turn is part of this one, which holds the
+    // whole sentence and gets the answer.
+    state.resumed.add(e.resumes);
+    const cut = state.turns.get(e.resumes);
+    if (cut) cut.li.remove();
+    state.turns.delete(e.resumes);
+  }
   const t = turn(e.utterance_id);
   const q = (sel) => t.li.querySelector(sel);
   switch (e.type) {
@@ -179,6 +190,7 @@ function showV2V(t) {
 }
 
 function showWaterfall(w) {
+  if (state.resumed.has(w.utterance_id)) return;
   const t = turn(w.utterance_id);
   t.waterfall = w;
   const box = t.li.querySelector(".waterfall");
