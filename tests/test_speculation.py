@@ -12,6 +12,7 @@ import schemas as s
 from ops.bench.stt import espeak_available, normalize
 from tests.conftest import wait_for
 from tests.test_llm_support import Tap, llm_settings, running
+from workers.cli.conversations import summarize
 from workers.cli.demo import LiveView
 from workers.cli.replay import recorded_turns, user_audio
 from workers.llm.backends import EmbeddedBackend
@@ -310,6 +311,8 @@ async def test_speech_after_a_cut_resumes_the_turn_which_is_answered_once_whole(
             assert cut_row.status == "resumed"
         assert log.turn(second.utterance_id).reply_text == answer.text  # type: ignore[union-attr]
         # Replay speaks the sentence once: the resumed utterance is no turn of its own.
+        (listed,) = [c for c in summarize(log) if c["conversation_id"] == conv]
+        assert listed["turns"] == 1  # `just conversations`
         (again,) = recorded_turns(log, conv)
         assert again.row.utterance_id == second.utterance_id
         assert again.pcm.startswith(user_audio(log, first.utterance_id)[:-640])

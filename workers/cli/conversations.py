@@ -27,17 +27,15 @@ from workers.runtime.eventlog import EventLog, timings
 def summarize(log: EventLog, limit: int | None = None) -> list[dict[str, Any]]:
     out = []
     for c in log.conversations()[:limit]:
-        v2v = [
-            ms
-            for t in log.turns(c.conversation_id)
-            if (ms := timings(t).voice_to_voice) is not None
-        ]
+        # A turn the user went on speaking after (resumed) is part of the one that resumed it.
+        rows = log.turns(c.conversation_id, with_resumed=False)
+        v2v = [ms for t in rows if (ms := timings(t).voice_to_voice) is not None]
         out.append(
             {
                 "conversation_id": c.conversation_id,
                 "endpoint": c.endpoint,
                 "started_at": c.started_at,
-                "turns": c.turns,
+                "turns": len(rows),
                 "first_words": c.first_words,
                 "voice_to_voice_ms": round(statistics.median(v2v), 1) if v2v else None,
             }

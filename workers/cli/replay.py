@@ -77,8 +77,7 @@ def recorded_turns(log: EventLog, conversation_id: str) -> list[RecordedTurn]:
     (the user only paused) is not one: the resuming utterance's audio starts with it."""
     if log.conversation(conversation_id) is None:
         raise ReplayError(f"no conversation {conversation_id!r} (see: just conversations)")
-    resumed = log.resumed(conversation_id)
-    rows = [row for row in log.turns(conversation_id) if row.utterance_id not in resumed]
+    rows = log.turns(conversation_id, with_resumed=False)
     return [
         RecordedTurn(i, row, user_audio(log, row.utterance_id)) for i, row in enumerate(rows, 1)
     ]

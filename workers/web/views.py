@@ -53,7 +53,7 @@ def waterfall(turn: Any) -> dict[str, Any]:
 
 
 def turns(log: EventLog, conversation_id: str) -> list[dict[str, Any]]:
-    return [waterfall(t) for t in log.turns(conversation_id)]
+    return [waterfall(t) for t in log.turns(conversation_id, with_resumed=False)]
 
 
 def heard_wav(log: EventLog, conversation_id: str) -> bytes:

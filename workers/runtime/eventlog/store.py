@@ -319,14 +319,20 @@ class EventLog:
         with self.engine.connect() as conn:
             return conn.execute(q).first()
 
-    def turns(self, conversation_id: str) -> list[Any]:
+    def turns(self, conversation_id: str, *, with_resumed: bool = True) -> list[Any]:
+        """The conversation's turn rows in order; `with_resumed=False` leaves out those a
+        later utterance resumed (see `resumed`)."""
         q = (
             select(TURNS)
             .where(TURNS.c.conversation_id == conversation_id)
             .order_by(TURNS.c.turn_index)
         )
         with self.engine.connect() as conn:
-            return list(conn.execute(q))
+            rows = list(conn.execute(q))
+        if with_resumed:
+            return rows
+        resumed = self.resumed(conversation_id)
+        return [r for r in rows if r.utterance_id not in resumed]
 
     def turn(self, utterance_id: str) -> Any | None:
         with self.engine.connect() as conn:
