@@ -177,7 +177,15 @@ class EmbeddedBackend:
             ) from None
         self.path = requantized(self.source, self.quant)
         llm = llama_cpp.Llama(
-            str(self.path), n_ctx=self.context_tokens, n_threads=self.threads, verbose=False
+            str(self.path),
+            n_ctx=self.context_tokens,
+            n_threads=self.threads,
+            # The prompt too (llama-cpp-python would read it on every core): with the tts or
+            # a busy core beside it, a thread that loses its core stalls the others at each
+            # barrier (first token of a short prompt beside a CPU hog, p50: 1 108 ms with one
+            # thread, 1 590 ms with two; an 1 800-token prompt took 27 s or 230 s).
+            n_threads_batch=self.threads,
+            verbose=False,
         )
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
