@@ -13,8 +13,10 @@ pytestmark = pytest.mark.skipif(
     not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here"
 )
 
+#: As `python -m workers.<name>` runs a worker (run_worker marks the process as the worker's).
 PROBE = (
-    "import os; from workers.runtime.service import lower_cpu_priority; lower_cpu_priority(7); "
+    "import os; from workers.runtime import service; service._OWN_PROCESS = {own}; "
+    "service.lower_cpu_priority(7); "
     "print(os.nice(0)); print(open('/proc/self/autogroup').read().strip())"
 )
 
@@ -25,9 +27,9 @@ def _autogroup() -> str:
     return Path("/proc/self/autogroup").read_text().strip()
 
 
-def _probe(new_session: bool) -> tuple[int, str]:
+def _probe(new_session: bool, own: bool = True) -> tuple[int, str]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", PROBE.format(own=own)],
         capture_output=True,
         text=True,
         check=True,
@@ -49,3 +51,12 @@ def test_a_worker_sharing_the_terminal_session_leaves_its_autogroup_alone() -> N
     niceness, group = _probe(new_session=False)
     assert niceness == min(19, os.nice(0) + 7)
     assert group == ours  # the user's shell and everything in it are not slowed
+
+
+def test_a_worker_run_inside_another_program_leaves_its_priority_alone() -> None:
+    """An llm worker in a test run or a tool: renicing would slow its host and everything
+    the host starts after it (the suite ran at nice 10 beside the stress's CPU hog)."""
+    ours = _autogroup()
+    niceness, group = _probe(new_session=False, own=False)
+    assert niceness == os.nice(0)
+    assert group == ours

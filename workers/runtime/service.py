@@ -37,14 +37,24 @@ log = logging.getLogger("voicebus.service")
 INACTIVE_THRESHOLD_S = 3600.0
 
 
+_OWN_PROCESS = False
+"""Set by `run_worker`: the worker is this process (`python -m workers.<name>`)."""
+
+
 def lower_cpu_priority(nice: int) -> None:
     """Make this process yield the CPU to the other workers (add `nice` to its niceness).
+
+    Only a worker that is its own process does: one run inside another program (a test
+    run, a tool) would renice its host, and everything the host does or starts after it
+    (a whole test suite ran at nice 10 beside a CPU hog after one in-process llm).
 
     With autogroup scheduling (the Linux default on desktops), niceness only ranks processes
     of one session: a worker started in its own session (`just up`, the demo) kept an equal
     share against the others whatever its niceness, so its autogroup is niced as well. Only
     when this process leads its session: otherwise the group is the user's terminal.
     """
+    if not _OWN_PROCESS:
+        return
     os.nice(nice)
     if os.getsid(0) != os.getpid():
         return
@@ -187,6 +197,8 @@ def run_worker(factory: Callable[[Bus, Settings], Worker], name: str) -> int:
     # A crash inside a native library (llama.cpp, CTranslate2, onnxruntime) then leaves the
     # Python stack of every thread in the worker's log instead of a bare exit code.
     faulthandler.enable()
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     settings = get_settings()
     if not settings.worker_id:
         settings = settings.for_worker(name)
