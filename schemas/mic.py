@@ -43,7 +43,8 @@ class VoiceStarted(Event):
     """The utterance this one continues ("" = a new turn): the user went on speaking soon
     after that turn ended (MIC_TURN_RESUME_MS), so it was a pause, not a turn's end. This
     utterance's audio starts with that one's, and that turn is not answered: its reply is
-    stopped and left out of memory; `stream_offset_ms` and `preroll_ms` are that one's."""
+    stopped and left out of memory. Its `preroll_ms` covers that utterance and the pause:
+    everything before the new speech's onset."""
 
 
 class MicAudioChunk(PcmFormat, PayloadEvent):

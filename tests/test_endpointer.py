@@ -317,8 +317,10 @@ def test_speech_resuming_soon_after_a_turn_ended_continues_that_turn() -> None:
     audio = paused("Set a timer for", "ten minutes.", 650)
     (first, second) = utterances(run_endpointer(audio, "silero", hangover_ms=400, resume_ms=800))
     assert not first[0].resumes and second[0].resumes
-    assert second[0].stream_offset_ms == first[0].stream_offset_ms
-    assert second[0].preroll_ms == first[0].preroll_ms
+    # It starts where the cut one did; its onset is the new speech's, after the pause.
+    start_ms = first[0].stream_offset_ms - first[0].preroll_ms
+    assert second[0].stream_offset_ms - second[0].preroll_ms == pytest.approx(start_ms)
+    assert second[0].stream_offset_ms > first[0].stream_offset_ms + first[2].speech_end_offset_ms
     whole = b"".join(c.pcm for c in second[1][:-1])  # the last chunk is padded
     cut = b"".join(c.pcm for c in first[1][:-1])
     assert whole.startswith(cut)

@@ -164,7 +164,11 @@ class SttWorker(Worker):
                     if ev is None or ev.utterance_id != started.utterance_id:
                         continue
                     if isinstance(ev, MicAudioChunk):
-                        self._on_chunk(started, ev, utt, state, caught_up=follower.pending == 0)
+                        # Pre-roll comes from the past in one burst (for a resumed turn: the
+                        # cut utterance and the pause): no decode on a pause inside it.
+                        live = ev.offset_ms >= started.preroll_ms
+                        caught_up = live and follower.pending == 0
+                        self._on_chunk(started, ev, utt, state, caught_up=caught_up)
                     elif isinstance(ev, VoiceStopped):
                         await self._on_stopped(started, ev, utt, state)
                         return

@@ -37,7 +37,8 @@ class Started:
     """Audio before the onset included in the utterance."""
     resumes: bool = False
     """Continues the utterance that ended last (the user went on speaking within
-    `resume_ms`): its audio, from that utterance's start, comes first."""
+    `resume_ms`): its audio, from that utterance's start, and the pause come first, as
+    pre-roll."""
 
 
 @dataclass(frozen=True)
@@ -349,8 +350,12 @@ class Endpointer:
             # (the ring is the tail of what came after it), so the stt hears one sentence.
             whole = np.concatenate([*ended.audio, *ended.after])
             if len(whole) + RATE <= RATE * self.cfg.max_utterance_ms // 1000:
-                out.append(Started(ended.stream_offset_ms, ended.preroll_ms, resumes=True))
-                self._onset = (ended.stream_offset_ms, ended.preroll_ms)
+                # The onset is the new speech's; all before it (the cut turn, the pause) is
+                # its pre-roll: audio from the past, published at once.
+                start_ms = ended.stream_offset_ms - ended.preroll_ms
+                onset_ms = 1000.0 * onset / RATE
+                self._onset = (onset_ms, onset_ms - start_ms)
+                out.append(Started(*self._onset, resumes=True))
                 self._append(whole, out)
                 self._speech_end_samples = self._utt_samples
                 return
