@@ -48,7 +48,8 @@ class ReplyDiscarded(OfGeneration, Event):
     reason: Literal["changed", "superseded", "error", "abandoned", "resumed"] = "changed"
     """changed: the final transcript differs; superseded: a newer speculation replaced it;
     abandoned: the llm generating it was lost mid-reply; resumed: the user went on speaking
-    after a pause (mic.voice-started.resumes), so it answers half a sentence."""
+    after a pause (mic.voice-started.resumes), so it answers half a sentence (if it had
+    started playing, that onset stopped it as a barge-in)."""
 
 
 class ReplyToken(OfGeneration, Event):

@@ -184,6 +184,7 @@ class LlmWorker(Worker):
                 if not turn.cancel.is_set():
                     turn.reason = "resumed"
                 turn.cancel.set()
+            await self._discard_resumed(event)
         elif isinstance(event, Transcript) and event.text.strip():
             turn = self.active.get(event.conversation_id)
             if turn is not None and turn.utterance_id != event.utterance_id:
@@ -192,6 +193,26 @@ class LlmWorker(Worker):
                     self._mark_interrupted(turn.utterance_id, "barge-in")
                     turn.reason = "barge-in"
                 turn.cancel.set()
+
+    async def _discard_resumed(self, onset: VoiceStarted) -> None:
+        """The cut turn's answer is not the answer, even one generated in full before the
+        user went on (a short reply is done in a few hundred ms): discard its generation.
+        Its playback, if it had started, was stopped by the same onset (barge-in). Every
+        instance gets the onset; the discard's id is derived, so one is kept."""
+        started = await self.bus.last(onset.endpoint, onset.conversation_id, ReplyStarted.type)
+        if not isinstance(started, ReplyStarted) or started.utterance_id != onset.resumes:
+            return
+        await self.bus.publish(
+            ReplyDiscarded(
+                event_id=derive_id(started.generation, "discarded"),
+                endpoint=onset.endpoint,
+                conversation_id=onset.conversation_id,
+                utterance_id=onset.resumes,
+                producer=self.worker_id,
+                generation=started.generation,
+                reason="resumed",
+            )
+        )
 
     def _mark_interrupted(self, utterance_id: str, reason: str) -> None:
         self._interrupted[utterance_id] = reason
