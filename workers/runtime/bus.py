@@ -578,10 +578,25 @@ class Consumer:
         """Drop the pull subscription (the durable consumer stays on the server)."""
         sub, self._sub = self._sub, None
         if sub is not None:
+            await self._release_queued(sub)
             try:
                 await sub.unsubscribe()
             except (TimeoutError, nats.errors.Error):
                 pass
+
+    async def _release_queued(self, sub: Any) -> None:
+        """Give back the deliveries that came for the last pull after its fetch returned:
+        nats.py keeps them in the subscription's queue for the next fetch, and on a stop
+        there is none, so they waited out the ack wait (43 of them after a SIGTERM)."""
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            if not msg.reply:
+                continue  # a pull's status message (no messages, timeout): no delivery
+            try:
+                await msg.nak()
+            except (TimeoutError, nats.errors.Error):
+                return  # the connection is gone: the ack wait gives them back
 
     async def run_once(self) -> int:
         """Fetch one batch and process it; returns the number of messages seen."""
