@@ -145,11 +145,17 @@ def run_pipecat(spec: dict[str, Any], work: Path, timeout: float) -> list[dict[s
 
 def split(runs: list[list[dict[str, Any]]], n: int) -> dict[str, Any]:
     """Warm-up turn, the n questions and the pause sentence, over all rounds of one side."""
-    questions = [r[i]["voice_to_voice_ms"] for r in runs for i in range(1, n + 1) if i < len(r)]
-    per_round = [
-        statistics.median(x for x in (r[i]["voice_to_voice_ms"] for i in range(1, n + 1)) if x)
-        for r in runs
-    ]
+
+    # A negative time is no latency: the first audio after the speech's end came before it,
+    # i.e. the previous answer was still being spoken (Pipecat's sink stamps any TTS frame).
+    # Such a turn is left out (counted in "unmeasured"), not taken as a fast one.
+    def measured(r: list[dict[str, Any]]) -> list[float]:
+        vals = [r[i]["voice_to_voice_ms"] for i in range(1, n + 1) if i < len(r)]
+        return [v for v in vals if v is not None and v > 0]
+
+    questions = [v for r in runs for v in measured(r)]
+    unmeasured = sum(min(n, len(r) - 1) for r in runs) - len(questions)
+    per_round = [statistics.median(measured(r)) for r in runs if measured(r)]
     # Pipecat's driver counts the replies per WAV; the demo lists turns, and every turn after
     # the n questions is the pause sentence's. One means it was taken as one turn.
     pause_turns = [r[-1]["replies"] if "replies" in r[-1] else len(r) - (n + 1) for r in runs]
@@ -159,6 +165,7 @@ def split(runs: list[list[dict[str, Any]]], n: int) -> dict[str, Any]:
         "round_medians": per_round,
         "warm_up": [r[0]["voice_to_voice_ms"] for r in runs],
         "pause_turns": pause_turns,
+        "unmeasured": unmeasured,
         "samples": [r[1:] for r in runs],
     }
 
@@ -234,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join('-' if x is None else f'{x:.0f}' for x in s['warm_up'])} | "
             f"{', '.join(str(x) for x in s['pause_turns'])} |"
         )
+    for name, s in (("voicebus", a), ("Pipecat 1.14", b)):
+        if s["unmeasured"]:
+            lines.append(
+                f"\n{name}: {s['unmeasured']} question(s) left out: their first audio came "
+                "before the speech ended (the previous answer still playing)"
+            )
     verdict = "met" if ratio <= 0.5 else "MISSED"
     lines.append(f"\nvoicebus / Pipecat voice-to-voice p50: {ratio:.2f}x")
     lines[-1] += f" (target <= 0.5: {verdict})"
