@@ -203,15 +203,22 @@ class LlmWorker(Worker):
         if not isinstance(started, ReplyStarted) or started.utterance_id != onset.resumes:
             return
         await self.bus.publish(
-            ReplyDiscarded(
-                event_id=derive_id(started.generation, "discarded"),
-                endpoint=onset.endpoint,
-                conversation_id=onset.conversation_id,
-                utterance_id=onset.resumes,
-                producer=self.worker_id,
-                generation=started.generation,
-                reason="resumed",
-            )
+            self._discard(onset, onset.resumes, started.generation, "resumed", "discarded")
+        )
+
+    def _discard(
+        self, of: Event, utterance_id: str, generation: str, reason: str, label: str
+    ) -> ReplyDiscarded:
+        """A discard of `generation` (of `of`'s conversation), its id derived from the
+        generation and `label`, so every instance that publishes it publishes one event."""
+        return ReplyDiscarded(
+            event_id=derive_id(generation, label),
+            endpoint=of.endpoint,
+            conversation_id=of.conversation_id,
+            utterance_id=utterance_id,
+            producer=self.worker_id,
+            generation=generation,
+            reason=reason,  # type: ignore[arg-type]
         )
 
     def _mark_interrupted(self, utterance_id: str, reason: str) -> None:
@@ -434,15 +441,7 @@ class LlmWorker(Worker):
             elif await self._decided(t, started.generation, ReplyDiscarded, "abandoned"):
                 return None  # superseded or changed: the turn has another answer
             await self.bus.publish(
-                ReplyDiscarded(
-                    event_id=derive_id(started.generation, "abandoned"),
-                    endpoint=t.endpoint,
-                    conversation_id=t.conversation_id,
-                    utterance_id=t.utterance_id,
-                    producer=self.worker_id,
-                    generation=started.generation,
-                    reason="abandoned",
-                )
+                self._discard(t, t.utterance_id, started.generation, "abandoned", "abandoned")
             )
             log.warning(
                 "reply abandoned by a lost llm; answering again",
