@@ -113,6 +113,20 @@ def test_backend_transcribes_espeak_and_piper_under_the_wer_bound(backend) -> No
         assert wer(phrases, hyps) <= WER_BOUND, (engine, hyps)
 
 
+def test_word_timings_count_from_the_audio_whatever_silence_the_decode_adds(backend) -> None:
+    # A pre-roll stands in for the decode's own lead silence (onset_s): the words then sit
+    # where they are in the audio given, not shifted by the silence added or left out.
+    speech = synth_espeak(PHRASES[2]).astype(np.float32) / 32768
+    preroll = np.concatenate([np.zeros(4800, np.float32), speech])  # 300 ms
+    bare = backend.transcribe(speech, final=True, language=None)
+    rolled = backend.transcribe(preroll, final=True, language=None, onset_s=0.3)
+    assert len(bare.words) == len(rolled.words) > 2
+    # (Whisper's alignment pins the first word's start to the window's start: not compared.)
+    for b, r in zip(bare.words[1:], rolled.words[1:], strict=True):
+        assert abs(r.start_s - 0.3 - b.start_s) < 0.08, (bare.words, rolled.words)
+        assert abs(r.end_s - 0.3 - b.end_s) < 0.08, (bare.words, rolled.words)
+
+
 def test_model_settings_errors_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no such folder"):
         WhisperBackend(stt_settings(model=str(tmp_path / "nope"))).load()

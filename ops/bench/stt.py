@@ -231,6 +231,7 @@ def make_files(
 
 def bench_plain(files: list[tuple[Path, str]], beam: int) -> dict[str, float]:
     """Plain faster-whisper transcribe() on each whole file: the baseline."""
+    import ctranslate2
     from faster_whisper import WhisperModel
 
     from workers.runtime.audio import read_audio
@@ -242,6 +243,9 @@ def bench_plain(files: list[tuple[Path, str]], beam: int) -> dict[str, float]:
     model.transcribe(audios[0], beam_size=beam)  # warm-up, as the worker does at load
 
     def decode(a: np.ndarray) -> str:
+        # transcribe() falls back to sampling (temperature > 0) on a doubtful decode: seeded,
+        # so the baseline is the same in every run (unseeded its WER moved 0.105-0.127).
+        ctranslate2.set_random_seed(0)
         segs, _ = model.transcribe(a, beam_size=beam, word_timestamps=True, vad_filter=False)
         return " ".join(s.text.strip() for s in segs)
 

@@ -231,7 +231,10 @@ class SttWorker(Worker):
         with self._tracer.start_as_current_span("stt.partial") as span:
             out = await self.gate.run(
                 lambda: self.backend.transcribe(
-                    audio, final=final_quality, language=state["language"]
+                    audio,
+                    final=final_quality,
+                    language=state["language"],
+                    onset_s=started.preroll_ms / 1000,
                 ),
                 final=False,
             )
@@ -340,7 +343,12 @@ class SttWorker(Worker):
             if out is None:
                 audio = utt.audio()
                 out = await self.gate.run(
-                    lambda: self.backend.transcribe(audio, final=True, language=state["language"]),
+                    lambda: self.backend.transcribe(
+                        audio,
+                        final=True,
+                        language=state["language"],
+                        onset_s=started.preroll_ms / 1000,
+                    ),
                     final=True,
                 )
                 assert out is not None
