@@ -257,11 +257,10 @@ class WhisperBackend:
         # short phrase the short-context decode tends to repeat it. LEAD_S before (with
         # the pre-roll) and >= PAD_S after (rounded to whole seconds, so encoder shapes
         # repeat) fix that.
-        lead = int(lead_s * RATE)
-        audio = np.concatenate([np.zeros(lead, np.float32), audio])
-        content_frames = len(audio) // 160
+        led = np.concatenate([np.zeros(int(lead_s * RATE), np.float32), audio])
+        content_frames = len(led) // 160
         frames = min(3000, math.ceil((content_frames + PAD_S * 100) / 100.0) * 100)
-        feats = m.feature_extractor(audio, padding=frames * 160 - len(audio))[:, :frames]
+        feats = m.feature_extractor(led, padding=frames * 160 - len(led))[:, :frames]
         enc = m.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
 
         lang, lang_p = language or "", 1.0 if language else 0.0
@@ -292,7 +291,7 @@ class WhisperBackend:
         if tokens and get_compression_ratio(text) > COMPRESSION_RATIO_MAX:
             if not final:
                 text, tokens = "", []  # a looping partial: skip it, the next one is fresh
-            else:
+            else:  # (given the audio without the added lead: word timings count from it)
                 return self._transcribe_plain(audio, final=final, language=language)
         conf = float(math.exp(max(avg_logprob, -20.0))) if tokens else 0.0
         words: tuple[WordTiming, ...] = ()
