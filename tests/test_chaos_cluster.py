@@ -25,8 +25,7 @@ from workers.cli.pipeline import Pipeline
 from workers.runtime.config import Settings
 from workers.runtime.eventlog import EventLog, row_event
 from workers.runtime.eventlog.verify import verify
-from workers.runtime.natscluster import NatsCluster, wait_jetstream
-from workers.runtime.natsd import free_port
+from workers.runtime.natscluster import NatsCluster, free_cluster_ports, wait_jetstream
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -41,9 +40,8 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     c = NatsCluster(
-        [free_port() for _ in range(3)],
+        free_cluster_ports(3),
         tmp_path / "cluster",
-        route_ports=[free_port() for _ in range(3)],
         sync_interval="always",
         log_dir=tmp_path / "cluster",
     )

@@ -11,7 +11,7 @@ import pytest
 from tests.test_llm_support import transcript
 from workers.runtime.bus import Bus, BusError
 from workers.runtime.config import Settings
-from workers.runtime.natscluster import NatsCluster, wait_jetstream
+from workers.runtime.natscluster import NatsCluster, free_cluster_ports, wait_jetstream
 from workers.runtime.natsd import NatsServerError, free_port, is_listening
 from workers.runtime.procs import WorkerProcess
 from workers.runtime.streams import ensure_streams
@@ -22,9 +22,8 @@ from .cluster_support import reply_done, wait_in_sync
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     c = NatsCluster(
-        [free_port() for _ in range(3)],
+        free_cluster_ports(3),
         tmp_path / "cluster",
-        route_ports=[free_port() for _ in range(3)],
         sync_interval="always",
         log_dir=tmp_path / "cluster",
     )
@@ -62,6 +61,38 @@ def test_nats_url_takes_a_list_of_servers() -> None:
     assert s.nats_url == "nats://a:1,nats://b:2,nats://c:3"  # what child processes get
     with pytest.raises(ValueError, match="NATS_URL is empty"):
         Settings(nats_url=" , ", _env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_cluster_whose_route_port_is_taken_is_refused_naming_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from workers.runtime.natscluster import ROUTE_PORT_OFFSET
+    from workers.runtime.natsd import free_port_block, run_cluster
+
+    base = free_port_block(3, (0, ROUTE_PORT_OFFSET))
+    taken = base + 1 + ROUTE_PORT_OFFSET
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))  # bound, not listening: still not free to a server
+        settings = Settings(nats_url=f"nats://127.0.0.1:{base}", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+        assert run_cluster(settings, 3) == 1
+    err = capsys.readouterr().err
+    assert f"port {taken} (route)" in err, err
+    assert not is_listening(f"nats://127.0.0.1:{base}")  # no node was left running
+
+
+def test_a_node_that_cannot_listen_says_why(tmp_path: Path) -> None:
+    import socket
+
+    from workers.runtime.natsd import NatsServer
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # not listening: only the server's exit can tell
+        port = holder.getsockname()[1]
+        node = NatsServer(port, tmp_path / "n", log_file=tmp_path / "n.log")
+        with pytest.raises(NatsServerError, match=rf"exited with 1: .*{port}.*in use"):
+            node.start()
 
 
 def test_a_cluster_needs_three_nodes(tmp_path: Path) -> None:
@@ -134,9 +165,11 @@ async def test_just_nats_cluster_3_starts_nodes_with_the_role_accounts_and_stops
     import subprocess
     import sys
 
+    from workers.runtime.natscluster import ROUTE_PORT_OFFSET
+    from workers.runtime.natsd import free_port_block
     from workers.runtime.natsd import is_listening as listening
 
-    base = free_port()
+    base = free_port_block(3, (0, ROUTE_PORT_OFFSET))
     env = {
         **os.environ,
         "DATA_DIR": str(tmp_path / "data"),

@@ -28,7 +28,7 @@ import nats.js.errors
 from ops.bench.load import print_table, run
 from workers.cli.pipeline import Pipeline, progress
 from workers.runtime.config import Settings, get_settings
-from workers.runtime.natscluster import NatsCluster, wait_jetstream
+from workers.runtime.natscluster import NatsCluster, free_cluster_ports, wait_jetstream
 from workers.runtime.natsd import NatsServer, auth_config, free_port
 
 #: Seconds into a level when the stream leader is killed (the question is being spoken or
@@ -107,9 +107,8 @@ def main_cluster(args: argparse.Namespace, levels: list[int]) -> int:
     finally:
         single.stop()
     cluster = NatsCluster(
-        [free_port() for _ in range(args.cluster)],
+        free_cluster_ports(args.cluster),
         work / "cluster",
-        route_ports=[free_port() for _ in range(args.cluster)],
         sync_interval=settings.nats_sync_interval,
         auth_config=auth,
         log_dir=work / "cluster",

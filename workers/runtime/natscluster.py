@@ -15,11 +15,19 @@ import secrets
 import time
 from pathlib import Path
 
-from workers.runtime.natsd import NatsServer, NatsServerError
+from workers.runtime.natsd import NatsServer, NatsServerError, free_port_block
 
 CLUSTER_NAME = "voicebus"
 #: A node's route port is its client port plus this.
 ROUTE_PORT_OFFSET = 2000
+
+
+def free_cluster_ports(size: int) -> list[int]:
+    """Client ports for a loopback cluster of `size` nodes whose route ports (client port +
+    ROUTE_PORT_OFFSET) are free too (tests and benchmarks; `free_port()` per node can pick a
+    port that a node's own outgoing route connection then takes)."""
+    base = free_port_block(size, (0, ROUTE_PORT_OFFSET))
+    return [base + i for i in range(size)]
 
 
 def cluster_block(name: str, route_port: int, peer_ports: list[int], secret: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -70,6 +71,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def busy_ports(ports: list[int], host: str = "127.0.0.1") -> list[int]:
+    """The ports of `ports` that a server could not listen on now (held by any socket, not
+    only a listening one). SO_REUSEADDR as nats-server sets it: a port left in TIME_WAIT is
+    free to it."""
+    busy = []
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_block(size: int, offsets: tuple[int, ...] = (0,)) -> int:
+    """A base port such that every base + offset + i (i < size) is free: a cluster's client
+    ports and, at an offset, its route ports. Taken below the kernel's ephemeral range: a
+    port there is handed to no outgoing connection (a node dialling its peers' routes, say)
+    between this check and the servers' start, as `free_port()`'s neighbours can be."""
+    top = _ephemeral_low() - max(offsets) - size
+    for _ in range(200):
+        base = random.randrange(10000, max(top, 10001))
+        if not busy_ports([base + o + i for o in offsets for i in range(size)]):
+            return base
+    raise NatsServerError(f"no block of {size} free ports found below {top}")
 
 
 def render_config(
@@ -150,13 +186,28 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with {self.proc.returncode}; config {self.config_path}"
+                    f"nats-server exited with {self.proc.returncode}{self._fatal_line()}; "
+                    f"config {self.config_path}"
                 )
             if is_listening(self.url, 0.1):
                 return self
             time.sleep(0.02)
         self.stop()
         raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout}s")
+
+    def _fatal_line(self) -> str:
+        """The server's own reason for exiting (its last fatal or error log line), so that
+        "address already in use" names its port instead of a bare exit code."""
+        if self.log_file is None:
+            return ""
+        try:
+            lines = Path(self.log_file).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines[-50:]):
+            if "[FTL]" in line or "[ERR]" in line:
+                return ": " + line.split("]", 2)[-1].strip()
+        return ""
 
     def kill(self) -> None:
         """kill -9: no flush, no goodbye (what a crash looks like)."""
@@ -278,7 +329,8 @@ class _Stopped(Exception):
 
 def cluster_ports(settings: Settings, size: int) -> list[int]:
     """The client ports of an N-node cluster: NATS_URL's own when it lists N servers, else
-    N consecutive ports from NATS_URL's port on."""
+    N consecutive ports from NATS_URL's port on. Each node's route port is its client port
+    plus natscluster.ROUTE_PORT_OFFSET."""
     servers = settings.nats_servers
     if len(servers) == size:
         return [host_port(u)[1] for u in servers]
@@ -289,12 +341,19 @@ def cluster_ports(settings: Settings, size: int) -> list[int]:
 def run_cluster(settings: Settings, size: int) -> int:
     import asyncio
 
-    from workers.runtime.natscluster import NatsCluster, wait_jetstream
+    from workers.runtime.natscluster import ROUTE_PORT_OFFSET, NatsCluster, wait_jetstream
 
     ports = cluster_ports(settings, size)
-    busy = [p for p in ports if is_listening(f"nats://127.0.0.1:{p}")]
+    routes = [p + ROUTE_PORT_OFFSET for p in ports]
+    busy = busy_ports(ports + routes)
     if busy:
-        print(f"error: ports {busy} are in use (a server already runs?)", file=sys.stderr)
+        which = ", ".join(f"{p} ({'client' if p in ports else 'route'})" for p in busy)
+        print(
+            f"error: port {which} of the cluster is in use (a server already runs?); the "
+            f"nodes take client ports {ports} and route ports {routes}: free them or set "
+            "NATS_URL's port elsewhere",
+            file=sys.stderr,
+        )
         return 1
     cluster = NatsCluster(
         ports,
