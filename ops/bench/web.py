@@ -191,6 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         for d, (b, _) in zip(dr, wr, strict=False)
         if d.get("voice_to_voice") is not None
     ]
+    # The same pairs on the log's clock (speech end to playback-started as the endpoints
+    # recorded them): what the gateway and the shared pipeline add, without the browser.
+    paired_log = [
+        t["voice_to_voice"] - d["voice_to_voice"]
+        for dr, wr in zip(demo, web_runs, strict=False)
+        for d, (_, t) in zip(dr, wr, strict=False)
+        if d.get("voice_to_voice") is not None and t.get("voice_to_voice") is not None
+    ]
+    by_question: dict[int, list[float]] = {}
+    for dr, wr in zip(demo, web_runs, strict=False):
+        for q, (d, (b, _)) in enumerate(zip(dr, wr, strict=False)):
+            if d.get("voice_to_voice") is not None:
+                by_question.setdefault(q, []).append(b - d["voice_to_voice"])
     output_path = [
         b - t["voice_to_voice"] for run in web_runs for b, t in run if t.get("voice_to_voice")
     ]
@@ -212,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  same question, same round, web - demo: median {med(paired):+.0f} ms "
             f"{sorted(round(x) for x in paired)}"
         )
+    if paired_log:
+        print(f"  same pairs, log's clock (gateway + pipeline): median {med(paired_log):+.0f} ms")
+    for q, xs in sorted(by_question.items()):
+        spread = sorted(round(x) for x in xs)
+        print(f"  question {q + 1}: web - demo median {med(xs):+.0f} ms {spread}")
     if output_path:
         print(f"  browser output path (browser - log, web): median {med(output_path):+.0f} ms")
     for side, xs in waits.items():
@@ -226,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     "added_ms": round(added, 1),
                     "paired_median_ms": round(med(paired), 1) if paired else None,
                     "output_path_median_ms": round(med(output_path), 1) if output_path else None,
+                    "paired_log_median_ms": round(med(paired_log), 1) if paired_log else None,
                 }
             )
         )
