@@ -46,6 +46,9 @@ GAP_S = 15.0
 """Silence after each question in the browser's microphone: the reply plays in full first."""
 
 
+STAGES = ("endpoint_wait", "stt_final", "llm_first_sentence", "tts_first_audio", "playback_start")
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -142,45 +145,8 @@ def summary(xs: list[float]) -> str:
     return f"median {med:6.0f} ms  (min {min(xs):.0f}, max {max(xs):.0f}, n={len(xs)})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="just bench web", description=__doc__)
-    ap.add_argument("--questions", type=int, default=3, help="questions per round (max 4)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
-    ap.add_argument("--json", action="store_true", help="last stdout line: the figures as JSON")
-    args = ap.parse_args(argv)
-    questions = QUESTIONS[: max(1, min(len(QUESTIONS), args.questions))]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-web-"))
-    env = env_for(tmp)
-    progress(f"synthesizing {len(questions)} questions")
-    speech = [synth_piper(q) for q in questions]
-    lead = np.zeros(8_000, dtype=np.int16)  # 0.5 s at 16 kHz
-    demo_wavs = [
-        write_wav(tmp / f"q{i}.wav", np.concatenate([lead, x]).tobytes(), 16_000)
-        for i, x in enumerate(speech)
-    ]
-    gap = np.zeros(int(GAP_S * 16_000), dtype=np.int16)
-    mic16 = np.concatenate([lead] + [np.concatenate([x, gap]) for x in speech])
-    mic48 = np.clip(resample_float(mic16.astype(np.float32), 16_000, 48_000), -32768, 32767)
-    browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
-    progress("starting `just web` (NATS, services, gateway)")
-    web, url = start_web(env, tmp)
-    demo: list[list[dict]] = []
-    web_runs: list[list[tuple[float, dict]]] = []
-    try:
-        for r in range(args.rounds):
-            sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
-            for side in sides:
-                progress(f"round {r + 1}/{args.rounds}: {side}")
-                if side == "demo":
-                    demo.append(demo_side(env, demo_wavs))
-                else:
-                    web_runs.append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
-    finally:
-        web.send_signal(signal.SIGTERM)
-        try:
-            web.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(web.pid, signal.SIGKILL)
+def report(demo: list[list[dict]], web_runs: list[list[tuple[float, dict]]]) -> dict:
+    """Print the figures of a run (the turns of each side, by round) and return them."""
     demo_ms = [v for run in demo for t in run if (v := t.get("voice_to_voice")) is not None]
     browser_ms = [b for run in web_runs for b, _ in run]
     web_log_ms = [v for run in web_runs for _, t in run if (v := t.get("voice_to_voice"))]
@@ -230,24 +196,75 @@ def main(argv: list[str] | None = None) -> int:
     for q, xs in sorted(by_question.items()):
         spread = sorted(round(x) for x in xs)
         print(f"  question {q + 1}: web - demo median {med(xs):+.0f} ms {spread}")
+    # Where the pairs differ, stage by stage: the gateway's own stages (end-pointer wait,
+    # playback start) against the shared ones (stt, llm, tts), which run the same code on the
+    # same models and differ by what was heard and by the CPU the browser takes from them.
+    for stage in STAGES:
+        xs = [
+            t[stage] - d[stage]
+            for dr, wr in zip(demo, web_runs, strict=False)
+            for d, (_, t) in zip(dr, wr, strict=False)
+            if d.get(stage) is not None and t.get(stage) is not None
+        ]
+        if xs:
+            print(f"  {stage} (web - demo, same pairs): median {med(xs):+.0f} ms")
     if output_path:
         print(f"  browser output path (browser - log, web): median {med(output_path):+.0f} ms")
     for side, xs in waits.items():
         if xs:
             print(f"  end-pointer wait ({side}): median {med(xs):.0f} ms")
+    return {
+        "demo": demo,
+        "web": [[{"browser_v2v_ms": b, **t} for b, t in run] for run in web_runs],
+        "added_ms": round(added, 1),
+        "paired_median_ms": round(med(paired), 1) if paired else None,
+        "output_path_median_ms": round(med(output_path), 1) if output_path else None,
+        "paired_log_median_ms": round(med(paired_log), 1) if paired_log else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="just bench web", description=__doc__)
+    ap.add_argument("--questions", type=int, default=3, help="questions per round (max 4)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
+    ap.add_argument("--json", action="store_true", help="last stdout line: the figures as JSON")
+    args = ap.parse_args(argv)
+    questions = QUESTIONS[: max(1, min(len(QUESTIONS), args.questions))]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-web-"))
+    env = env_for(tmp)
+    progress(f"synthesizing {len(questions)} questions")
+    speech = [synth_piper(q) for q in questions]
+    lead = np.zeros(8_000, dtype=np.int16)  # 0.5 s at 16 kHz
+    demo_wavs = [
+        write_wav(tmp / f"q{i}.wav", np.concatenate([lead, x]).tobytes(), 16_000)
+        for i, x in enumerate(speech)
+    ]
+    gap = np.zeros(int(GAP_S * 16_000), dtype=np.int16)
+    mic16 = np.concatenate([lead] + [np.concatenate([x, gap]) for x in speech])
+    mic48 = np.clip(resample_float(mic16.astype(np.float32), 16_000, 48_000), -32768, 32767)
+    browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
+    progress("starting `just web` (NATS, services, gateway)")
+    web, url = start_web(env, tmp)
+    demo: list[list[dict]] = []
+    web_runs: list[list[tuple[float, dict]]] = []
+    try:
+        for r in range(args.rounds):
+            sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
+            for side in sides:
+                progress(f"round {r + 1}/{args.rounds}: {side}")
+                if side == "demo":
+                    demo.append(demo_side(env, demo_wavs))
+                else:
+                    web_runs.append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
+    finally:
+        web.send_signal(signal.SIGTERM)
+        try:
+            web.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(web.pid, signal.SIGKILL)
+    figures = report(demo, web_runs)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "demo": demo,
-                    "web": [[{"browser_v2v_ms": b, **t} for b, t in run] for run in web_runs],
-                    "added_ms": round(added, 1),
-                    "paired_median_ms": round(med(paired), 1) if paired else None,
-                    "output_path_median_ms": round(med(output_path), 1) if output_path else None,
-                    "paired_log_median_ms": round(med(paired_log), 1) if paired_log else None,
-                }
-            )
-        )
+        print(json.dumps(figures))
     return 0
 
 

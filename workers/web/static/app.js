@@ -17,9 +17,23 @@ const state = {
 // Read by the tests and the benchmark.
 window.voicebus = { state, turns: [], events: [] };
 
+// The meter follows the loudest frame of each ~100 ms: redrawn at 10 Hz, not at the 50 Hz
+// of the frames (each redraw is a style, layout and paint the browser's CPU pays for,
+// on a small machine beside the models).
+let levelPeak = 0;
+let levelFrames = 0;
+function showLevel(rms) {
+  levelPeak = Math.max(levelPeak, rms);
+  if (++levelFrames < 5) return;
+  const value = Math.min(1, levelPeak * 4);
+  if (Math.abs(value - $("level").value) > 0.01) $("level").value = value;
+  levelPeak = 0;
+  levelFrames = 0;
+}
+
 const audio = new Audio({
   onFrame(pcm, at, rms) {
-    $("level").value = Math.min(1, rms * 4);
+    showLevel(rms);
     if (!state.talking || !ws || ws.readyState !== WebSocket.OPEN) return;
     if (state.muted) pcm.fill(0); // keep the clock going: an utterance in progress ends
     const msg = new ArrayBuffer(8 + pcm.byteLength);
