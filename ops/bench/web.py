@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,25 +102,48 @@ def demo_side(env: dict[str, str], wavs: list[Path]) -> list[dict]:
     return [t["timings_ms"] for t in result["turns"]]
 
 
+def chromium_args(wav: Path) -> list[str]:
+    return [
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+    ]
+
+
+def open_page(pw: Any, url: str, wav: Path) -> tuple[Any, Any]:
+    """Chromium on the page with Talk pressed, its microphone reading `wav`."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(wav))
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function("window.voicebus && window.voicebus.ready === true")
+    page.evaluate("voicebus.audio.start()")
+    page.get_by_role("button", name="Talk").click()
+    return browser, page
+
+
+def demo_beside_page(env: dict[str, str], wavs: list[Path], url: str, silence: Path) -> list[dict]:
+    """The demo side while the page is open and listening (to silence) in chromium: both
+    sides then pay the browser's CPU, and the difference is the web path's own."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, _ = open_page(pw, url, silence)
+        try:
+            time.sleep(2)  # past the page's start
+            return demo_side(env, wavs)
+        finally:
+            browser.close()
+
+
 def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, dict]]:
     """(browser voice-to-voice, the log's timings) per turn."""
     from playwright.sync_api import sync_playwright
 
     from workers.runtime.eventlog import EventLog, timings
 
-    args = [
-        "--autoplay-policy=no-user-gesture-required",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}%noloop",
-    ]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        page = browser.new_page()
-        page.goto(url)
-        page.wait_for_function("window.voicebus && window.voicebus.ready === true")
-        page.evaluate("voicebus.audio.start()")
-        page.get_by_role("button", name="Talk").click()
+        browser, page = open_page(pw, url, wav)
         page.wait_for_function(
             f"document.querySelectorAll('li.turn .waterfall .row').length >= 5 * {turns}"
             f" && voicebus.turns.length >= {turns}",
@@ -227,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="just bench web", description=__doc__)
     ap.add_argument("--questions", type=int, default=3, help="questions per round (max 4)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
+    ap.add_argument(
+        "--browser-beside-demo",
+        action="store_true",
+        help="run the demo side with the page open and listening to silence beside it (the "
+        "browser's CPU on both sides: what the web path itself adds)",
+    )
     ap.add_argument("--json", action="store_true", help="last stdout line: the figures as JSON")
     args = ap.parse_args(argv)
     questions = QUESTIONS[: max(1, min(len(QUESTIONS), args.questions))]
@@ -243,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     mic16 = np.concatenate([lead] + [np.concatenate([x, gap]) for x in speech])
     mic48 = np.clip(resample_float(mic16.astype(np.float32), 16_000, 48_000), -32768, 32767)
     browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
+    silence_wav = write_wav(
+        tmp / "silence.wav", np.zeros(48_000 * 300, dtype=np.int16).tobytes(), 48_000
+    )
     progress("starting `just web` (NATS, services, gateway)")
     web, url = start_web(env, tmp)
     demo: list[list[dict]] = []
@@ -252,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
             for side in sides:
                 progress(f"round {r + 1}/{args.rounds}: {side}")
-                if side == "demo":
+                if side == "demo" and args.browser_beside_demo:
+                    demo.append(demo_beside_page(env, demo_wavs, url, silence_wav))
+                elif side == "demo":
                     demo.append(demo_side(env, demo_wavs))
                 else:
                     web_runs.append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
@@ -262,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             web.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(web.pid, signal.SIGKILL)
+    if args.browser_beside_demo:
+        print("(the demo side ran with the page open and listening beside it)")
     figures = report(demo, web_runs)
     if args.json:
         print(json.dumps(figures))
