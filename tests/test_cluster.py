@@ -69,9 +69,9 @@ def test_a_cluster_whose_route_port_is_taken_is_refused_naming_the_port(
     import socket
 
     from workers.runtime.natscluster import ROUTE_PORT_OFFSET
-    from workers.runtime.natsd import free_port_block, run_cluster
+    from workers.runtime.natsd import run_cluster
 
-    base = free_port_block(3, (0, ROUTE_PORT_OFFSET))
+    base = free_cluster_ports(3)[0]
     taken = base + 1 + ROUTE_PORT_OFFSET
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", taken))  # bound, not listening: still not free to a server
@@ -165,11 +165,9 @@ async def test_just_nats_cluster_3_starts_nodes_with_the_role_accounts_and_stops
     import subprocess
     import sys
 
-    from workers.runtime.natscluster import ROUTE_PORT_OFFSET
-    from workers.runtime.natsd import free_port_block
     from workers.runtime.natsd import is_listening as listening
 
-    base = free_port_block(3, (0, ROUTE_PORT_OFFSET))
+    base = free_cluster_ports(3)[0]
     env = {
         **os.environ,
         "DATA_DIR": str(tmp_path / "data"),
