@@ -91,8 +91,11 @@ def test_a_node_that_cannot_listen_says_why(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))  # not listening: only the server's exit can tell
         port = holder.getsockname()[1]
         node = NatsServer(port, tmp_path / "n", log_file=tmp_path / "n.log")
-        with pytest.raises(NatsServerError, match=rf"exited with 1: .*{port}.*in use"):
-            node.start()
+        try:
+            with pytest.raises(NatsServerError, match=rf"exited with 1: .*{port}.*in use"):
+                node.start()
+        finally:
+            node.stop()  # a server that did start (the test failing) is not left running
 
 
 def test_a_cluster_needs_three_nodes(tmp_path: Path) -> None:
