@@ -174,26 +174,31 @@ def report(demo: list[list[dict]], web_runs: list[list[tuple[float, dict]]]) -> 
     demo_ms = [v for run in demo for t in run if (v := t.get("voice_to_voice")) is not None]
     browser_ms = [b for run in web_runs for b, _ in run]
     web_log_ms = [v for run in web_runs for _, t in run if (v := t.get("voice_to_voice"))]
-    # The same question in the same round, web minus demo: the sides' turns paired.
-    paired = [
-        b - d["voice_to_voice"]
+    # The same question in the same round, web and demo: the sides' turns paired.
+    pairs = [
+        (q, d, b, t)
         for dr, wr in zip(demo, web_runs, strict=False)
-        for d, (b, _) in zip(dr, wr, strict=False)
-        if d.get("voice_to_voice") is not None
+        for q, (d, (b, t)) in enumerate(zip(dr, wr, strict=False))
+    ]
+
+    def log_diffs(key: str) -> list[float]:
+        """Web minus demo of one log timing, over the pairs that have it on both sides."""
+        return [
+            t[key] - d[key]
+            for _, d, _, t in pairs
+            if d.get(key) is not None and t.get(key) is not None
+        ]
+
+    paired = [
+        b - d["voice_to_voice"] for _, d, b, _ in pairs if d.get("voice_to_voice") is not None
     ]
     # The same pairs on the log's clock (speech end to playback-started as the endpoints
     # recorded them): what the gateway and the shared pipeline add, without the browser.
-    paired_log = [
-        t["voice_to_voice"] - d["voice_to_voice"]
-        for dr, wr in zip(demo, web_runs, strict=False)
-        for d, (_, t) in zip(dr, wr, strict=False)
-        if d.get("voice_to_voice") is not None and t.get("voice_to_voice") is not None
-    ]
+    paired_log = log_diffs("voice_to_voice")
     by_question: dict[int, list[float]] = {}
-    for dr, wr in zip(demo, web_runs, strict=False):
-        for q, (d, (b, _)) in enumerate(zip(dr, wr, strict=False)):
-            if d.get("voice_to_voice") is not None:
-                by_question.setdefault(q, []).append(b - d["voice_to_voice"])
+    for q, d, b, _ in pairs:
+        if d.get("voice_to_voice") is not None:
+            by_question.setdefault(q, []).append(b - d["voice_to_voice"])
     output_path = [
         b - t["voice_to_voice"] for run in web_runs for b, t in run if t.get("voice_to_voice")
     ]
@@ -224,13 +229,7 @@ def report(demo: list[list[dict]], web_runs: list[list[tuple[float, dict]]]) -> 
     # playback start) against the shared ones (stt, llm, tts), which run the same code on the
     # same models and differ by what was heard and by the CPU the browser takes from them.
     for stage in STAGES:
-        xs = [
-            t[stage] - d[stage]
-            for dr, wr in zip(demo, web_runs, strict=False)
-            for d, (_, t) in zip(dr, wr, strict=False)
-            if d.get(stage) is not None and t.get(stage) is not None
-        ]
-        if xs:
+        if xs := log_diffs(stage):
             print(f"  {stage} (web - demo, same pairs): median {med(xs):+.0f} ms")
     if output_path:
         print(f"  browser output path (browser - log, web): median {med(output_path):+.0f} ms")
@@ -273,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     mic16 = np.concatenate([lead] + [np.concatenate([x, gap]) for x in speech])
     mic48 = np.clip(resample_float(mic16.astype(np.float32), 16_000, 48_000), -32768, 32767)
     browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
-    silence_wav = write_wav(
-        tmp / "silence.wav", np.zeros(48_000 * 300, dtype=np.int16).tobytes(), 48_000
+    silence_wav = (
+        write_wav(tmp / "silence.wav", np.zeros(48_000 * 300, dtype=np.int16).tobytes(), 48_000)
+        if args.browser_beside_demo
+        else None
     )
     progress("starting `just web` (NATS, services, gateway)")
     web, url = start_web(env, tmp)
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
             for side in sides:
                 progress(f"round {r + 1}/{args.rounds}: {side}")
-                if side == "demo" and args.browser_beside_demo:
+                if side == "demo" and silence_wav is not None:
                     demo.append(demo_beside_page(env, demo_wavs, url, silence_wav))
                 elif side == "demo":
                     demo.append(demo_side(env, demo_wavs))
