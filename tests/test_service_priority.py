@@ -60,3 +60,65 @@ def test_a_worker_run_inside_another_program_leaves_its_priority_alone() -> None
     niceness, group = _probe(new_session=False, own=False)
     assert niceness == os.nice(0)
     assert group == ours
+
+
+#: A turn as the llm worker runs it: idle (niced), then urgent until its first sentence,
+#: then niced again; twice in quick succession, inside the kernel's 100 ms limit.
+TURN_PROBE = """
+import asyncio, os
+from workers.runtime import service
+service._OWN_PROCESS = True
+
+def group():
+    return open('/proc/self/autogroup').read().split()[-1]
+
+async def main():
+    p = service.TurnPriority(7, always={always})
+    p.start()
+    seen = [group()]
+    for _ in range(2):
+        with p.urgent():
+            await asyncio.sleep(0.25)  # past a refused change and its retry
+            seen.append(group())
+        await asyncio.sleep(0.25)
+        seen.append(group())
+    print(os.nice(0), p.dynamic, *seen)
+
+asyncio.run(main())
+"""
+
+
+def _turn_probe(*, always: bool = False, user: list[str] | None = None) -> list[str]:
+    out = subprocess.run(
+        [*(user or []), sys.executable, "-c", TURN_PROBE.format(always=always)],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return out.stdout.split()
+
+
+def test_the_llm_runs_at_full_priority_until_its_first_sentence_then_niced() -> None:
+    base = os.nice(0)
+    niceness, dynamic, *groups = _turn_probe()
+    # The process itself is never reniced (that could not be undone): its group is.
+    assert (int(niceness), dynamic) == (base, "True")
+    assert groups == ["7", "0", "7", "0", "7"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the probe as nobody")
+def test_an_unprivileged_worker_raises_its_priority_back_past_the_kernels_rate_limit() -> None:
+    # Root may change an autogroup's niceness at any time; anyone else at most once per
+    # 100 ms (EAGAIN) and never below 0: the worker runs as a user, not as root.
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    niceness, dynamic, *groups = _turn_probe(user=user)
+    assert dynamic == "True"
+    assert groups == ["7", "0", "7", "0", "7"]
+
+
+def test_nice_always_nices_the_first_sentence_too() -> None:
+    niceness, dynamic, *groups = _turn_probe(always=True)
+    assert (int(niceness), dynamic) == (min(19, os.nice(0) + 7), "False")
+    assert groups == ["7"] * 5

@@ -54,7 +54,14 @@ class LlmSettings(BaseSettings):
     nice: int = Field(default=10, ge=0, le=19)
     """LLM_NICE: CPU niceness added to the embedded llm worker. While it generates the rest
     of a reply, the tts is synthesizing the first sentence on the same cores; the reply is
-    generated far faster than it is spoken, so the tts should win (0: equal footing)."""
+    generated far faster than it is spoken, so the tts should win (0: equal footing). Until
+    a reply's first sentence is out the worker runs at full priority: the user is waiting for
+    that sentence and nothing else of the turn needs the CPU (where the worker leads its
+    session, as `just up` starts it; elsewhere it is niced throughout)."""
+    nice_always: bool = False
+    """LLM_NICE_ALWAYS: niced from the start of a reply, its first sentence too (as before
+    the priority followed the turn; for comparison: `just bench e2e --compare
+    LLM_NICE_ALWAYS=true`)."""
     ollama_host: str = Field(
         default="http://127.0.0.1:11434",
         validation_alias=AliasChoices("OLLAMA_HOST", "LLM_OLLAMA_HOST", "ollama_host"),

@@ -52,7 +52,7 @@ from workers.llm.memory import EventLogMemory, build_messages
 from workers.llm.sentences import SentenceSplitter
 from workers.runtime.bus import MSG_ID, Bus, Consumer, Delivery
 from workers.runtime.config import Settings
-from workers.runtime.service import Worker, lower_cpu_priority
+from workers.runtime.service import TurnPriority, Worker
 from workers.runtime.telemetry import tracer
 
 log = logging.getLogger("voicebus.llm")
@@ -120,10 +120,11 @@ class LlmWorker(Worker):
         )
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self.turns = 0
+        self.priority = TurnPriority(self.options.nice, always=self.options.nice_always)
 
     async def setup(self) -> None:
-        if self.options.nice and self.options.backend == "embedded":
-            lower_cpu_priority(self.options.nice)
+        if self.options.backend == "embedded":
+            self.priority.start()
         t0 = time.perf_counter()
         print(f"llm: loading {self.backend.name} {self.backend.model} ...", file=sys.stderr)
         await self.backend.start()
@@ -482,7 +483,10 @@ class LlmWorker(Worker):
     async def _turn(self, t: Transcript, turn: ActiveTurn, arrived: float) -> None:
         reply = ReplyWriter(self.bus, t, self.worker_id, turn.generation, turn.speculative)
         self.turns += 1
-        with self._tracer.start_as_current_span("llm.generate") as span:
+        # Full priority while the user waits for the first sentence (closed once it is out).
+        first = contextlib.ExitStack()
+        first.enter_context(self.priority.urgent())
+        with first, self._tracer.start_as_current_span("llm.generate") as span:
             # First, so the tts claims the reply while the prompt is built and the model
             # thinks (and its spans join this one).
             await reply.started(self.backend.model)
@@ -494,7 +498,7 @@ class LlmWorker(Worker):
             span.set_attribute("llm.history_turns", kept)
             span.set_attribute("voice.conversation_id", t.conversation_id)
             span.set_attribute("voice.utterance_id", t.utterance_id)
-            done = await self._generate(reply, turn, messages, arrived)
+            done = await self._generate(reply, turn, messages, arrived, first)
             span.set_attribute("llm.prompt_tokens", done.prompt_tokens)
             span.set_attribute("llm.completion_tokens", done.tokens)
             span.set_attribute("llm.first_token_ms", done.first_token_ms)
@@ -553,6 +557,7 @@ class LlmWorker(Worker):
         turn: ActiveTurn,
         messages: list[dict[str, str]],
         arrived: float,
+        first: contextlib.ExitStack,
     ) -> ReplyDone:
         gen = Generation()
         splitter = SentenceSplitter()
@@ -567,6 +572,8 @@ class LlmWorker(Worker):
                         break
                     await reply.token(piece)
                     await reply.sentences(splitter.push(piece))
+                    if reply.sentence_count:
+                        first.close()  # the tts has what the user waits for: yield to it
             except BackendError as exc:
                 error = exc
             except Exception as exc:
