@@ -1,18 +1,23 @@
 """`just bench web`: what the web page's audio path adds to voice-to-voice.
 
 The same spoken questions (synthesized with the bundled voice, one conversation per side),
-in one run, alternating sides per round:
+in one run, three sides taking turns to go first each round:
 - demo: `just demo q1.wav q2.wav ...` (mic worker reading the files in real time, the WAV
   sink's clock), its voice-to-voice from the event log;
+- beside: the same demo while the page is open in chromium and listening to silence beside
+  it, taking no part in the turns: the browser's CPU without its audio path;
 - web: `just web`, and chromium (headless, Debian's) whose microphone is one WAV holding the
   same questions with silence between them; voice-to-voice as the browser measures it, from
   the real end of speech (the capture clock: when the graph processed the sample, less the
   microphone's reported input latency) to the first reply sample heard (the output device's
   position clock, getOutputTimestamp, which includes the output latency), and the log's
   figure for the same turns.
-Printed: median and spread per side, and the difference of medians (the gateway, the
-WebSocket and the browser's audio path; target <= 30 ms). Both sides run on the same NATS
-and models; the machine's other load makes single figures noisy, so read the medians.
+Printed, over the same question in the same round: web - beside, what the gateway, the
+WebSocket and the browser's audio path add (target <= 30 ms); web - demo, what a user of
+this machine feels between the terminal and the page (on 2 cores the browser's CPU slows
+the models too); beside - demo, that CPU's share; and each stage's difference, which says
+where a gap comes from. All sides run on the same NATS and models; the machine's other load
+makes single figures noisy, so read the medians.
 """
 
 from __future__ import annotations
@@ -136,8 +141,8 @@ def demo_beside_page(env: dict[str, str], wavs: list[Path], url: str, silence: P
             browser.close()
 
 
-def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, dict]]:
-    """(browser voice-to-voice, the log's timings) per turn."""
+def web_side(url: str, wav: Path, turns: int, db: Path) -> list[dict]:
+    """The log's timings per turn, and browser_v2v_ms: voice-to-voice as the browser measured it."""
     from playwright.sync_api import sync_playwright
 
     from workers.runtime.eventlog import EventLog, timings
@@ -156,7 +161,8 @@ def web_side(url: str, wav: Path, turns: int, db: Path) -> list[tuple[float, dic
         out = []
         for m in measured:
             row = log.turn(m["utterance_id"])
-            out.append((float(m["browser_v2v_ms"]), timings(row).as_dict() if row else {}))
+            ms = timings(row).as_dict() if row else {}
+            out.append({"browser_v2v_ms": float(m["browser_v2v_ms"]), **ms})
         return out
     finally:
         log.close()
@@ -169,81 +175,98 @@ def summary(xs: list[float]) -> str:
     return f"median {med:6.0f} ms  (min {min(xs):.0f}, max {max(xs):.0f}, n={len(xs)})"
 
 
-def report(demo: list[list[dict]], web_runs: list[list[tuple[float, dict]]]) -> dict:
-    """Print the figures of a run (the turns of each side, by round) and return them."""
-    demo_ms = [v for run in demo for t in run if (v := t.get("voice_to_voice")) is not None]
-    browser_ms = [b for run in web_runs for b, _ in run]
-    web_log_ms = [v for run in web_runs for _, t in run if (v := t.get("voice_to_voice"))]
-    # The same question in the same round, web and demo: the sides' turns paired.
-    pairs = [
-        (q, d, b, t)
-        for dr, wr in zip(demo, web_runs, strict=False)
-        for q, (d, (b, t)) in enumerate(zip(dr, wr, strict=False))
+def paired(base: list[list[dict]], other: list[list[dict]]) -> list[tuple[int, dict, dict]]:
+    """The same question in the same round on two sides: (question, base turn, other turn)."""
+    return [
+        (q, b, o)
+        for rb, ro in zip(base, other, strict=False)
+        for q, (b, o) in enumerate(zip(rb, ro, strict=False))
     ]
 
-    def log_diffs(key: str) -> list[float]:
-        """Web minus demo of one log timing, over the pairs that have it on both sides."""
-        return [
-            t[key] - d[key]
-            for _, d, _, t in pairs
-            if d.get(key) is not None and t.get(key) is not None
-        ]
 
-    paired = [
-        b - d["voice_to_voice"] for _, d, b, _ in pairs if d.get("voice_to_voice") is not None
+def diffs(pairs: list[tuple[int, dict, dict]], key: str) -> list[float]:
+    """Other minus base of one timing, over the pairs that have it on both sides."""
+    return [
+        o[key] - b[key] for _, b, o in pairs if b.get(key) is not None and o.get(key) is not None
     ]
-    # The same pairs on the log's clock (speech end to playback-started as the endpoints
-    # recorded them): what the gateway and the shared pipeline add, without the browser.
-    paired_log = log_diffs("voice_to_voice")
+
+
+def values(runs: list[list[dict]], key: str) -> list[float]:
+    return [v for run in runs for t in run if (v := t.get(key)) is not None]
+
+
+def med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):+.0f} ms" if xs else "n/a"
+
+
+def report_against(label: str, base: list[list[dict]], web: list[list[dict]]) -> dict:
+    """Web (browser clock) against one demo side, same question and round, stage by stage."""
+    pairs = paired(base, web)
+    v2v = [
+        o["browser_v2v_ms"] - b["voice_to_voice"]
+        for _, b, o in pairs
+        if b.get("voice_to_voice") is not None
+    ]
     by_question: dict[int, list[float]] = {}
-    for q, d, b, _ in pairs:
-        if d.get("voice_to_voice") is not None:
-            by_question.setdefault(q, []).append(b - d["voice_to_voice"])
-    output_path = [
-        b - t["voice_to_voice"] for run in web_runs for b, t in run if t.get("voice_to_voice")
-    ]
-    waits = {
-        "demo": [v for run in demo for t in run if (v := t.get("endpoint_wait")) is not None],
-        "web": [v for run in web_runs for _, t in run if (v := t.get("endpoint_wait"))],
-    }
-    med = statistics.median
-    added = med(browser_ms) - med(demo_ms) if browser_ms and demo_ms else float("nan")
-    print("voice-to-voice, real end of speech to the first reply sample heard")
-    print(f"  just demo (event log)      {summary(demo_ms)}")
-    print(f"  web page (browser clock)   {summary(browser_ms)}")
-    print(f"  web page (event log)       {summary(web_log_ms)}")
-    print(
-        f"  added by the web path: {added:+.0f} ms (median web browser - median demo; target <= 30)"
-    )
-    if paired:
-        print(
-            f"  same question, same round, web - demo: median {med(paired):+.0f} ms "
-            f"{sorted(round(x) for x in paired)}"
-        )
-    if paired_log:
-        print(f"  same pairs, log's clock (gateway + pipeline): median {med(paired_log):+.0f} ms")
+    for q, b, o in pairs:
+        if b.get("voice_to_voice") is not None:
+            by_question.setdefault(q, []).append(o["browser_v2v_ms"] - b["voice_to_voice"])
+    print(f"web - {label}, same question and round:")
+    print(f"  voice-to-voice: median {med(v2v)} {sorted(round(x) for x in v2v)}")
+    print(f"  the same pairs on the log's clock: median {med(diffs(pairs, 'voice_to_voice'))}")
     for q, xs in sorted(by_question.items()):
-        spread = sorted(round(x) for x in xs)
-        print(f"  question {q + 1}: web - demo median {med(xs):+.0f} ms {spread}")
-    # Where the pairs differ, stage by stage: the gateway's own stages (end-pointer wait,
-    # playback start) against the shared ones (stt, llm, tts), which run the same code on the
-    # same models and differ by what was heard and by the CPU the browser takes from them.
-    for stage in STAGES:
-        if xs := log_diffs(stage):
-            print(f"  {stage} (web - demo, same pairs): median {med(xs):+.0f} ms")
-    if output_path:
-        print(f"  browser output path (browser - log, web): median {med(output_path):+.0f} ms")
-    for side, xs in waits.items():
-        if xs:
-            print(f"  end-pointer wait ({side}): median {med(xs):.0f} ms")
+        print(f"  question {q + 1}: median {med(xs)} {sorted(round(x) for x in xs)}")
+    # Where the pairs differ: the gateway's own stages (end-pointer wait, playback start)
+    # against the shared ones (stt, llm, tts), which run the same code on the same models
+    # and differ by what was heard and by the CPU the browser takes from them.
+    print("  stage by stage: " + ", ".join(f"{k} {med(diffs(pairs, k))}" for k in STAGES))
     return {
-        "demo": demo,
-        "web": [[{"browser_v2v_ms": b, **t} for b, t in run] for run in web_runs],
-        "added_ms": round(added, 1),
-        "paired_median_ms": round(med(paired), 1) if paired else None,
-        "output_path_median_ms": round(med(output_path), 1) if output_path else None,
-        "paired_log_median_ms": round(med(paired_log), 1) if paired_log else None,
+        "paired_median_ms": round(statistics.median(v2v), 1) if v2v else None,
+        "stages_ms": {
+            k: (round(statistics.median(xs), 1) if (xs := diffs(pairs, k)) else None)
+            for k in STAGES
+        },
     }
+
+
+def report(sides: dict[str, list[list[dict]]]) -> dict:
+    """Print the figures of a run (each side's turns, by round) and return them."""
+    demo, beside, web = sides.get("demo", []), sides.get("beside", []), sides.get("web", [])
+    print("voice-to-voice, real end of speech to the first reply sample heard")
+    labels = {
+        "demo": "just demo (event log)",
+        "beside": "just demo, page listening beside (event log)",
+        "web": "web page (browser clock)",
+    }
+    for side, runs in sides.items():
+        key = "browser_v2v_ms" if side == "web" else "voice_to_voice"
+        print(f"  {labels[side]:46} {summary(values(runs, key))}")
+    if web:
+        print(f"  {'web page (event log)':46} {summary(values(web, 'voice_to_voice'))}")
+        path = [
+            t["browser_v2v_ms"] - t["voice_to_voice"]
+            for run in web
+            for t in run
+            if t.get("voice_to_voice")
+        ]
+        print(f"  browser output path (browser clock - log, web): median {med(path)}")
+    figures: dict[str, Any] = {"sides": sides}
+    if web and beside:
+        # Both sides pay the browser's CPU: what the gateway and the audio path add.
+        figures["web_vs_beside"] = report_against(
+            "beside (the web path's own cost; target <= 30 ms)", beside, web
+        )
+    if web and demo:
+        # What a user of this machine feels between the terminal and the page.
+        figures["web_vs_demo"] = report_against("demo", demo, web)
+    if demo and beside:
+        pairs = paired(demo, beside)
+        print("demo with the page listening beside - demo alone (the browser's CPU):")
+        print("  " + ", ".join(f"{k} {med(diffs(pairs, k))}" for k in ("voice_to_voice", *STAGES)))
+        figures["beside_vs_demo_ms"] = (
+            round(statistics.median(d), 1) if (d := diffs(pairs, "voice_to_voice")) else None
+        )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,13 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=3, help="questions per round (max 4)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
     ap.add_argument(
-        "--browser-beside-demo",
-        action="store_true",
-        help="run the demo side with the page open and listening to silence beside it (the "
-        "browser's CPU on both sides: what the web path itself adds)",
+        "--sides",
+        default="demo,beside,web",
+        help="comma-separated, run in turn each round: demo (`just demo` alone), beside (the "
+        "same with the page open in chromium and listening to silence: the browser's CPU "
+        "without its audio path), web (the page)",
     )
     ap.add_argument("--json", action="store_true", help="last stdout line: the figures as JSON")
     args = ap.parse_args(argv)
+    order = [x.strip() for x in args.sides.split(",") if x.strip()]
+    if not order or set(order) - {"demo", "beside", "web"}:
+        ap.error(f"--sides {args.sides!r}: want some of demo, beside, web")
     questions = QUESTIONS[: max(1, min(len(QUESTIONS), args.questions))]
     tmp = Path(tempfile.mkdtemp(prefix="bench-web-"))
     env = env_for(tmp)
@@ -274,33 +301,31 @@ def main(argv: list[str] | None = None) -> int:
     browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
     silence_wav = (
         write_wav(tmp / "silence.wav", np.zeros(48_000 * 300, dtype=np.int16).tobytes(), 48_000)
-        if args.browser_beside_demo
+        if "beside" in order
         else None
     )
     progress("starting `just web` (NATS, services, gateway)")
     web, url = start_web(env, tmp)
-    demo: list[list[dict]] = []
-    web_runs: list[list[tuple[float, dict]]] = []
+    sides: dict[str, list[list[dict]]] = {side: [] for side in order}
     try:
         for r in range(args.rounds):
-            sides = ["demo", "web"] if r % 2 == 0 else ["web", "demo"]
-            for side in sides:
+            # Each side goes first in turn: the machine's drift favours none of them.
+            for side in order[r % len(order) :] + order[: r % len(order)]:
                 progress(f"round {r + 1}/{args.rounds}: {side}")
-                if side == "demo" and silence_wav is not None:
-                    demo.append(demo_beside_page(env, demo_wavs, url, silence_wav))
+                if side == "beside":
+                    assert silence_wav is not None
+                    sides[side].append(demo_beside_page(env, demo_wavs, url, silence_wav))
                 elif side == "demo":
-                    demo.append(demo_side(env, demo_wavs))
+                    sides[side].append(demo_side(env, demo_wavs))
                 else:
-                    web_runs.append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
+                    sides[side].append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
     finally:
         web.send_signal(signal.SIGTERM)
         try:
             web.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(web.pid, signal.SIGKILL)
-    if args.browser_beside_demo:
-        print("(the demo side ran with the page open and listening beside it)")
-    figures = report(demo, web_runs)
+    figures = report(sides)
     if args.json:
         print(json.dumps(figures))
     return 0
