@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -29,8 +30,16 @@ def ask(q: str) -> list[dict[str, str]]:
 
 
 async def reply(
-    backend, q: str, seed: int, cancel: threading.Event | None = None, max_tokens: int = 40
-) -> tuple[str, Generation, list[float]]:  # type: ignore[no-untyped-def]
+    backend,  # type: ignore[no-untyped-def]
+    q: str,
+    seed: int,
+    cancel: threading.Event | None = None,
+    max_tokens: int = 40,
+    first_after: int = 3,
+) -> tuple[str, Generation, list[float]]:
+    """The reply's text, its Generation and when each piece came. After `first_after` pieces
+    the reply's first sentence counts as out, as the worker marks it once its splitter has
+    cut one."""
     gen = Generation()
     text, times = "", []
     async for piece in backend.stream(
@@ -38,6 +47,8 @@ async def reply(
     ):
         text += piece
         times.append(time.monotonic())
+        if len(times) == first_after:
+            gen.first_sentence.set()
     return text, gen, times
 
 
@@ -105,3 +116,27 @@ def test_an_interrupt_stops_one_reply_and_the_others_go_on(backends) -> None:  #
     (_text, gen, times), others = loop.run_until_complete(run())
     assert gen.finish_reason == "interrupted" and len(times) < 300
     assert all(g.finish_reason in ("stop", "length") and t for t, g, _ in others)
+
+
+def test_first_sentences_come_first_one_reply_at_a_time(backends) -> None:  # type: ignore[no-untyped-def]
+    """Compute-bound, a step of four costs about four of one: decoding the four together
+    would bring every first sentence at the end. The oldest reply before its first sentence
+    is decoded alone, then the next; with the rule off they are decoded side by side."""
+    _, batched, loop = backends
+
+    async def four() -> list[tuple[str, Generation, list[float]]]:
+        return await asyncio.gather(
+            *(reply(batched, q, i, first_after=5) for i, q in enumerate(QUESTIONS))
+        )
+
+    results = loop.run_until_complete(four())
+    assert all(len(times) >= 5 for _, _, times in results)
+    for (_, _, a), (_, _, b) in itertools.pairwise(results):
+        assert b[0] > a[4]  # the next reply's first token after this one's first sentence
+    assert "Paris" in results[0][0] and "Shakespeare" in results[2][0]
+    batched.first_sentences_first = False
+    try:
+        together = loop.run_until_complete(four())
+    finally:
+        batched.first_sentences_first = True
+    assert together[1][2][0] < together[0][2][4]

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,6 +85,9 @@ class Generation:
     prompt_tokens: int = 0
     finish_reason: str = "stop"
     """"stop" (the model ended), "length" (max tokens) or "interrupted"."""
+    first_sentence: threading.Event = field(default_factory=threading.Event)
+    """Set by the worker once the reply's first sentence is out (the user hears it soon):
+    a backend serving several replies may put the others' first sentences ahead of it."""
 
 
 class Backend(Protocol):
@@ -522,6 +525,7 @@ def make_backend(settings: LlmSettings) -> Backend:
         return BatchedBackend(
             settings.model,
             slots=settings.parallel,
+            first_sentences_first=settings.first_sentences_first,
             quant=settings.quant,
             threads=settings.threads,
             context_tokens=settings.context_tokens,

@@ -49,6 +49,11 @@ class LlmSettings(BaseSettings):
     """LLM_PARALLEL: replies one worker generates at once. Above 1 the embedded model decodes
     them together in one batch (llama.cpp parallel sequences; `just bench load 1 4`); with
     Ollama, set the server's OLLAMA_NUM_PARALLEL to the same number."""
+    first_sentences_first: bool = True
+    """LLM_FIRST_SENTENCES_FIRST: with LLM_PARALLEL > 1, the oldest reply still before its
+    first sentence is decoded alone, then the next; replies past it decode together (false:
+    every reply in every step). On a CPU a step of four costs about four of one, so together
+    every first sentence comes last."""
     threads: int = Field(default=0, ge=0)
     """LLM_THREADS: llama.cpp threads (0: all cores but one, left to the tts and stt)."""
     nice: int = Field(default=10, ge=0, le=19)

@@ -560,6 +560,7 @@ class LlmWorker(Worker):
         first: contextlib.ExitStack,
     ) -> ReplyDone:
         gen = Generation()
+        first.callback(gen.first_sentence.set)
         splitter = SentenceSplitter()
         error: BackendError | None = None
         if not turn.cancel.is_set():
