@@ -41,6 +41,9 @@ class TtsSettings(BaseSettings):
     if it dies, another instance takes the reply over after this long."""
     max_concurrent: int = 4
     """TTS_MAX_CONCURRENT: replies one instance owns at once (synthesis takes turns)."""
+    first_audio_first: bool = True
+    """TTS_FIRST_AUDIO_FIRST: when replies take turns, a reply's first piece goes before the
+    later pieces of replies already speaking (false: first come first served)."""
     reply_timeout_s: float = 60.0
     """TTS_REPLY_TIMEOUT_S: a reply whose next sentence or reply-done does not come for
     this long (its llm died for good) ends with control.error "reply-timeout"."""

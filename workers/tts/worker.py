@@ -47,6 +47,7 @@ from workers.runtime.telemetry import tracer
 from workers.tts.backends import TtsBackend, make_backend, split_clauses
 from workers.tts.config import TtsSettings, get_tts_settings
 from workers.tts.stream import Rechunker
+from workers.tts.turns import FirstAudioFirst
 
 log = logging.getLogger("voicebus.tts")
 _tracer = tracer("workers.tts")
@@ -139,9 +140,7 @@ class TtsWorker(Worker):
         self._load = backend is None
         self.backend = backend or make_backend(self.tts, settings)
         self.chunk_samples = max(1, self.tts.output_rate * self.tts.chunk_ms // 1000)
-        # One synthesis step at a time in this process: concurrent replies take turns piece
-        # by piece instead of fighting over the cores.
-        self._synth_lock = asyncio.Lock()
+        self._turns = FirstAudioFirst(self.tts.first_audio_first)
         self.replies: collections.OrderedDict[str, Reply] = collections.OrderedDict()
         """Replies this process owns now, by utterance id."""
 
@@ -374,7 +373,8 @@ class TtsWorker(Worker):
         ) as span:
             try:
                 while not r.cancelled:
-                    async with self._synth_lock:
+                    first = s.index == 0 and samples == 0
+                    async with self._turns.turn(first):
                         t0 = time.perf_counter()
                         piece = await asyncio.to_thread(next, pieces, None)
                         compute_s += time.perf_counter() - t0
