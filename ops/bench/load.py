@@ -393,6 +393,64 @@ def print_table(results: list[dict]) -> None:
             print(f"problem at N={r['n']}: {prob}")
 
 
+def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
+    """The levels with the defaults and with one worker setting (the workers inherit this
+    environment), alternated (default, setting, setting, default, ...)."""
+    pairs = [a.partition("=") for a in args.compare.split(",")]
+    if not all(sep and name for name, sep, _ in pairs):
+        print("bench load: error: --compare wants VAR=VALUE[,VAR=VALUE]", file=sys.stderr)
+        return 2
+    setting = {name: value for name, _, value in pairs}
+    saved = {name: os.environ.get(name) for name in setting}
+    runs: dict[bool, list[list[dict]]] = {False: [], True: []}
+
+    def use(variant: bool) -> None:
+        for name, value in setting.items():
+            if variant:
+                os.environ[name] = value
+            elif saved[name] is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved[name]  # type: ignore[assignment]
+
+    try:
+        for i in range(args.rounds):
+            for variant in (False, True) if i % 2 == 0 else (True, False):
+                progress(f"round {i + 1}/{args.rounds}: {args.compare if variant else 'defaults'}")
+                use(variant)
+                runs[variant].append(
+                    asyncio.run(run(levels, args.fast, args.llm_threads, args.llm_parallel))
+                )
+    finally:
+        use(False)
+    med = statistics.median
+    print(f"{'voice-to-voice p50 ms, median of rounds':44}{'defaults':>12}{args.compare[:30]:>32}")
+
+    def p50s(variant: bool, k: int) -> list[float]:
+        return [r[k]["voice_to_voice_ms"]["p50"] for r in runs[variant]]
+
+    def rounds(xs: list[float]) -> str:
+        return ", ".join(f"{x:.0f}" for x in xs)
+
+    for k, n in enumerate(levels):
+        a, b = p50s(False, k), p50s(True, k)
+        label = f"  N={n} (rounds {rounds(a)} | {rounds(b)})"
+        print(f"{label:44}{med(a):>12.0f}{med(b):>32.0f}")
+        if k:
+            # Each round's ratio to its own first level: the machine's drift cancels.
+            ra = [x / y for x, y in zip(a, p50s(False, 0), strict=True)]
+            rb = [x / y for x, y in zip(b, p50s(True, 0), strict=True)]
+            label = f"  N={n} / N={levels[0]}, same run"
+            print(f"{label:44}{med(ra):>12.2f}{med(rb):>32.2f}")
+    for variant in (False, True):
+        label = args.compare if variant else "defaults"
+        print(f"-- last round, {label}")
+        print_table(runs[variant][-1])
+    if args.json:
+        print(json.dumps({"defaults": runs[False], args.compare: runs[True]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="just bench load",
@@ -413,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="3",
         help="also run on a loopback cluster of this many nodes (R3 streams), leader killed",
     )
+    ap.add_argument(
+        "--compare",
+        metavar="VAR=VALUE[,VAR=VALUE]",
+        help="run the levels with the defaults and with these worker settings, alternated "
+        "round by round, and print both (e.g. LLM_FIRST_SENTENCES_FIRST=false)",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     levels = args.levels or [n for n in (1, 4, 8, 16, 32) if n <= max(8, args.max)]
@@ -426,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         from ops.bench.cluster_load import main_cluster
 
         return main_cluster(args, levels)
+    if args.compare:
+        return compare_setting(args, levels)
     try:
         results = asyncio.run(run(levels, args.fast, args.llm_threads, args.llm_parallel))
     except (TimeoutError, RuntimeError) as exc:
