@@ -424,7 +424,7 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
     finally:
         use(False)
     med = statistics.median
-    print(f"{'voice-to-voice p50 ms, median of rounds':44}{'defaults':>12}{args.compare[:30]:>32}")
+    print(f"voice-to-voice p50 ms, median of rounds: defaults | {args.compare}")
 
     def p50s(variant: bool, k: int) -> list[float]:
         return [r[k]["voice_to_voice_ms"]["p50"] for r in runs[variant]]
@@ -434,14 +434,12 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
 
     for k, n in enumerate(levels):
         a, b = p50s(False, k), p50s(True, k)
-        label = f"  N={n} (rounds {rounds(a)} | {rounds(b)})"
-        print(f"{label:44}{med(a):>12.0f}{med(b):>32.0f}")
+        print(f"  N={n}: {med(a):.0f} | {med(b):.0f}   (rounds {rounds(a)} | {rounds(b)})")
         if k:
             # Each round's ratio to its own first level: the machine's drift cancels.
             ra = [x / y for x, y in zip(a, p50s(False, 0), strict=True)]
             rb = [x / y for x, y in zip(b, p50s(True, 0), strict=True)]
-            label = f"  N={n} / N={levels[0]}, same run"
-            print(f"{label:44}{med(ra):>12.2f}{med(rb):>32.2f}")
+            print(f"  N={n} / N={levels[0]} in the same run: {med(ra):.2f} | {med(rb):.2f}")
     for variant in (False, True):
         label = args.compare if variant else "defaults"
         print(f"-- last round, {label}")
