@@ -93,3 +93,29 @@ def test_mic_command_bad_file_is_one_line_error_without_a_bus(tmp_path: Path) ->
     assert proc.stderr.strip().splitlines() == [
         f"mic: error: {tmp_path / 'none.wav'}: no such file"
     ]
+
+
+@pytest.mark.skipif(not espeak_available(), reason="apt-get install espeak-ng")
+async def test_a_file_mic_with_a_start_time_speaks_from_then_not_before(
+    bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """Several mics loaded beforehand start speaking together (`just bench load`)."""
+    import time
+
+    audio, _ = with_silence([synth_espeak(PHRASES[0])], gap_ms=300)
+    path = write_wav(tmp_path / "one.wav", audio.tobytes(), 16000)
+    conv = new_id()
+    start_at = time.time() + 1.5
+    mic = MicWorker(
+        bus,
+        settings,
+        MicSettings(  # type: ignore[call-arg]
+            _env_file=None, file=str(path), realtime=False, conversation=conv, start_at=start_at
+        ),
+    )
+    await mic.setup()
+    await mic.run()
+    events = await read_stream(bus, f"voice.*.{conv}.>")
+    started = [e for e, _ in events if isinstance(e, VoiceStarted)]
+    assert mic.utterances == 1 and len(started) == 1
+    assert started[0].ts >= start_at

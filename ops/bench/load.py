@@ -157,13 +157,16 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
     and the stream hold afterwards."""
     assert p.bus is not None
     conversations = [f"load{n}-{i}-{s.new_id()[:8]}" for i in range(n)]
+    at = time.time() + mic_lead_s(n)
+    mics = start_turns(p, files, conversations, n, fast, at)
+    logs_at = {m.log_file: m.log_file.stat().st_size for m in mics if m.log_file}
+    await asyncio.sleep(max(0.0, at - time.time()))
     sampler = Sampler()
     sampling = asyncio.create_task(sampler.run(p))
     t0 = time.monotonic()
     cpu0 = workers_cpu(p)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     load0 = os.getloadavg()[0]
-    mics = start_turns(p, files, conversations, n, fast)
     try:
         turns = await turns_ended(log, conversations, LEVEL_TIMEOUT_S)
         await quiescent(p.bus, timeout=60)
@@ -172,6 +175,9 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
         for m in mics:
             await asyncio.to_thread(m.stop)
     wall = time.monotonic() - t0
+    late = sum(late_start(f, size) for f, size in logs_at.items())
+    if late:
+        progress(f"  N={n}: {late} mic(s) were not loaded by the common start: raise mic_lead_s")
     rows = []
     for c in conversations:
         rows.extend(await asyncio.to_thread(log.event_rows, c, None, None, False))
@@ -182,6 +188,7 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
         "n": n,
         "mode": "fast" if fast else "real time",
         "wall_s": wall,
+        "late_mics": late,
         "turns": len(turns),
         "errors": [t.error_code for t in turns if t.error_code],
         **throughput(rows),
@@ -203,19 +210,36 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
 
 
 def start_turns(
-    p: Pipeline, files: list[Path], conversations: list[str], n: int, fast: bool
+    p: Pipeline, files: list[Path], conversations: list[str], n: int, fast: bool, at: float
 ) -> list[Any]:
+    """N mic processes that load now and start speaking together at `at` (wall clock): a
+    mic's start-up (imports, its VAD and turn models: about a CPU-second) must not land on
+    the turns of the others, as it would not with mics that run all the time."""
     return [
         p.start_mic(
             "--file",
             str(files[i % len(files)]),
             "--conversation",
             c,
+            "--start-at",
+            f"{at:.3f}",
             *(["--fast"] if fast else []),
             worker_id=f"mic-l{n}-{i}",
         )
         for i, c in enumerate(conversations)
     ]
+
+
+def late_start(log_file: Path, since: int) -> bool:
+    """The mic logged that it was ready only after the common start."""
+    with open(log_file, "rb") as f:
+        f.seek(since)
+        return b"MIC_START_AT" in f.read()
+
+
+def mic_lead_s(n: int) -> float:
+    """Time for N mics to load side by side on this machine's cores before they speak."""
+    return 3.0 + 1.5 * n / max(1, os.cpu_count() or 1)
 
 
 def cpu_since(p: Pipeline, cpu0: dict[str, float], children0: Any) -> dict[str, float]:

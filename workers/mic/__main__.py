@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="PortAudio input device name or index")
     p.add_argument("--fast", action="store_true", help="stream the file as fast as possible")
     p.add_argument("--conversation", help="conversation id (default: a new one)")
+    p.add_argument(
+        "--start-at",
+        type=float,
+        metavar="UNIX_S",
+        help="start streaming the file at this wall-clock time (MIC_START_AT)",
+    )
     p.add_argument("--vad", choices=["silero", "webrtc"])
     p.add_argument("--turn", choices=["smart", "vad"], help="end-of-turn policy (MIC_TURN)")
     p.add_argument(
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "wake_word": args.wake_word,
             "script": args.then,
             "realtime": False if args.fast else None,
+            "start_at": args.start_at,
         }.items()
         if v is not None
     }

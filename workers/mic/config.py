@@ -18,6 +18,10 @@ class MicSettings(BaseSettings):
     """MIC_DEVICE: PortAudio input device name or index; empty = the default input."""
     realtime: bool = True
     """MIC_REALTIME: pace a file at real time (false = as fast as possible)."""
+    start_at: float = 0.0
+    """MIC_START_AT: a file starts streaming at this wall-clock time (Unix seconds; 0: once
+    the mic is ready). Several mics loaded beforehand then speak in step (`just bench load`),
+    instead of each one's start-up landing on the others' turns."""
     conversation: str = ""
     """MIC_CONVERSATION: conversation id; empty = a new one per run."""
     last_stage: Literal["stt", "llm", "speaker"] = "speaker"

@@ -10,6 +10,7 @@ span's context, so all downstream spans join one trace.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -183,6 +184,12 @@ class MicWorker(Worker):
             self.watch = await PlaybackWatch(
                 self.bus, self.endpoint, self.conversation_id, self.mic.duplex_tail_ms / 1000
             ).start()
+        if self.mic.file and self.mic.start_at:
+            late = time.time() - self.mic.start_at
+            if late > 0:
+                log.warning("ready %.2f s after MIC_START_AT: streaming now", late)
+            else:
+                await asyncio.sleep(-late)
         blocks = self.source.blocks()
         clock = BlockClock()
         try:
