@@ -37,6 +37,26 @@ def test_piper_speaks_a_sentence_at_its_native_rate():
     assert np.abs(audio).max() > 3000
 
 
+def test_piper_runs_with_the_workers_threads_and_without_spinning():
+    """onnxruntime's threads spin between steps by default, holding cores the llm and the
+    stt need on a small machine; TTS_THREADS and TTS_SPIN set them, and the voice speaks the
+    same with them."""
+    default = PiperBackend(TtsSettings(_env_file=None))  # type: ignore[call-arg]
+    default.load()
+    opts = default._voice.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    one = PiperBackend(TtsSettings(_env_file=None, threads=1, spin=True))  # type: ignore[call-arg]
+    one.load()
+    opts = one._voice.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    with pytest.raises(Exception, match="allow_spinning"):  # onnxruntime's default: spin
+        opts.get_session_config_entry("session.intra_op.allow_spinning")
+    text = "Testing one two three."
+    a = np.concatenate(list(default.synthesize(text)))
+    b = np.concatenate(list(one.synthesize(text)))
+    assert a.shape == b.shape and np.abs(a.astype(int) - b).max() < 64
+
+
 def test_long_sentences_split_at_clauses_and_short_ones_stay_whole():
     text = "Well, if you ask me, the answer depends on the weather; we could go on Sunday morning."
     assert split_clauses(text, 0) == [text]

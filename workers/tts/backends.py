@@ -6,11 +6,12 @@ soon as each exists; the worker runs it in a thread and slices, resamples and pu
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -102,7 +103,10 @@ class PiperBackend:
         from piper import PiperVoice, SynthesisConfig
 
         t0 = time.perf_counter()
-        self._voice = PiperVoice.load(self.voice_path, use_cuda=self.tts.device == "cuda")
+        if self.tts.device == "cuda":
+            self._voice = PiperVoice.load(self.voice_path, use_cuda=True)
+        else:
+            self._voice = self._cpu_voice()
         self.sample_rate = int(self._voice.config.sample_rate)
         self._syn_config = SynthesisConfig(
             length_scale=self.tts.length_scale,
@@ -110,6 +114,27 @@ class PiperBackend:
             noise_w_scale=self.tts.noise_w_scale,
         )
         self.load_s = time.perf_counter() - t0
+
+    def _cpu_voice(self) -> Any:
+        """The voice with this worker's onnxruntime threads: Piper's own loader takes the
+        defaults (a thread per core, spinning while idle)."""
+        import onnxruntime as ort
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        opts = ort.SessionOptions()
+        if self.tts.threads:
+            opts.intra_op_num_threads = self.tts.threads
+        if not self.tts.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        config = json.loads(Path(f"{self.voice_path}.json").read_text(encoding="utf-8"))
+        return PiperVoice(
+            config=PiperConfig.from_dict(config),
+            session=ort.InferenceSession(
+                str(self.voice_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            ),
+        )
 
     def synthesize(self, text: str, language: str | None = None) -> Iterator[np.ndarray]:
         # A Piper voice speaks one language: `language` cannot change it.

@@ -61,9 +61,15 @@ class TtsSettings(BaseSettings):
     language: str = "en"
     """TTS_LANGUAGE: XTTS language code."""
     threads: int = Field(default=0, ge=0)
-    """TTS_THREADS: CPU threads XTTS's torch uses (0: torch's default, one per core). On a
-    busy 2-core machine 1 thread ran the tiny model's sentence in 3.0-3.2 s, 2 threads in
-    4.5-10 s (they wait on each other's barriers while other processes hold a core)."""
+    """TTS_THREADS: CPU threads the model uses: XTTS's torch, Piper's onnxruntime (0: their
+    default, one per core). On a busy 2-core machine 1 thread ran the tiny XTTS model's
+    sentence in 3.0-3.2 s, 2 threads in 4.5-10 s (they wait on each other's barriers while
+    other processes hold a core)."""
+    spin: bool = False
+    """TTS_SPIN: let Piper's onnxruntime threads spin between steps (its default). Spinning
+    threads keep their cores busy while they wait, and on a small machine those cores are
+    the llm's and the stt's: off, four conversations at once on 2 cores saw the tts take
+    0.7-1.7 cores while the llm decoded first sentences beside it."""
     xtts_stream_chunk_size: int = 20
     """TTS_XTTS_STREAM_CHUNK_SIZE: GPT tokens per streamed XTTS chunk (smaller: sooner audio)."""
 
