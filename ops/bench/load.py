@@ -1,9 +1,12 @@
 """`just bench load [N ...] [--max 16] [--fast]`: N conversations at once through one pipeline.
 
-For each load level N (default 1, 4, 8; `--max 16` adds 16), N mic processes start together,
+For each load level N (default 1, 4, 8; `--max 16` adds 16), N mic processes load and then
+start speaking together (MIC_START_AT: a mic's start-up must not land on the others' turns),
 each streaming one spoken question (synthesized with the bundled voice) into its own
 conversation, in real time unless --fast; one set of workers (embedded models) serves them
-all. Reported per level, from the event log:
+all. `--compare VAR=VALUE[,VAR=VALUE] --rounds R` runs the levels with the defaults and with
+those worker settings, alternated, and prints each level's p50 and its ratio to the first.
+Reported per level, from the event log:
 - events/s through the bus (published, by event ts) and into the log (by recorded_at);
 - recorder lag (recorded_at - ts) p50/p99;
 - per-stage queueing delay: time a turn waited at a stage beyond the stage's own work
