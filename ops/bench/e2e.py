@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 import schemas as s
+from ops.bench.compare import alternated, parse
 from ops.bench.llm import direct_turn
 from ops.bench.stats import pct
 from ops.bench.stt import synth_piper
@@ -419,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--compare",
-        metavar="VAR=VALUE",
-        help="alternate runs with the defaults and with this worker setting; print both",
+        metavar="VAR=VALUE[,VAR=VALUE]",
+        help="alternate runs with the defaults and with these worker settings; print both",
     )
     ap.add_argument("--rounds", type=int, default=2, help="with --compare(-speculation)")
     ap.add_argument(
@@ -494,27 +495,13 @@ def side_by_side(a: list[dict[str, Any]], b: list[dict[str, Any]], la: str, lb: 
 
 
 def compare_setting(args: argparse.Namespace) -> int:
-    """The defaults against one worker setting (the workers inherit this environment),
-    alternated (default, setting, setting, default, ...), same turns and pause sentences."""
-    name, sep, value = args.compare.partition("=")
-    if not sep or not name:
-        raise SystemExit("--compare wants VAR=VALUE, e.g. MIC_TURN_TRANSCRIPT_WAIT_MS=0")
-    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    saved = os.environ.get(name)
-    for i in range(args.rounds):
-        for variant in (False, True) if i % 2 == 0 else (True, False):
-            progress(f"round {i + 1}: {args.compare if variant else 'defaults'}")
-            if variant:
-                os.environ[name] = value
-            elif saved is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = saved
-            runs[variant].append(asyncio.run(run(args)))
-    if saved is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = saved
+    """The defaults against some worker settings, alternated, same turns and pause
+    sentences."""
+    try:
+        parse(args.compare)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    runs = alternated(args.compare, args.rounds, lambda: asyncio.run(run(args)))
     side_by_side(runs[False], runs[True], "defaults", args.compare[:24])
     for variant in (False, True):
         rounds = ", ".join(f"{r['stats']['voice_to_voice']['p50']:.0f}" for r in runs[variant])
