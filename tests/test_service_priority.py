@@ -122,3 +122,24 @@ def test_nice_always_nices_the_first_sentence_too() -> None:
     niceness, dynamic, *groups = _turn_probe(always=True)
     assert (int(niceness), dynamic) == (min(19, os.nice(0) + 7), "False")
     assert groups == ["7"] * 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the probe as nobody")
+def test_an_unprivileged_worker_nices_its_group_even_just_after_another_change() -> None:
+    # A user's workers start together: the kernel refuses a second change within 100 ms
+    # (EAGAIN), which a buffered write lost at close, leaving the group un-niced.
+    probe = (
+        "import os; from workers.runtime import service; service._OWN_PROCESS = True; "
+        "fd = os.open('/proc/self/autogroup', os.O_WRONLY); os.write(fd, b'3'); os.close(fd); "
+        "service.lower_cpu_priority(7); print(open('/proc/self/autogroup').read().strip())"
+    )
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    out = subprocess.run(
+        [*user, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    assert out.strip().endswith(" nice 7"), out

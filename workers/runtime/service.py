@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,16 @@ def lower_cpu_priority(nice: int) -> None:
     if not _OWN_PROCESS:
         return
     os.nice(nice)
-    if os.getsid(0) != os.getpid():
-        return
-    try:
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write(str(min(19, nice)))
-    except OSError:  # no autogroup (kernel option off, not Linux): plain niceness is enough
-        pass
+    if not _autogroup_is_ours():
+        return  # no autogroup of its own (kernel option off, not Linux): niceness is enough
+    for _ in range(3):
+        try:
+            _set_autogroup_nice(min(19, nice))
+            return
+        except BlockingIOError:  # the kernel's 100 ms limit between changes (not root)
+            time.sleep(TurnPriority.RETRY_S)
+        except OSError:
+            return
 
 
 def _autogroup_is_ours() -> bool:
@@ -73,6 +77,17 @@ def _autogroup_is_ours() -> bool:
     except OSError:
         return False
     return enabled and os.getsid(0) == os.getpid() and Path("/proc/self/autogroup").exists()
+
+
+def _set_autogroup_nice(nice: int) -> None:
+    """This process's autogroup at `nice`. An unprivileged process may set any of 0..19, at
+    most once per 100 ms (BlockingIOError: EAGAIN). Unbuffered: a buffered file's write
+    fails only at close, where the error was lost."""
+    fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+    try:
+        os.write(fd, str(nice).encode())
+    finally:
+        os.close(fd)
 
 
 class TurnPriority:
@@ -133,11 +148,7 @@ class TurnPriority:
             return
         want = self.wanted
         try:
-            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-            try:
-                os.write(fd, str(want).encode())
-            finally:
-                os.close(fd)
+            _set_autogroup_nice(want)
         except BlockingIOError:
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(self.RETRY_S, self._retried)
