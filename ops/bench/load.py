@@ -432,8 +432,8 @@ def print_table(results: list[dict]) -> None:
 
 
 def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
-    """The levels with the defaults and with one worker setting (the workers inherit this
-    environment), alternated (default, setting, setting, default, ...)."""
+    """The levels with the defaults and with some worker settings, alternated (see
+    ops/bench/compare.py)."""
     try:
         parse(args.compare)
     except ValueError as exc:
