@@ -144,3 +144,34 @@ def test_a_late_quiet_decode_hears_the_same_quiet_as_an_early_one() -> None:
     assert late.decode_started(quiet=True) == speech + 16 * QUIET_MS
     assert late.decode_started(quiet=True) == speech + 16 * (QUIET_MS + CONFIRM_MS)
     assert late.decode_started(quiet=False) == late.samples  # a partial hears it all
+
+
+async def test_a_quiet_decode_goes_before_partials_waiting_for_the_decoder() -> None:
+    """The gate runs one decode at a time: a partial that would run while a final or a
+    quiet decode waits is skipped."""
+    import asyncio
+    import threading
+
+    from workers.stt.worker import DecodeGate
+
+    gate, release, ran = DecodeGate(), threading.Event(), []
+
+    def decode(name: str):  # type: ignore[no-untyped-def]
+        def run() -> str:
+            if name == "busy":
+                release.wait(5)
+            ran.append(name)
+            return name
+
+        return run
+
+    busy = asyncio.create_task(gate.run(decode("busy"), final=False))
+    await asyncio.sleep(0.05)
+    partial = asyncio.create_task(gate.run(decode("partial"), final=False))
+    quiet = asyncio.create_task(gate.run(decode("quiet"), final=True))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await busy == "busy" and await quiet == "quiet"
+    assert await partial is None
+    assert ran == ["busy", "quiet"]
+    gate.close()

@@ -58,7 +58,8 @@ class UtteranceFailed(Exception):
 
 
 class DecodeGate:
-    """One decode at a time per process (the model uses all cores); finals go first."""
+    """One decode at a time per process (the model uses all cores); finals (and quiet
+    decodes) go first: a partial that would wait for one is skipped."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -96,6 +97,8 @@ class SttWorker(Worker):
         self.stt = stt or SttSettings()
         self.backend: Backend = backend or WhisperBackend(self.stt)
         self.gate = DecodeGate()
+        self._decoding: dict[str, asyncio.Task[None]] = {}
+        """The decode running for each utterance followed (one at a time per utterance)."""
         self._tracer = tracer("voicebus.stt")
         self.finals = 0
 
@@ -140,7 +143,6 @@ class SttWorker(Worker):
         filters = STT.follow_filters(started.endpoint, started.conversation_id)
         utt = UtteranceAudio(self.stt.partial_interval_ms)
         state: dict[str, Any] = {"language": self.stt.language or None, "partials": 0}
-        self._decoding: dict[str, asyncio.Task[None]] = {}
         loop = asyncio.get_running_loop()
         last_event = loop.time()
         try:
@@ -236,7 +238,9 @@ class SttWorker(Worker):
                     language=state["language"],
                     onset_s=started.preroll_ms / 1000,
                 ),
-                final=False,
+                # A quiet decode is what the end-pointer and the answer wait for: it goes
+                # before other utterances' partials, like a final.
+                final=quiet,
             )
             if out is None:
                 span.set_attribute("skipped", True)
