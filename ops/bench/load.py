@@ -59,6 +59,8 @@ from workers.runtime.eventlog import EventLog, row_event, timings
 from workers.runtime.eventlog.verify import verify
 
 LEVEL_TIMEOUT_S = 600.0
+LISTEN_ON_MS = 60_000
+"""Silence each mic hears after its question, until the level ends and stops it."""
 
 
 def vm_hwm_mb(pid: int) -> float | None:
@@ -162,34 +164,53 @@ def queueing(log: EventLog, turn: Any) -> dict[str, float | None]:
     }
 
 
-async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: bool) -> dict:
+async def level(
+    p: Pipeline, log: EventLog, files: list[Path], n: int, fast: bool, solo: int = 1
+) -> dict:
     """N conversations at once, one turn each: what they waited, what it cost, what the log
-    and the stream hold afterwards."""
+    and the stream hold afterwards. At N=1 with `solo` > 1, the first `solo` questions are
+    asked one conversation at a time, one after the other: the same questions the higher
+    levels ask together, alone (a level's ratio is to its own questions: one question asked
+    alone would favour or handicap every ratio by how quick that question is)."""
     assert p.bus is not None
-    conversations = [f"load{n}-{i}-{s.new_id()[:8]}" for i in range(n)]
-    at = time.time() + mic_lead_s(n)
-    mics = start_turns(p, files, conversations, n, fast, at)
-    logs_at = {m.log_file: m.log_file.stat().st_size for m in mics if m.log_file}
-    await asyncio.sleep(max(0.0, at - time.time()))
+    groups = [[k] for k in range(solo)] if n == 1 and solo > 1 else [list(range(n))]
+    conversations: list[str] = []
+    turns: list[Any] = []
+    by_question: list[tuple[int, float | None]] = []
+    cpu: dict[str, float] = {}
+    wall, late, load0 = 0.0, 0, os.getloadavg()[0]
     sampler = Sampler()
     sampling = asyncio.create_task(sampler.run(p))
-    t0 = time.monotonic()
-    cpu0 = workers_cpu(p)
-    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load0 = os.getloadavg()[0]
     try:
-        turns = await turns_ended(log, conversations, LEVEL_TIMEOUT_S)
-        await quiescent(p.bus, timeout=60)
+        for group in groups:
+            convs = [f"load{n}-{k}-{s.new_id()[:8]}" for k in group]
+            at = time.time() + mic_lead_s(len(group))
+            mics = start_turns(p, [files[k % len(files)] for k in group], convs, fast, at)
+            logs_at = {m.log_file: m.log_file.stat().st_size for m in mics if m.log_file}
+            await asyncio.sleep(max(0.0, at - time.time()))
+            t0 = time.monotonic()
+            cpu0 = workers_cpu(p)
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                got = await turns_ended(log, convs, LEVEL_TIMEOUT_S)
+                await quiescent(p.bus, timeout=60)
+            finally:
+                for m in mics:
+                    await asyncio.to_thread(m.stop)
+            wall += time.monotonic() - t0
+            for name, c in cpu_since(p, cpu0, children0).items():
+                cpu[name] = cpu.get(name, 0.0) + c
+            late += sum(late_start(f, size) for f, size in logs_at.items())
+            conversations += convs
+            turns += got
+            of = {t.conversation_id: timings(t).voice_to_voice for t in got}
+            by_question += [(k % len(files), of.get(c)) for k, c in zip(group, convs, strict=True)]
     finally:
         sampler.done.set()
         # Ended here, while the bus is open (a poll still running when the pipeline closed
         # it ended in "Task exception was never retrieved: ConnectionClosedError").
         with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
             await asyncio.wait_for(sampling, 10)
-        for m in mics:
-            await asyncio.to_thread(m.stop)
-    wall = time.monotonic() - t0
-    late = sum(late_start(f, size) for f, size in logs_at.items())
     if late:
         progress(f"  N={n}: {late} mic(s) were not loaded by the common start: raise mic_lead_s")
     rows = []
@@ -205,6 +226,7 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
         "late_mics": late,
         "turns": len(turns),
         "errors": [t.error_code for t in turns if t.error_code],
+        "v2v_by_question": by_question,
         **throughput(rows),
         **latencies(log, turns),
         **await chunk_counts(p.bus, rows, conversations),
@@ -217,28 +239,43 @@ async def level(p: Pipeline, log: EventLog, files: list[Path], n: int, fast: boo
             for name, wp in p.procs.items()
             if wp.proc is not None and not name.startswith("mic")
         },
-        "cpu_s": cpu_since(p, cpu0, children0),
+        "cpu_s": cpu,
         "load_average": {"start": load0, "end": os.getloadavg()[0]},
         "problems": problems_of(log, conversations),
     }
 
 
+def alone_p50(results: list[dict], r: dict) -> float | None:
+    """Voice-to-voice p50 of the questions of level `r` when each was asked alone (the N=1
+    level's solo turns), or None without one."""
+    solo = next((x for x in results if x["n"] == 1), None)
+    if solo is None:
+        return None
+    asked = {q for q, _ in r["v2v_by_question"]}
+    xs = [v for q, v in solo["v2v_by_question"] if q in asked and v is not None]
+    return statistics.median(xs) if xs else None
+
+
 def start_turns(
-    p: Pipeline, files: list[Path], conversations: list[str], n: int, fast: bool, at: float
+    p: Pipeline, files: list[Path], conversations: list[str], fast: bool, at: float
 ) -> list[Any]:
     """N mic processes that load now and start speaking together at `at` (wall clock): a
     mic's start-up (imports, its VAD and turn models: about a CPU-second) must not land on
-    the turns of the others, as it would not with mics that run all the time."""
+    the turns of the others, as it would not with mics that run all the time. They listen
+    on (to silence) until stopped after the level: a mic that reached the end of its file
+    and exited spent ~0.25 CPU-seconds doing it, four of them a core for 0.6 s, just as the
+    llm and the tts made the first replies."""
     return [
         p.start_mic(
             "--file",
-            str(files[i % len(files)]),
+            str(files[i]),
             "--conversation",
             c,
             "--start-at",
             f"{at:.3f}",
             *(["--fast"] if fast else []),
-            worker_id=f"mic-l{n}-{i}",
+            worker_id=f"mic-l{len(conversations)}-{i}",
+            env={"MIC_TAIL_SILENCE_MS": str(LISTEN_ON_MS)},
         )
         for i, c in enumerate(conversations)
     ]
@@ -352,12 +389,17 @@ async def run(
     if llm_env:
         env["llm"] = llm_env
     results = []
+    # N=1 asks each question the highest level asks, alone, one after the other.
+    solo = min(max(levels), len(files))
     async with Pipeline(settings, env=env, pool=tool_endpoint("bench")) as p:
         log = EventLog(settings.db_url, migrate=False)
         for n in levels:
-            progress(f"load level N={n}: {n} conversation(s) at once ...")
+            if n == 1 and solo > 1:
+                progress(f"load level N=1: {solo} questions, one conversation at a time ...")
+            else:
+                progress(f"load level N={n}: {n} conversation(s) at once ...")
             fault = asyncio.create_task(during(p, n)) if during else None
-            res = await level(p, log, files, n, fast)
+            res = await level(p, log, files, n, fast, solo)
             if fault is not None:
                 res["during"] = await fault
             progress(
@@ -414,8 +456,13 @@ def print_table(results: list[dict]) -> None:
                 r["backpressure"].get(d, {}).get("max_ack_pending", "-"),
             ),
         )
-    base = results[0]["voice_to_voice_ms"]["p50"]
-    row("voice-to-voice p50 / N=first", lambda r: f"{r['voice_to_voice_ms']['p50'] / base:.2f}x")
+
+    def ratio(r: dict) -> str:
+        alone = alone_p50(results, r)
+        return f"{r['voice_to_voice_ms']['p50'] / alone:.2f}x" if alone else "-"
+
+    row("v2v p50 of its questions alone ms", lambda r: f"{alone_p50(results, r) or 0:.0f}")
+    row("voice-to-voice p50 / alone", ratio)
     dropped = [
         r["n"]
         for r in results
@@ -453,14 +500,25 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
     def rounds(xs: list[float]) -> str:
         return ", ".join(f"{x:.0f}" for x in xs)
 
+    def ratios(results: list[list[dict]], k: int) -> list[float]:
+        out = []
+        for r in results:
+            alone = alone_p50(r, r[k])
+            if alone:
+                out.append(r[k]["voice_to_voice_ms"]["p50"] / alone)
+        return out
+
+    def rounds2(xs: list[float]) -> str:
+        return f"{med(xs):.2f} (" + ", ".join(f"{x:.2f}" for x in xs) + ")" if xs else "-"
+
     for k, n in enumerate(levels):
         a, b = p50s(False, k), p50s(True, k)
         print(f"  N={n}: {med(a):.0f} | {med(b):.0f}   (rounds {rounds(a)} | {rounds(b)})")
-        if k:
-            # Each round's ratio to its own first level: the machine's drift cancels.
-            ra = [x / y for x, y in zip(a, p50s(False, 0), strict=True)]
-            rb = [x / y for x, y in zip(b, p50s(True, 0), strict=True)]
-            print(f"  N={n} / N={levels[0]} in the same run: {med(ra):.2f} | {med(rb):.2f}")
+        if n > 1:
+            # Each round's ratio to the same questions asked alone in that round: the
+            # machine's drift cancels.
+            ra, rb = ratios(runs[False], k), ratios(runs[True], k)
+            print(f"  N={n} / its questions alone, same run: {rounds2(ra)} | {rounds2(rb)}")
     for variant in (False, True):
         label = args.compare if variant else "defaults"
         print(f"-- last round, {label}")

@@ -143,13 +143,16 @@ class Pipeline:
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
 
-    def start_mic(self, *args: str, worker_id: str = "mic") -> WorkerProcess:
+    def start_mic(
+        self, *args: str, worker_id: str = "mic", env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         suffix = f"-{self.pool}" if self.pool else ""
         proc = WorkerProcess(
             "mic",
             self.settings,
             worker_id=worker_id,
             args=list(args),
+            env=env,
             log_file=self.logs / f"{worker_id}{suffix}.log",
         ).start()
         self.procs[worker_id] = proc
