@@ -13,7 +13,9 @@ Reported per level, from the event log:
   (stt: final latency - decode_ms; llm: transcript->first token - the worker's own
   first_token_ms; tts: first sentence->first audio - its first_audio_ms; speaker: first audio
   -> first played sample);
-- voice-to-voice p50/p95 (VAD endpoint -> first reply audio played);
+- voice-to-voice p50/p95 (real end of speech -> first reply audio played), and its ratio to
+  the same questions asked alone: N=1 asks every question the highest level asks, one
+  conversation at a time;
 - audio chunks published (mic's voice-stopped counts; JetStream's stored count) vs recorded;
 - back-pressure: each durable's max_ack_pending (the bound) and the most pending/unacked seen;
 - peak RSS (VmHWM) of each worker process; CPU seconds of each worker and of all mics, and
