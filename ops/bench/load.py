@@ -277,7 +277,8 @@ def start_turns(
             f"{at:.3f}",
             *(["--fast"] if fast else []),
             worker_id=f"mic-l{len(conversations)}-{i}",
-            env={"MIC_TAIL_SILENCE_MS": str(LISTEN_ON_MS)},
+            # (at full speed a long silence would be minutes of VAD work during the level)
+            env={} if fast else {"MIC_TAIL_SILENCE_MS": str(LISTEN_ON_MS)},
         )
         for i, c in enumerate(conversations)
     ]
