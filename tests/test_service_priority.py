@@ -143,3 +143,24 @@ def test_an_unprivileged_worker_nices_its_group_even_just_after_another_change()
         cwd=Path(__file__).resolve().parents[1],
     ).stdout
     assert out.strip().endswith(" nice 7"), out
+
+
+async def test_the_recorder_yields_the_cpu_to_the_turns(bus, settings, tmp_path: Path) -> None:
+    """Nothing a user waits for needs the recorder at once: it runs niced (RECORDER_NICE),
+    in its own autogroup as `just up` starts it."""
+    from workers.runtime.procs import WorkerProcess
+
+    def read(pid: int, name: str) -> str:
+        with open(f"/proc/{pid}/{name}") as f:
+            return f.read().strip()
+
+    rec = WorkerProcess("recorder", settings, log_file=tmp_path / "recorder.log").start()
+    try:
+        await rec.wait_consumer(bus)
+        assert rec.proc is not None
+        stat = read(rec.proc.pid, "stat").rsplit(")", 1)[1].split()
+        assert int(stat[16]) == min(19, os.nice(0) + 10)  # field 19: nice
+        group = read(rec.proc.pid, "autogroup")
+        assert group.endswith(" nice 10"), group
+    finally:
+        rec.stop()
