@@ -255,7 +255,8 @@ def alone_p50(results: list[dict], r: dict) -> float | None:
         return None
     asked = {q for q, _ in r["v2v_by_question"]}
     xs = [v for q, v in solo["v2v_by_question"] if q in asked and v is not None]
-    return statistics.median(xs) if xs else None
+    # The estimator of the levels' own p50 (nearest rank), so N=1 is 1.00x of itself.
+    return pct(xs, 0.5) if xs else None
 
 
 def start_turns(
