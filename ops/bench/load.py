@@ -417,7 +417,7 @@ async def run(
 
 def print_table(results: list[dict]) -> None:
     def row(label: str, f) -> None:  # type: ignore[no-untyped-def]
-        print(f"{label:34}" + "".join(f"{f(r):>12}" for r in results))
+        print(f"{label:34}" + "".join(f"{f(r):>16}" for r in results))
 
     row("conversations at once (N)", lambda r: r["n"])
     row("turns ended / errors", lambda r: f"{r['turns']}/{len(r['errors'])}")
