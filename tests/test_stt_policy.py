@@ -165,10 +165,10 @@ async def test_a_quiet_decode_goes_before_partials_waiting_for_the_decoder() -> 
 
         return run
 
-    busy = asyncio.create_task(gate.run(decode("busy"), final=False))
+    busy = asyncio.create_task(gate.run(decode("busy"), urgent=False))
     await asyncio.sleep(0.05)
-    partial = asyncio.create_task(gate.run(decode("partial"), final=False))
-    quiet = asyncio.create_task(gate.run(decode("quiet"), final=True))
+    partial = asyncio.create_task(gate.run(decode("partial"), urgent=False))
+    quiet = asyncio.create_task(gate.run(decode("quiet"), urgent=True))
     await asyncio.sleep(0.05)
     release.set()
     assert await busy == "busy" and await quiet == "quiet"

@@ -58,26 +58,27 @@ class UtteranceFailed(Exception):
 
 
 class DecodeGate:
-    """One decode at a time per process (the model uses all cores); finals (and quiet
-    decodes) go first: a partial that would wait for one is skipped."""
+    """One decode at a time per process (the model uses all cores). Urgent decodes (finals,
+    and the quiet decode the end-pointer and the answer wait for) go first: a partial that
+    would run while one waits is skipped."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="stt-decode")
-        self.finals_waiting = 0
+        self.urgent_waiting = 0
 
-    async def run(self, fn: Any, *, final: bool) -> Decoded | None:
+    async def run(self, fn: Any, *, urgent: bool) -> Decoded | None:
         loop = asyncio.get_running_loop()
-        if final:
-            self.finals_waiting += 1
+        if urgent:
+            self.urgent_waiting += 1
         try:
             async with self._lock:
-                if not final and self.finals_waiting:
+                if not urgent and self.urgent_waiting:
                     return None  # a partial is worth less than someone's final
                 return await loop.run_in_executor(self._pool, fn)
         finally:
-            if final:
-                self.finals_waiting -= 1
+            if urgent:
+                self.urgent_waiting -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -238,9 +239,7 @@ class SttWorker(Worker):
                     language=state["language"],
                     onset_s=started.preroll_ms / 1000,
                 ),
-                # A quiet decode is what the end-pointer and the answer wait for: it goes
-                # before other utterances' partials, like a final.
-                final=quiet,
+                urgent=quiet,
             )
             if out is None:
                 span.set_attribute("skipped", True)
@@ -353,7 +352,7 @@ class SttWorker(Worker):
                         language=state["language"],
                         onset_s=started.preroll_ms / 1000,
                     ),
-                    final=True,
+                    urgent=True,
                 )
                 assert out is not None
             transcript = self._transcript(
