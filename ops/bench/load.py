@@ -259,6 +259,12 @@ def alone_p50(results: list[dict], r: dict) -> float | None:
     return pct(xs, 0.5) if xs else None
 
 
+def ratio_alone(results: list[dict], r: dict) -> float | None:
+    """Level `r`'s voice-to-voice p50 over its questions' p50 alone (see `alone_p50`)."""
+    alone = alone_p50(results, r)
+    return r["voice_to_voice_ms"]["p50"] / alone if alone else None
+
+
 def start_turns(
     p: Pipeline, files: list[Path], conversations: list[str], fast: bool, at: float
 ) -> list[Any]:
@@ -462,8 +468,8 @@ def print_table(results: list[dict]) -> None:
         )
 
     def ratio(r: dict) -> str:
-        alone = alone_p50(results, r)
-        return f"{r['voice_to_voice_ms']['p50'] / alone:.2f}x" if alone else "-"
+        x = ratio_alone(results, r)
+        return f"{x:.2f}x" if x else "-"
 
     row("v2v p50 of its questions alone ms", lambda r: f"{alone_p50(results, r) or 0:.0f}")
     row("voice-to-voice p50 / alone", ratio)
@@ -504,15 +510,10 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
     def rounds(xs: list[float]) -> str:
         return ", ".join(f"{x:.0f}" for x in xs)
 
-    def ratios(results: list[list[dict]], k: int) -> list[float]:
-        out = []
-        for r in results:
-            alone = alone_p50(r, r[k])
-            if alone:
-                out.append(r[k]["voice_to_voice_ms"]["p50"] / alone)
-        return out
+    def ratios(variant: bool, k: int) -> list[float]:
+        return [x for r in runs[variant] if (x := ratio_alone(r, r[k]))]
 
-    def rounds2(xs: list[float]) -> str:
+    def ratio_rounds(xs: list[float]) -> str:
         return f"{med(xs):.2f} (" + ", ".join(f"{x:.2f}" for x in xs) + ")" if xs else "-"
 
     for k, n in enumerate(levels):
@@ -521,8 +522,10 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
         if n > 1:
             # Each round's ratio to the same questions asked alone in that round: the
             # machine's drift cancels.
-            ra, rb = ratios(runs[False], k), ratios(runs[True], k)
-            print(f"  N={n} / its questions alone, same run: {rounds2(ra)} | {rounds2(rb)}")
+            ra, rb = ratios(False, k), ratios(True, k)
+            print(
+                f"  N={n} / its questions alone, same run: {ratio_rounds(ra)} | {ratio_rounds(rb)}"
+            )
     for variant in (False, True):
         label = args.compare if variant else "defaults"
         print(f"-- last round, {label}")
