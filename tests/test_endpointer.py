@@ -245,7 +245,7 @@ def run_smart(audio: np.ndarray, model, hint: str = "", **cfg) -> list:  # type:
         loud = np.abs(block.astype(np.int32)).max() > 2000
         quiet_ms = 0 if loud else quiet_ms + 20
         if hint and ep.in_utterance and quiet_ms >= 300 and not hinted:
-            ep.hint(hint, (i + 320) / 16 - start_ms)
+            out += ep.hint(hint, (i + 320) / 16 - start_ms)
             hinted = True
     return out + ep.flush()
 
@@ -308,6 +308,75 @@ def test_a_pause_is_held_while_a_slow_stts_transcript_is_awaited(smart_turn) -> 
     assert utt[2].duration_ms > 2000  # the whole sentence
     cut = run_smart(audio, smart_turn, transcript_wait_ms=300)
     assert len(utterances([s for s in cut if not isinstance(s, Decision)])) == 2
+
+
+@needs_espeak
+def test_the_model_is_asked_ahead_of_the_pause_and_its_answer_decides_it(smart_turn) -> None:
+    """Deferred scoring (the capture's way): a ScoreRequest comes before the min silence,
+    nothing is decided without its answer, and the answer decides the pause at once."""
+    from workers.runtime.endpoint.endpointer import SMART_SCORE_AHEAD_MS, Decision, ScoreRequest
+
+    audio, _ = with_silence([synth_espeak("Please turn on the kitchen lights.")], gap_ms=1500)
+    cfg = dict(turn="smart", transcript_wait_ms=0, min_silence_ms=200)
+    inline = Endpointer(make_vad("silero"), EndpointConfig(**cfg), smart_turn)
+    ep = Endpointer(
+        make_vad("silero"),
+        EndpointConfig(**cfg, score_ahead_ms=SMART_SCORE_AHEAD_MS),
+        smart_turn,
+    )
+    ep.defer_scoring = True
+    decided_at = asked_at = None
+    req: ScoreRequest | None = None
+    for i in range(0, len(audio), 320):
+        block = audio[i : i + 320]
+        if decided_at is None and any(isinstance(s, Decision) for s in inline.feed(block)):
+            decided_at = i + 320
+        for seg in ep.feed(block):
+            assert not isinstance(seg, Decision | Stopped)  # not without the model's answer
+            if isinstance(seg, ScoreRequest):
+                req, asked_at = seg, i + 320
+        if decided_at is not None and i + 320 >= decided_at + 16 * 300:
+            break
+    assert req is not None and asked_at is not None and decided_at is not None
+    # Asked about 128 ms of silence before the in-line end-pointer asked (and decided).
+    assert 16 * 90 <= decided_at - asked_at <= 16 * 170
+    assert ep.in_utterance and ep.awaiting_score
+    # The audio asked about is as long as the in-line one's: the silence still to come is
+    # made up from the quiet heard, and the model judges it alike.
+    score = smart_turn.score(req.audio)
+    assert score >= 0.5
+    assert ep.scored(req.token + 1, 0.0) == []  # an answer about another pause: dropped
+    segs = ep.scored(req.token, score, 42.0)
+    (d,) = [s for s in segs if isinstance(s, Decision)]
+    assert (d.outcome, d.reason, d.model_ms) == ("end", "model-complete", 42.0)
+    assert isinstance(segs[-1], Stopped) and not ep.in_utterance
+    assert ep.scored(req.token, score) == []
+
+
+@needs_espeak
+def test_a_pause_that_waits_only_for_the_transcript_ends_when_it_comes(smart_turn) -> None:
+    """The model says complete: the turn ends when the stt's transcript arrives, not at the
+    next audio block."""
+    from workers.runtime.endpoint.endpointer import Decision
+
+    audio, [(_, end_ms)] = with_silence(
+        [synth_espeak("Please turn on the kitchen lights.")], gap_ms=1500
+    )
+    ep = Endpointer(
+        make_vad("silero"), EndpointConfig(turn="smart", transcript_wait_ms=1000), smart_turn
+    )
+    start = None
+    heard_ms = end_ms + 500  # the speech and 500 ms of its pause
+    for i in range(0, int(16 * heard_ms), 320):
+        for seg in ep.feed(audio[i : i + 320]):
+            assert not isinstance(seg, Decision | Stopped)
+            if isinstance(seg, Started):
+                start = seg.stream_offset_ms - seg.preroll_ms
+    assert ep.in_utterance and start is not None
+    segs = ep.hint("Please turn on the kitchen lights.", heard_ms - start)
+    (d,) = [s for s in segs if isinstance(s, Decision)]
+    assert (d.outcome, d.reason) == ("end", "model-complete")
+    assert d.transcript_tail == "on the kitchen lights." and isinstance(segs[-1], Stopped)
 
 
 @needs_espeak

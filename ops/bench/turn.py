@@ -96,6 +96,7 @@ def make_clips(n_complete: int) -> list[Clip]:
 def run_clip(clip: Clip, setting: str, model, stt, resume_ms: int) -> tuple[list, list, list]:  # type: ignore[no-untyped-def]
     """(starts, stops, decisions) of the end-pointer on one clip."""
     from workers.runtime.endpoint.endpointer import (
+        SMART_SCORE_AHEAD_MS,
         SMART_TRANSCRIPT_WAIT_MS,
         Decision,
         EndpointConfig,
@@ -110,7 +111,12 @@ def run_clip(clip: Clip, setting: str, model, stt, resume_ms: int) -> tuple[list
         ep = Endpointer(SileroVad(), cfg)
     else:
         wait = 0 if setting == "smart-audio" else SMART_TRANSCRIPT_WAIT_MS
-        cfg = EndpointConfig(turn="smart", transcript_wait_ms=wait, resume_ms=resume_ms)
+        cfg = EndpointConfig(
+            turn="smart",
+            transcript_wait_ms=wait,
+            resume_ms=resume_ms,
+            score_ahead_ms=SMART_SCORE_AHEAD_MS,
+        )
         ep = Endpointer(SileroVad(), cfg, model)
     starts, stops, decisions = [], [], []
     start = 0  # stream sample where the open utterance starts
@@ -143,7 +149,11 @@ def run_clip(clip: Clip, setting: str, model, stt, resume_ms: int) -> tuple[list
             pending.append((now + took, text, 1000.0 * n / RATE))
         while pending and now >= pending[0][0]:
             _, text, audio_ms = pending.pop(0)
-            ep.hint(text, audio_ms)
+            for seg in ep.hint(text, audio_ms):  # a pause that only waited for it ends now
+                if isinstance(seg, Decision):
+                    decisions.append(seg)
+                elif isinstance(seg, Stopped):
+                    stops.append(seg)
     for seg in ep.flush():
         if isinstance(seg, Stopped):
             stops.append(seg)

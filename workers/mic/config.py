@@ -6,7 +6,11 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.runtime.endpoint.endpointer import RESUME_MS, SMART_TRANSCRIPT_WAIT_MS
+from workers.runtime.endpoint.endpointer import (
+    RESUME_MS,
+    SMART_SCORE_AHEAD_MS,
+    SMART_TRANSCRIPT_WAIT_MS,
+)
 
 
 class MicSettings(BaseSettings):
@@ -46,7 +50,12 @@ class MicSettings(BaseSettings):
     Smart Turn v3.2 model (shipped in the `pipecat-ai` wheel) says the turn is complete,
     else after up to MIC_TURN_MAX_SILENCE_MS; "vad": after MIC_HANGOVER_MS of silence."""
     turn_min_silence_ms: int = 200
-    """MIC_TURN_MIN_SILENCE_MS (smart): silence after which the model is asked."""
+    """MIC_TURN_MIN_SILENCE_MS (smart): silence from which a turn may end."""
+    turn_score_ahead_ms: int = SMART_SCORE_AHEAD_MS
+    """MIC_TURN_SCORE_AHEAD_MS (smart): the model is asked this much silence before
+    MIC_TURN_MIN_SILENCE_MS (on a thread, the rest of that silence made up from the quiet
+    heard so far), so that its answer is ready when the silence is. 0 = ask at
+    MIC_TURN_MIN_SILENCE_MS."""
     turn_max_silence_ms: int = 1200
     """MIC_TURN_MAX_SILENCE_MS (smart): silence that ends a turn whatever the model says."""
     turn_threshold: float = 0.5

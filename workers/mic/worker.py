@@ -75,6 +75,7 @@ def endpoint_config(cfg: MicSettings) -> EndpointConfig:
         threshold=cfg.threshold,
         turn=cfg.turn,
         min_silence_ms=cfg.turn_min_silence_ms,
+        score_ahead_ms=cfg.turn_score_ahead_ms,
         max_silence_ms=cfg.turn_max_silence_ms,
         turn_threshold=cfg.turn_threshold,
         transcript_wait_ms=cfg.turn_transcript_wait_ms,

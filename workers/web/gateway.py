@@ -24,6 +24,7 @@ from workers.runtime.bus import Bus, Consumer
 from workers.runtime.config import Settings
 from workers.runtime.endpoint.endpointer import (
     RESUME_MS,
+    SMART_SCORE_AHEAD_MS,
     SMART_TRANSCRIPT_WAIT_MS,
     EndpointConfig,
     Endpointer,
@@ -74,6 +75,7 @@ class WebWorker(Worker):
         self.endpointing = EndpointConfig(
             turn=self.web.turn,  # type: ignore[arg-type]
             transcript_wait_ms=SMART_TRANSCRIPT_WAIT_MS if self.web.turn == "smart" else 0,
+            score_ahead_ms=SMART_SCORE_AHEAD_MS,
             resume_ms=RESUME_MS,
         )
         self.turn_model = make_turn_model(self.web.turn)

@@ -34,6 +34,7 @@ from workers.runtime.endpoint.endpointer import (
     Chunk,
     Decision,
     Endpointer,
+    ScoreRequest,
     Segment,
     Started,
     Stopped,
@@ -64,6 +65,14 @@ class Capture:
         in the same process stops its reply there without waiting for the bus to bring it
         back (barge-in)."""
         self.endpointer = endpointer
+        # The end-of-turn model runs on a thread from a few frames before the pause may end,
+        # while the pause's audio keeps flowing to the stt (whose transcript the decision
+        # also waits for): in the loop it held both up.
+        endpointer.defer_scoring = endpointer.turn_model is not None
+        self._scoring: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        """Held while the end-pointer is called and its segments published: audio, the
+        model's answers and transcripts all move it, and its segments keep their order."""
         self.endpoint = endpoint
         self.conversation_id = conversation_id
         self.producer = producer
@@ -110,15 +119,26 @@ class Capture:
         """One block of audio, captured (its last sample) at `captured_at` (default: now)."""
         self._fed_at = time.time() if captured_at is None else captured_at
         n = len(block) // 2 if isinstance(block, bytes | bytearray) else len(block)
-        self._fed_samples += n
-        for seg in self.endpointer.feed(block):
-            await self.publish(seg)
+        if self._scoring is not None and self.endpointer.awaiting_score:
+            # Audio comes faster than the model answers (a loaded machine, or a source
+            # quicker than real time): the pause is decided before it goes on, as it would
+            # be had the model run in line.
+            await asyncio.shield(self._scoring)
+        async with self._lock:
+            self._fed_samples += n
+            for seg in self.endpointer.feed(block):
+                await self._handle(seg)
 
     async def close(self) -> None:
         """The audio ended: an open utterance ends with reason end-of-stream."""
-        for seg in self.endpointer.flush():
-            await self.publish(seg)
+        async with self._lock:
+            for seg in self.endpointer.flush():
+                await self._handle(seg)
         await self.bus.flush_publishes()
+        if self._scoring is not None:
+            with contextlib.suppress(Exception):
+                await self._scoring  # its answer is dropped: the utterance is closed
+            self._scoring = None
         if self._hints is not None:
             self._hints.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -135,12 +155,12 @@ class Capture:
                 while True:
                     got = await follower.next(timeout=1.0)
                     ev = got.event if got is not None else None
-                    if (
-                        isinstance(ev, Transcript)
-                        and ev.speculative
-                        and ev.utterance_id == self.utterance_id
-                    ):
-                        self.endpointer.hint(ev.text, ev.audio_ms)
+                    if not (isinstance(ev, Transcript) and ev.speculative):
+                        continue
+                    async with self._lock:
+                        if ev.utterance_id == self.utterance_id:
+                            for seg in self.endpointer.hint(ev.text, ev.audio_ms):
+                                await self._handle(seg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the turn is then judged on the audio alone
@@ -150,6 +170,30 @@ class Capture:
     @property
     def in_utterance(self) -> bool:
         return self.endpointer.in_utterance
+
+    async def _handle(self, seg: Segment) -> None:
+        if isinstance(seg, ScoreRequest):
+            self._scoring = asyncio.create_task(self._score(seg))
+        else:
+            await self.publish(seg)
+
+    async def _score(self, req: ScoreRequest) -> None:
+        model = self.endpointer.turn_model
+        assert model is not None
+
+        def run() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            score = model.score(req.audio)
+            return score, 1000.0 * (time.perf_counter() - t0)
+
+        try:
+            score, took_ms = await asyncio.to_thread(run)
+        except Exception as exc:  # the pause then ends at the max silence
+            log.warning("end-of-turn model failed", extra={"error": repr(exc)})
+            return
+        async with self._lock:
+            for seg in self.endpointer.scored(req.token, score, took_ms):
+                await self._handle(seg)
 
     async def publish(self, seg: Segment) -> None:
         base = {

@@ -75,7 +75,17 @@ class Decision:
     transcript_tail: str = ""
 
 
-Segment = Started | Chunk | Decision | Stopped
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Ask the end-of-turn model about the current pause (`Endpointer.defer_scoring`): run
+    `turn_model.score(audio)` off the caller's loop and hand the answer to
+    `Endpointer.scored(token, ...)`."""
+
+    token: int
+    audio: np.ndarray
+
+
+Segment = Started | Chunk | Decision | Stopped | ScoreRequest
 
 
 @dataclass
@@ -107,7 +117,12 @@ class EndpointConfig:
     """When a turn ends: after `hangover_ms` of silence ("vad"), or when the end-of-turn
     model says so ("smart")."""
     min_silence_ms: int = 200
-    """smart: silence after which the model is asked."""
+    """smart: silence from which a turn may end."""
+    score_ahead_ms: int = 0
+    """smart: ask the model this much silence before `min_silence_ms`, the rest of that
+    silence made up from the quiet heard so far, so that its answer is ready when the
+    silence is (the model takes 60-150 ms, more on a loaded machine); 0 = ask at
+    `min_silence_ms`."""
     max_silence_ms: int = 1200
     """smart: silence that ends a turn whatever the model says."""
     turn_threshold: float = 0.5
@@ -128,6 +143,10 @@ RESUME_MS = 800
 #: smart: how long a "complete" waits for the stt's transcript by default (mic and web):
 #: up to the max silence, since the answer cannot start before that transcript anyway.
 SMART_TRANSCRIPT_WAIT_MS = 1000
+
+#: smart: how far ahead of the min silence the model is asked by default (mic and web):
+#: about one run of the model on a quiet machine.
+SMART_SCORE_AHEAD_MS = 128
 
 #: The end of speech is the last 10 ms of the utterance within this many dB of its loudest:
 #: the VAD's last voiced frame runs past it (a frame is 32 ms and its probability lags the
@@ -184,6 +203,11 @@ class Endpointer:
         if self.cfg.turn == "smart" and turn_model is None:
             raise ValueError("turn=smart needs an end-of-turn model")
         self.turn_model = turn_model if self.cfg.turn == "smart" else None
+        self.defer_scoring = False
+        """True: the model is not run inside `feed`; a `ScoreRequest` segment asks for it
+        and the pause is decided when `scored` brings the answer (the capture sets this: it
+        runs the model on a thread while audio keeps flowing)."""
+        self._asks = 0
         if self.cfg.chunk_ms <= 0 or (RATE * self.cfg.chunk_ms) % 1000:
             raise ValueError(f"chunk_ms={self.cfg.chunk_ms}: want a whole number of samples")
         self.chunk_samples = RATE * self.cfg.chunk_ms // 1000
@@ -219,11 +243,42 @@ class Endpointer:
         self._onset = (0.0, 0.0)
         """(stream offset, preroll) ms of the open utterance's Started."""
 
-    def hint(self, text: str, audio_ms: float) -> None:
+    def hint(self, text: str, audio_ms: float) -> list[Segment]:
         """A transcript of the first `audio_ms` of the current utterance (the stt's
-        speculative one): its last word may overrule the model at this pause."""
-        if self.in_utterance:
-            self._hint = (text, audio_ms)
+        speculative one): its last word may overrule the model at this pause. A pause that
+        only waited for it is decided at once (the segments that follow)."""
+        if not self.in_utterance:
+            return []
+        self._hint = (text, audio_ms)
+        return self._reconsider()
+
+    @property
+    def awaiting_score(self) -> bool:
+        """The pause is long enough to be decided and waits for the model's answer only."""
+        pause = self._pause
+        return (
+            self.in_utterance
+            and "asked" in pause
+            and "score" not in pause
+            and self._silence_ms >= self.cfg.min_silence_ms
+        )
+
+    def scored(self, token: int, score: float, model_ms: float = 0.0) -> list[Segment]:
+        """The model's answer to `ScoreRequest(token)`; the pause it was asked about is
+        decided now if it is long enough (an answer about a pause speech has ended since
+        is dropped)."""
+        if not self.in_utterance or self._pause.get("asked") != token:
+            return []
+        self._pause["score"] = score
+        self._pause["model_ms"] = model_ms
+        return self._reconsider()
+
+    def _reconsider(self) -> list[Segment]:
+        out: list[Segment] = []
+        if self._silence_ms >= self.cfg.min_silence_ms and "outcome" not in self._pause:
+            if self._turn_over(out):
+                self._stop("silence", out)
+        return out
 
     def feed(self, pcm: np.ndarray | bytes) -> list[Segment]:
         a = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes | bytearray) else pcm
@@ -279,12 +334,12 @@ class Endpointer:
         pause = self._pause
         if silence >= cfg.max_silence_ms:
             return self._decide(out, "end", "max-silence", pause.get("score"))  # type: ignore[arg-type]
-        if silence < cfg.min_silence_ms or pause.get("outcome") == "wait":
+        if pause.get("outcome") == "wait":
             return False
-        if "score" not in pause:
-            audio = np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16)
-            pause["score"] = self.turn_model.score(audio)
-            pause["model_ms"] = getattr(self.turn_model, "last_ms", 0.0)
+        if "asked" not in pause and silence >= cfg.min_silence_ms - cfg.score_ahead_ms:
+            self._ask(out)
+        if silence < cfg.min_silence_ms or "score" not in pause:
+            return False
         score = float(pause["score"])  # type: ignore[arg-type]
         if score < cfg.turn_threshold:
             return self._decide(out, "wait", "model-incomplete", score)
@@ -294,6 +349,24 @@ class Endpointer:
         if text and ends_unfinished(text):
             return self._decide(out, "wait", "transcript-incomplete", score, text)
         return self._decide(out, "end", "model-complete", score, text or "")
+
+    def _ask(self, out: list[Segment]) -> None:
+        """Ask the model about this pause as it will be at `min_silence_ms`: the silence
+        still to come is made up from the quiet heard since the speech stopped."""
+        assert self.turn_model is not None
+        audio = np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16)
+        heard = round(self._silence_ms / self.frame_ms)
+        due = int(np.ceil(self.cfg.min_silence_ms / self.frame_ms))
+        if 0 < heard < due:
+            quiet = audio[-heard * self.frame_samples :]
+            audio = np.concatenate([audio, np.resize(quiet, (due - heard) * self.frame_samples)])
+        self._asks += 1
+        self._pause["asked"] = self._asks
+        if self.defer_scoring:
+            out.append(ScoreRequest(self._asks, audio))
+            return
+        self._pause["score"] = self.turn_model.score(audio)
+        self._pause["model_ms"] = getattr(self.turn_model, "last_ms", 0.0)
 
     def _fresh_hint(self) -> str | None:
         """The transcript's text if it saw all the speech so far, else None."""
