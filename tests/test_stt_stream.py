@@ -341,3 +341,65 @@ async def _finals(bus: Bus, conv: str) -> list[tuple[Event, dict[str, str]]]:
         for e, h in await read_stream(bus, f"voice.*.{conv}.stt.transcript")
         if not getattr(e, "speculative", False)
     ]
+
+
+async def test_a_second_utterance_does_not_make_the_stt_forget_the_first_ones_decode(
+    bus: Bus, settings: Settings
+) -> None:
+    """Two people speak at once on one instance. The quiet decode of the first utterance
+    (the one its end-pointer and speculative answer wait for) runs when the second starts:
+    its voice-stopped then waits for that decode and the final reuses it, instead of
+    decoding the whole utterance again (the decode tasks used to be reset per utterance)."""
+    from ops.bench.stt import trim
+
+    speech = trim(synth_espeak(PHRASES[2]))  # its end is the end of speech the mic reports
+    quiet = np.zeros(16 * 400, np.int16)
+    audio = np.concatenate([np.zeros(16 * 300, np.int16), speech, quiet])
+    speech_end_ms = (16 * 300 + len(speech)) / 16
+    # No partials: the one decode of A is the one its trailing quiet asks for.
+    worker, task = await start_stt(bus, settings, partial_interval_ms=60_000)
+    conv_a, conv_b = new_id(), new_id()
+    base = {"endpoint": "device", "producer": "test"}
+    a = VoiceStarted(**base, conversation_id=conv_a, utterance_id=new_id(), preroll_ms=300)
+    try:
+        await bus.publish(a)
+        n = len(audio) // 320
+        for seq in range(n):
+            pcm = audio[seq * 320 : (seq + 1) * 320].astype("<i2").tobytes()
+            await bus.publish(
+                MicAudioChunk(
+                    **base,
+                    conversation_id=conv_a,
+                    utterance_id=a.utterance_id,
+                    seq=seq,
+                    audio=pcm,
+                    offset_ms=20.0 * seq,
+                )
+            )
+        # A's quiet decode starts on its last chunk; B starts while it runs.
+        await asyncio.wait_for(_until(lambda: a.utterance_id in worker._decoding, 0.005), 10)
+        assert not worker._decoding[a.utterance_id].done()
+        await _publish_utterance(bus, conv_b, [0, 1, 2], None)
+        await asyncio.wait_for(_until_async(lambda: _pending(bus), 2, interval=0.01), 10)
+        await bus.publish(
+            VoiceStopped(
+                **base,
+                conversation_id=conv_a,
+                utterance_id=a.utterance_id,
+                chunks=n,
+                duration_ms=20.0 * n,
+                speech_end_offset_ms=speech_end_ms,
+                speech_end_ts=0,
+            )
+        )
+        (final, _), *_ = await asyncio.wait_for(_until_async(lambda: _finals(bus, conv_a), 1), 20)
+    finally:
+        worker.stop()
+        await task
+    assert final.decode_ms == 0.0  # the quiet decode's result, not a second decode
+    assert wer([PHRASES[2]], [final.text]) <= WER_BOUND
+
+
+async def _pending(bus: Bus) -> list[int]:
+    """One entry per utterance the stt instance holds (delivered, not yet acked)."""
+    return [0] * (await bus.js.consumer_info(bus.stream, "stt")).num_ack_pending
