@@ -22,8 +22,8 @@ Reported per level, from the event log:
   the load average (other processes on the machine distort every figure above).
 The speaker's WAV sink runs without its real-time clock (voice-to-voice ends at the first
 played sample, so this changes no latency, only how long a level takes).
-The llm generates one reply at a time unless --llm-parallel K (LLM_PARALLEL: K replies decoded
-together in one batch); at N > 1 its queue is the expected bottleneck.
+The llm generates LLM_PARALLEL replies at once, decoded together in one batch (the bundled
+model's default: 4; --llm-parallel K sets it); with 1, its queue is the bottleneck at N > 1.
 
 `--cluster 3` runs the levels twice in one run, on a single embedded server and on a
 loopback 3-node cluster with R3 streams (ops/bench/cluster_load.py), and kills -9 the VOICE

@@ -519,12 +519,12 @@ def make_backend(settings: LlmSettings) -> Backend:
             first_token_timeout_s=settings.ollama_first_token_timeout_s,
             stall_timeout_s=settings.ollama_stall_timeout_s,
         )
-    if settings.parallel > 1:
+    if settings.slots > 1:
         from workers.llm.batched import BatchedBackend
 
         return BatchedBackend(
             settings.model,
-            slots=settings.parallel,
+            slots=settings.slots,
             first_sentences_first=settings.first_sentences_first,
             quant=settings.quant,
             threads=settings.threads,

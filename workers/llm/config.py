@@ -18,6 +18,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "complete sentence. No lists, no markdown."
 )
 DEFAULT_OLLAMA_MODEL = "mistral:7b-instruct"
+#: Replies the bundled model generates at once by default (LLM_PARALLEL=0).
+BUNDLED_PARALLEL = 4
 
 
 class LlmSettings(BaseSettings):
@@ -45,10 +47,13 @@ class LlmSettings(BaseSettings):
     exactly."""
     context_tokens: int = Field(default=2048, ge=256, le=131_072)
     """LLM_CONTEXT_TOKENS: prompt + reply budget; oldest turns are dropped to fit."""
-    parallel: int = Field(default=1, ge=1, le=64)
+    parallel: int = Field(default=0, ge=0, le=64)
     """LLM_PARALLEL: replies one worker generates at once. Above 1 the embedded model decodes
     them together in one batch (llama.cpp parallel sequences; `just bench load 1 4`); with
-    Ollama, set the server's OLLAMA_NUM_PARALLEL to the same number."""
+    Ollama, set the server's OLLAMA_NUM_PARALLEL to the same number. 0 (the default): 4 with
+    the bundled model (each sequence's KV cache is ~45 MB there, and the batched decoder is
+    the quicker one even for one conversation), 1 with a model of your own (LLM_MODEL: a
+    large model's cache is hundreds of MB per sequence) and with Ollama."""
     first_sentences_first: bool = True
     """LLM_FIRST_SENTENCES_FIRST: with LLM_PARALLEL > 1, the oldest reply still before its
     first sentence is decoded alone, then the next; replies past it decode together (false:
@@ -91,6 +96,13 @@ class LlmSettings(BaseSettings):
     """LLM_MEMORY_TURNS: at most this many previous turns are read from the event log."""
     memory_wait_s: float = Field(default=2.0, ge=0)
     """LLM_MEMORY_WAIT_S: how long a turn waits for the previous reply to reach the log."""
+
+    @property
+    def slots(self) -> int:
+        """LLM_PARALLEL resolved: replies generated at once."""
+        if self.parallel:
+            return self.parallel
+        return BUNDLED_PARALLEL if self.backend == "embedded" and not self.model else 1
 
     @property
     def model_name(self) -> str:

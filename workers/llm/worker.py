@@ -115,9 +115,7 @@ class LlmWorker(Worker):
         # LLM_PARALLEL > 1: turns run side by side (the backend batches them); a transcript
         # waits for a free slot, and the consumer fetches no more meanwhile (batch=1), so
         # the rest go to other instances.
-        self._slots = (
-            asyncio.Semaphore(self.options.parallel) if self.options.parallel > 1 else None
-        )
+        self._slots = asyncio.Semaphore(self.options.slots) if self.options.slots > 1 else None
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self.turns = 0
         self.priority = TurnPriority(self.options.nice, always=self.options.nice_always)
