@@ -54,8 +54,9 @@ class MicSettings(BaseSettings):
     turn_score_ahead_ms: int = SMART_SCORE_AHEAD_MS
     """MIC_TURN_SCORE_AHEAD_MS (smart): the model is asked this much silence before
     MIC_TURN_MIN_SILENCE_MS (on a thread, the rest of that silence made up from the quiet
-    heard so far), so that its answer is ready when the silence is. 0 = ask at
-    MIC_TURN_MIN_SILENCE_MS."""
+    heard so far), so that its answer is ready when the silence is; 128 is about one run of
+    the model. 0 (the default) = ask at MIC_TURN_MIN_SILENCE_MS: on a small CPU the run
+    ahead competes with the stt's decode the reply waits for."""
     turn_max_silence_ms: int = 1200
     """MIC_TURN_MAX_SILENCE_MS (smart): silence that ends a turn whatever the model says."""
     turn_threshold: float = 0.5

@@ -144,9 +144,10 @@ RESUME_MS = 800
 #: up to the max silence, since the answer cannot start before that transcript anyway.
 SMART_TRANSCRIPT_WAIT_MS = 1000
 
-#: smart: how far ahead of the min silence the model is asked by default (mic and web):
-#: about one run of the model on a quiet machine.
-SMART_SCORE_AHEAD_MS = 128
+#: smart: how far ahead of the min silence the model is asked by default (mic and web).
+#: Not ahead: on 2 cores the reply waits for the stt's decode at the pause, not for the
+#: decision, and a model run beside that decode slowed it (README: End of turn).
+SMART_SCORE_AHEAD_MS = 0
 
 #: The end of speech is the last 10 ms of the utterance within this many dB of its loudest:
 #: the VAD's last voiced frame runs past it (a frame is 32 ms and its probability lags the
