@@ -65,9 +65,8 @@ class Capture:
         in the same process stops its reply there without waiting for the bus to bring it
         back (barge-in)."""
         self.endpointer = endpointer
-        # The end-of-turn model runs on a thread from a few frames before the pause may end,
-        # while the pause's audio keeps flowing to the stt (whose transcript the decision
-        # also waits for): in the loop it held both up.
+        # The end-of-turn model runs on a thread: in the loop, each run (40-150 ms) held up
+        # the audio behind it, and in the web gateway every tab's audio in and out.
         endpointer.defer_scoring = endpointer.turn_model is not None
         self._scoring: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
