@@ -314,14 +314,14 @@ def test_a_pause_is_held_while_a_slow_stts_transcript_is_awaited(smart_turn) -> 
 def test_the_model_is_asked_ahead_of_the_pause_and_its_answer_decides_it(smart_turn) -> None:
     """Deferred scoring (the capture's way): a ScoreRequest comes before the min silence,
     nothing is decided without its answer, and the answer decides the pause at once."""
-    from workers.runtime.endpoint.endpointer import SMART_SCORE_AHEAD_MS, Decision, ScoreRequest
+    from workers.runtime.endpoint.endpointer import Decision, ScoreRequest
 
     audio, _ = with_silence([synth_espeak("Please turn on the kitchen lights.")], gap_ms=1500)
     cfg = dict(turn="smart", transcript_wait_ms=0, min_silence_ms=200)
     inline = Endpointer(make_vad("silero"), EndpointConfig(**cfg), smart_turn)
     ep = Endpointer(
         make_vad("silero"),
-        EndpointConfig(**cfg, score_ahead_ms=SMART_SCORE_AHEAD_MS),
+        EndpointConfig(**cfg, score_ahead_ms=128),
         smart_turn,
     )
     ep.defer_scoring = True
