@@ -140,3 +140,24 @@ def test_first_sentences_come_first_one_reply_at_a_time(backends) -> None:  # ty
     finally:
         batched.first_sentences_first = True
     assert together[1][2][0] < together[0][2][4]
+
+
+def test_the_bundled_model_decodes_four_replies_at_once_by_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """LLM_PARALLEL=0 (the default): 4 with the bundled model, 1 with a model of your own
+    (its KV caches may be large) and with Ollama; a number set is kept."""
+    from workers.llm.backends import make_backend
+    from workers.llm.config import LlmSettings
+
+    def settings(**kw: object) -> LlmSettings:
+        return LlmSettings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+    bundled = settings()
+    assert bundled.slots == 4
+    backend = make_backend(bundled)
+    assert isinstance(backend, BatchedBackend) and backend.slots == 4
+    own = tmp_path / "own.gguf"
+    own.write_bytes(b"GGUF")
+    assert settings(model=str(own)).slots == 1
+    assert type(make_backend(settings(model=str(own)))) is EmbeddedBackend
+    assert settings(backend="ollama").slots == 1
+    assert settings(parallel=2).slots == 2 and settings(model=str(own), parallel=3).slots == 3

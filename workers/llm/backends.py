@@ -181,7 +181,7 @@ class EmbeddedBackend:
         self.path = requantized(self.source, self.quant)
         llm = llama_cpp.Llama(
             str(self.path),
-            n_ctx=self.context_tokens,
+            n_ctx=self._llama_context_tokens(),
             n_threads=self.threads,
             # The prompt too (llama-cpp-python would read it on every core): with the tts or
             # a busy core beside it, a thread that loses its core stalls the others at each
@@ -203,6 +203,10 @@ class EmbeddedBackend:
             bos_token=token_text(llm.token_bos()),
         )
         self.llm = llm
+
+    def _llama_context_tokens(self) -> int:
+        """The context of the `Llama` object, where this backend generates."""
+        return self.context_tokens
 
     async def warmup(self, messages: list[Message]) -> None:
         await self.start()

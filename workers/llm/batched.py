@@ -44,6 +44,8 @@ log = logging.getLogger("voicebus.llm")
 PREFILL_CHUNK = 128
 #: llama.cpp's default repeat-penalty window.
 PENALTY_LAST_N = 64
+#: Context of the Llama object, which this backend does not decode in.
+LLAMA_OBJECT_CONTEXT = 64
 
 
 @dataclass
@@ -86,6 +88,11 @@ class BatchedBackend(EmbeddedBackend):
         self._thread: threading.Thread | None = None
         self._cached: list[list[int]] = [[] for _ in range(slots)]
         self._free = list(range(slots))
+
+    def _llama_context_tokens(self) -> int:
+        # The Llama object only tokenizes and holds the weights here: replies are decoded in
+        # the context below. Its own KV cache at full size was ~45 MB never used.
+        return LLAMA_OBJECT_CONTEXT
 
     def _load(self) -> None:
         import llama_cpp
