@@ -4,8 +4,10 @@ For each load level N (default 1, 4, 8; `--max 16` adds 16), N mic processes loa
 start speaking together (MIC_START_AT: a mic's start-up must not land on the others' turns),
 each streaming one spoken question (synthesized with the bundled voice) into its own
 conversation, in real time unless --fast; one set of workers (embedded models) serves them
-all. `--compare VAR=VALUE[,VAR=VALUE] --rounds R` runs the levels with the defaults and with
-those worker settings, alternated, and prints each level's p50 and its ratio to the first.
+all. `--rounds R` runs the levels R times and prints each level's p50 and its ratio to its
+questions asked alone, as the median of the rounds and each round's (one run on a noisy
+machine is one draw); `--compare VAR=VALUE[,VAR=VALUE] --rounds R` runs the levels with the
+defaults and with those worker settings, alternated, and prints both the same way.
 Reported per level, from the event log:
 - events/s through the bus (published, by event ts) and into the log (by recorded_at);
 - recorder lag (recorded_at - ts) p50/p99;
@@ -488,6 +490,50 @@ def print_table(results: list[dict]) -> None:
             print(f"problem at N={r['n']}: {prob}")
 
 
+def p50s(rounds: list[list[dict]], k: int) -> list[float]:
+    """Level k's voice-to-voice p50 in each round."""
+    return [r[k]["voice_to_voice_ms"]["p50"] for r in rounds]
+
+
+def ratios(rounds: list[list[dict]], k: int) -> list[float]:
+    """Level k's ratio to its questions asked alone, each round against its own N=1 (the
+    machine's drift cancels)."""
+    return [x for r in rounds if (x := ratio_alone(r, r[k]))]
+
+
+def listed(xs: list[float]) -> str:
+    return ", ".join(f"{x:.0f}" for x in xs)
+
+
+def ratio_rounds(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{statistics.median(xs):.2f} (" + ", ".join(f"{x:.2f}" for x in xs) + ")"
+
+
+def repeated(args: argparse.Namespace, levels: list[int]) -> list[list[dict]]:
+    """The levels `--rounds` times; each round's figures, then their medians and spread."""
+    rounds = []
+    for i in range(args.rounds):
+        if args.rounds > 1:
+            progress(f"round {i + 1}/{args.rounds}")
+        rounds.append(asyncio.run(run(levels, args.fast, args.llm_threads, args.llm_parallel)))
+    if args.rounds == 1:
+        return rounds
+    print(f"voice-to-voice p50 ms over {args.rounds} rounds: median (each round)")
+    for k, n in enumerate(levels):
+        xs = p50s(rounds, k)
+        print(f"  N={n}: {statistics.median(xs):.0f} ({listed(xs)})")
+        if n > 1:
+            rs = ratios(rounds, k)
+            within = sum(x <= 2.0 for x in rs)
+            print(
+                f"  N={n} / its questions alone, same round: {ratio_rounds(rs)}; "
+                f"within 2x in {within} of {len(rs)}"
+            )
+    return rounds
+
+
 def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
     """The levels with the defaults and with some worker settings, alternated (see
     ops/bench/compare.py)."""
@@ -503,26 +549,11 @@ def compare_setting(args: argparse.Namespace, levels: list[int]) -> int:
     )
     med = statistics.median
     print(f"voice-to-voice p50 ms, median of rounds: defaults | {args.compare}")
-
-    def p50s(variant: bool, k: int) -> list[float]:
-        return [r[k]["voice_to_voice_ms"]["p50"] for r in runs[variant]]
-
-    def rounds(xs: list[float]) -> str:
-        return ", ".join(f"{x:.0f}" for x in xs)
-
-    def ratios(variant: bool, k: int) -> list[float]:
-        return [x for r in runs[variant] if (x := ratio_alone(r, r[k]))]
-
-    def ratio_rounds(xs: list[float]) -> str:
-        return f"{med(xs):.2f} (" + ", ".join(f"{x:.2f}" for x in xs) + ")" if xs else "-"
-
     for k, n in enumerate(levels):
-        a, b = p50s(False, k), p50s(True, k)
-        print(f"  N={n}: {med(a):.0f} | {med(b):.0f}   (rounds {rounds(a)} | {rounds(b)})")
+        a, b = p50s(runs[False], k), p50s(runs[True], k)
+        print(f"  N={n}: {med(a):.0f} | {med(b):.0f}   (rounds {listed(a)} | {listed(b)})")
         if n > 1:
-            # Each round's ratio to the same questions asked alone in that round: the
-            # machine's drift cancels.
-            ra, rb = ratios(False, k), ratios(True, k)
+            ra, rb = ratios(runs[False], k), ratios(runs[True], k)
             print(
                 f"  N={n} / its questions alone, same run: {ratio_rounds(ra)} | {ratio_rounds(rb)}"
             )
@@ -561,7 +592,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the levels with the defaults and with these worker settings, alternated "
         "round by round, and print both (e.g. LLM_FIRST_SENTENCES_FIRST=false)",
     )
-    ap.add_argument("--rounds", type=int, default=2, help="with --compare")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        help="run the levels this many times and print each level's median and spread "
+        "(default 1; with --compare, 2: rounds alternate the sides)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     levels = args.levels or [n for n in (1, 4, 8, 16, 32) if n <= max(8, args.max)]
@@ -576,16 +612,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_cluster(args, levels)
     if args.compare:
+        args.rounds = args.rounds or 2
         return compare_setting(args, levels)
+    args.rounds = args.rounds or 1
     try:
-        results = asyncio.run(run(levels, args.fast, args.llm_threads, args.llm_parallel))
+        rounds = repeated(args, levels)
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench load: error: {exc}", file=sys.stderr)
         return 1
     print(f"ran N in {levels}, mics in {mode}, in {time.monotonic() - t0:.0f} s")
-    print_table(results)
+    if args.rounds > 1:
+        print("-- last round")
+    print_table(rounds[-1])
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(rounds[-1] if args.rounds == 1 else rounds))
     return 0
 
 
