@@ -39,6 +39,7 @@ from workers.runtime.endpoint.endpointer import (
     Started,
     Stopped,
 )
+from workers.runtime.endpoint.turn import timed_score
 from workers.runtime.endpoint.vad import RATE
 from workers.runtime.telemetry import tracer
 
@@ -179,14 +180,8 @@ class Capture:
     async def _score(self, req: ScoreRequest) -> None:
         model = self.endpointer.turn_model
         assert model is not None
-
-        def run() -> tuple[float, float]:
-            t0 = time.perf_counter()
-            score = model.score(req.audio)
-            return score, 1000.0 * (time.perf_counter() - t0)
-
         try:
-            score, took_ms = await asyncio.to_thread(run)
+            score, took_ms = await asyncio.to_thread(timed_score, model, req.audio)
         except Exception as exc:  # the pause then ends at the max silence
             log.warning("end-of-turn model failed", extra={"error": repr(exc)})
             return

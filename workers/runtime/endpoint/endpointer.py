@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from workers.runtime.endpoint.turn import TurnModel, ends_unfinished
+from workers.runtime.endpoint.turn import TurnModel, ends_unfinished, timed_score
 from workers.runtime.endpoint.vad import RATE, Vad
 
 
@@ -366,8 +366,7 @@ class Endpointer:
         if self.defer_scoring:
             out.append(ScoreRequest(self._asks, audio))
             return
-        self._pause["score"] = self.turn_model.score(audio)
-        self._pause["model_ms"] = getattr(self.turn_model, "last_ms", 0.0)
+        self._pause["score"], self._pause["model_ms"] = timed_score(self.turn_model, audio)
 
     def _fresh_hint(self) -> str | None:
         """The transcript's text if it saw all the speech so far, else None."""

@@ -57,8 +57,6 @@ class SmartTurn:
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
         self._features = FeatureExtractor(feature_size=80, chunk_length=WINDOW_S)
-        self.last_ms = 0.0
-        """Time the last `score` took, milliseconds."""
         self.score(np.zeros(RATE, np.int16))  # first run allocates: not on a user's pause
 
     def features(self, audio: np.ndarray) -> np.ndarray:
@@ -74,10 +72,16 @@ class SmartTurn:
         return f[None].astype(np.float32)
 
     def score(self, audio: np.ndarray) -> float:
-        t0 = time.perf_counter()
         out = self._session.run(None, {"input_features": self.features(audio)})[0]
-        self.last_ms = 1000.0 * (time.perf_counter() - t0)
         return float(min(1.0, max(0.0, np.ravel(out)[0])))
+
+
+def timed_score(model: TurnModel, audio: np.ndarray) -> tuple[float, float]:
+    """(score, milliseconds it took): timed per call, not kept on the model, which the web
+    gateway's tabs share across threads."""
+    t0 = time.perf_counter()
+    score = model.score(audio)
+    return score, 1000.0 * (time.perf_counter() - t0)
 
 
 #: Words a finished English sentence rarely ends with: an article, a preposition, a
