@@ -7,10 +7,12 @@ its own process, with the bundled models); the tests talk to it only through the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -287,6 +289,54 @@ def test_barge_in_stops_the_reply_and_the_text_and_log_stop_at_what_was_heard(
     # The page shows the sentences heard, the last one marked as cut off, none unheard.
     assert shown_n == done["last_sentence_index"] + 1
     assert cut == (1 if done["sentences_heard"] <= done["last_sentence_index"] else 0)
+
+
+def test_the_gateway_takes_whole_frames_one_to_ten_a_message_and_refuses_the_rest(web) -> None:
+    """The socket without a browser: malformed audio gets an error and the tab goes on;
+    frames sent ten to a message are heard as the question, dated by their last sample."""
+    import aiohttp
+
+    rate = 16_000
+    pcm = speech(QUESTION, 0.5, 2.0, rate=rate)
+    loud = np.flatnonzero(np.abs(pcm) > 300)
+    base = time.time() - 60  # capture times from the past: the gateway must use them
+    frame, per = 320, 10
+    spoken_end = base + (loud[-1] + 1) / rate
+
+    async def talk() -> tuple[list[dict], list[dict]]:
+        url = web["url"].replace("http://", "ws://").replace("/?", "/ws?")
+        origin = web["url"].split("/?")[0]
+        errors, events = [], []
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, origin=origin) as ws:
+            hello = await ws.receive_json(timeout=10)
+            assert hello["type"] == "hello"
+            await ws.send_bytes(b"\0" * 100)
+            await ws.send_bytes(b"\0" * (8 + 11 * 640))
+            n = 0
+            while n < len(pcm):
+                block = pcm[n : n + frame * per]
+                block = np.pad(block, (0, -len(block) % frame))
+                n += len(block)
+                await ws.send_bytes(struct.pack("<d", (base + n / rate) * 1000) + block.tobytes())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                m = await ws.receive_json(timeout=60)
+                if m["type"] == "error":
+                    errors.append(m)
+                elif m["type"] == "event":
+                    events.append(m["event"])
+                    if m["event"]["type"] == "stt.transcript" and not m["event"]["speculative"]:
+                        break
+        return errors, events
+
+    errors, events = asyncio.run(talk())
+    stopped = next(e for e in events if e["type"] == "mic.voice-stopped")
+    print(errors, [(e["type"], e.get("text")) for e in events])
+    print(f"speech end dated {1000 * (stopped['speech_end_ts'] - spoken_end):+.0f} ms")
+    assert len(errors) == 2 and "1 to 10 frames of 640 bytes" in errors[0]["message"]
+    final = next(e for e in events if e["type"] == "stt.transcript" and not e["speculative"])
+    assert "france" in words(final["text"])
+    assert abs(stopped["speech_end_ts"] - spoken_end) < 0.06  # the VAD: +13 ms; a block late: +200
 
 
 def test_two_tabs_are_two_conversations_each_hearing_only_its_own_reply(

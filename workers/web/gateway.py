@@ -191,7 +191,7 @@ class WebWorker(Worker):
             return web.Response(status=403, text="forbidden origin")
         if len(self.tabs) >= self.web.max_tabs:
             return web.Response(status=503, text=f"{self.web.max_tabs} tabs already talk")
-        ws = web.WebSocketResponse(max_msg_size=64 * 1024, heartbeat=20)
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024, heartbeat=20, compress=False)
         await ws.prepare(request)
         conversation_id = s.new_id()
         tab = Tab(

@@ -1,9 +1,10 @@
 """One browser tab: one conversation of the "web" endpoint.
 
-Upstream, the tab sends 20 ms frames of 16 kHz int16 (binary: capture time as float64 ms
-since the epoch on the browser's clock, then 640 bytes of PCM) and small JSON messages
-(played counts, talk on/off). The frames go through the shared `Capture`, stamped with the
-browser's capture time, so "when speech really ended" includes the browser's audio path.
+Upstream, the tab sends 20 ms frames of 16 kHz int16 (binary: the capture time of the last
+sample as float64 ms since the epoch on the browser's clock, then one or more frames of 640
+bytes; several only while all is quiet) and small JSON messages (played counts, talk
+on/off). The frames go through the shared `Capture`, stamped with the browser's capture
+time, so "when speech really ended" includes the browser's audio path.
 
 Downstream, the tab gets the conversation's events as small JSON (transcripts, reply text,
 playback, the turn's waterfall) and the reply audio (workers.web.sink).
@@ -30,8 +31,10 @@ from workers.web.sink import BrowserOutput, audio_frame
 log = logging.getLogger("voicebus.web")
 
 FRAME_SAMPLES = 320
-"""20 ms at 16 kHz: what the page sends per binary message."""
-FRAME_BYTES = 8 + 2 * FRAME_SAMPLES
+"""20 ms at 16 kHz: the page sends whole frames."""
+FRAME_BYTES = 2 * FRAME_SAMPLES
+MAX_FRAMES = 10
+"""Frames one message may hold (the page holds five while all is quiet)."""
 
 #: What the page is told about (audio chunks stay server-side).
 FORWARDED = (
@@ -151,8 +154,15 @@ class Tab:
             await self.close()
 
     async def _frame(self, data: bytes) -> None:
-        if len(data) != FRAME_BYTES:
-            self.send_json({"type": "error", "message": f"audio frames are {FRAME_BYTES} bytes"})
+        frames, rest = divmod(len(data) - 8, FRAME_BYTES)
+        if rest or not 1 <= frames <= MAX_FRAMES:
+            self.send_json(
+                {
+                    "type": "error",
+                    "message": f"audio messages are an 8-byte capture time, then 1 to"
+                    f" {MAX_FRAMES} frames of {FRAME_BYTES} bytes (20 ms of 16 kHz int16)",
+                }
+            )
             return
         (captured_ms,) = struct.unpack_from("<d", data)
         await self.capture.feed(data[8:], captured_at=captured_ms / 1000.0)

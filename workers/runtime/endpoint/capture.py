@@ -117,7 +117,7 @@ class Capture:
 
     async def feed(self, block: np.ndarray | bytes, captured_at: float | None = None) -> None:
         """One block of audio, captured (its last sample) at `captured_at` (default: now)."""
-        self._fed_at = time.time() if captured_at is None else captured_at
+        fed_at = time.time() if captured_at is None else captured_at
         n = len(block) // 2 if isinstance(block, bytes | bytearray) else len(block)
         if self._scoring is not None and self.endpointer.awaiting_score:
             # Audio comes faster than the model answers (a loaded machine, or a source
@@ -125,6 +125,10 @@ class Capture:
             # be had the model run in line.
             await asyncio.shield(self._scoring)
         async with self._lock:
+            # The clock and the count move together: a decision published meanwhile (the
+            # model's answer, a transcript) dates the speech's end from both, and the new
+            # block's time with the old count would date it a block late.
+            self._fed_at = fed_at
             self._fed_samples += n
             for seg in self.endpointer.feed(block):
                 await self._handle(seg)
