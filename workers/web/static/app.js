@@ -160,6 +160,7 @@ function onEvent(e) {
       renderReply(t);
       break;
     case "llm.reply-sentence":
+      audio.wake(); // its audio follows (the graph may be resting between replies)
       if (state.discarded.has(e.generation) || t.cut) break;
       t.sentences.set(`${e.generation}/${e.index}`, { generation: e.generation, index: e.index, text: e.text });
       renderReply(t);

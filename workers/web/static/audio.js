@@ -1,4 +1,14 @@
-// The page's audio: microphone -> capture worklet -> frames; replies -> player -> tap -> speakers.
+// The page's audio: microphone -> frames; replies -> player -> tap -> speakers.
+//
+// Where the browser has MediaStreamTrackProcessor (Chromium), the microphone is read off its
+// track and the graph only plays replies: between replies it is suspended. A running graph
+// wakes every render quantum (2.9 ms) in the page and in the browser's audio service even
+// when it plays silence, and on a small machine that CPU is taken from the models the reply
+// waits for. Elsewhere the microphone goes through a capture worklet and the graph runs.
+import { Frames16k } from "./frames.js";
+
+// How long the graph keeps running after the last reply ended before it is suspended.
+const REST_MS = 1000;
 
 // The output buffer the page asks for: by default the smallest the device allows (a reply's
 // first sound is heard that much sooner: headless Chromium reports 2.9 + 8 ms with 0 against
@@ -18,8 +28,11 @@ export class Audio {
     this.onFirst = onFirst;
     this.ctx = null;
     this.heard = [];
-    this.halts = []; // {reply, samples, at (context time)} of replies stopped by a barge-in
+    this.halts = []; // {reply, samples, at (context time), atMs (heard, wall clock)} of replies stopped by a barge-in
     this.inputLatencyMs = 0;
+    this.replying = new Set(); // replies opened and not yet played out or halted
+    this.offGraph = false; // the microphone is read off its track: the graph may rest
+    this.restTimer = null;
   }
 
   async start() {
@@ -32,14 +45,40 @@ export class Audio {
     this.player.port.onmessage = (e) => {
       const m = e.data;
       if (m.first !== undefined) this.onFirst(m.first, this.wallMs(m.at));
-      else if (m.played !== undefined) this.onPlayed(m.played, m.samples);
-      else if (m.halted !== undefined) {
-        this.halts.push({ reply: m.halted, samples: m.samples, at: m.at });
+      else if (m.played !== undefined) {
+        this.onPlayed(m.played, m.samples);
+        if (m.done) this.finished(m.played);
+      } else if (m.halted !== undefined) {
+        this.halts.push({ reply: m.halted, samples: m.samples, at: m.at, atMs: this.wallMs(m.at) });
         this.onPlayed(m.halted, m.samples);
+        this.finished(m.halted);
       }
     };
     this.tap.port.onmessage = (e) => this.heard.push(e.data);
     if (this.ctx.state !== "running") await this.ctx.resume();
+  }
+
+  // A reply is coming: the graph runs (resuming takes a few ms; the page calls this when the
+  // reply's first sentence is shown, before its audio comes).
+  wake() {
+    clearTimeout(this.restTimer);
+    this.restTimer = null;
+    if (this.ctx && this.ctx.state === "suspended") this.ctx.resume();
+  }
+
+  // Nothing to play: suspend the graph a little later, unless a reply comes first or the
+  // graph carries the microphone.
+  rest() {
+    if (!this.ctx || !this.offGraph || this.replying.size || this.restTimer) return;
+    this.restTimer = setTimeout(() => {
+      this.restTimer = null;
+      if (!this.replying.size && this.offGraph && this.ctx.state === "running") this.ctx.suspend();
+    }, REST_MS);
+  }
+
+  finished(reply) {
+    this.replying.delete(reply);
+    this.rest();
   }
 
   // When the sample the graph renders at context time `ctxTime` is heard, as wall-clock
@@ -66,6 +105,13 @@ export class Audio {
     });
     const track = this.stream.getAudioTracks()[0];
     this.inputLatencyMs = ((track && track.getSettings().latency) || 0) * 1000;
+    const onGraph = new URLSearchParams(location.search).get("capture") === "graph";
+    if (typeof MediaStreamTrackProcessor === "function" && !onGraph) {
+      this.offGraph = true;
+      this.readTrack(track);
+      this.rest();
+      return;
+    }
     this.source = this.ctx.createMediaStreamSource(this.stream);
     this.capture = new AudioWorkletNode(this.ctx, "voicebus-capture", { numberOfOutputs: 0 });
     this.capture.port.onmessage = (e) => {
@@ -74,13 +120,50 @@ export class Audio {
     this.source.connect(this.capture);
   }
 
-  closeMic() {
-    if (this.source) this.source.disconnect();
-    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
-    this.source = this.stream = this.capture = null;
+  // The microphone's buffers (10 ms in Chromium) as they come, off the audio graph.
+  async readTrack(track) {
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    this.reader = reader;
+    let frames = null;
+    let x = new Float32Array(0);
+    for (;;) {
+      let got;
+      try {
+        got = await reader.read();
+      } catch {
+        return; // the track was stopped
+      }
+      const data = got.value;
+      if (got.done || !data) return;
+      try {
+        const rate = data.sampleRate;
+        if (!frames || frames.rate !== rate) frames = new Frames16k(rate, (pcm, at, rms) => this.onFrame(pcm, at, rms));
+        if (x.length !== data.numberOfFrames) x = new Float32Array(data.numberOfFrames);
+        data.copyTo(x, { planeIndex: 0, format: "f32-planar" });
+        // The timestamp (microseconds, the page's clock) is when the browser got the buffer:
+        // the input device took its reported latency to deliver it, so the first sample was
+        // spoken that long before (within 2 ms of what the graph's clock gives).
+        const t0 = performance.timeOrigin + data.timestamp / 1000 - this.inputLatencyMs;
+        this.mixInjected(x, rate, t0);
+        frames.push(x, t0, 1000 / rate);
+      } finally {
+        data.close();
+      }
+    }
   }
 
-  open(reply, rate) { this.player.port.postMessage({ open: reply, rate }); }
+  closeMic() {
+    if (this.reader) this.reader.cancel().catch(() => {});
+    if (this.source) this.source.disconnect();
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    this.source = this.stream = this.capture = this.reader = null;
+  }
+
+  open(reply, rate) {
+    this.replying.add(reply);
+    this.wake();
+    this.player.port.postMessage({ open: reply, rate });
+  }
   push(reply, int16) {
     const f = new Float32Array(int16.length);
     for (let i = 0; i < int16.length; i++) f[i] = int16[i] / 32768;
@@ -89,18 +172,42 @@ export class Audio {
   halt(reply) { this.player.port.postMessage({ halt: reply }); }
   end(reply) { this.player.port.postMessage({ end: reply }); }
 
-  // Speaks `int16` (at `rate`) into the capture path as the microphone would, starting at the
-  // returned context time (the tests talk over a reply with it).
+  // Speaks `int16` (at `rate`) into the capture path as the microphone would (the tests talk
+  // over a reply with it). Resolves to when its first sample was "spoken" (wall clock, ms).
   inject(int16, rate) {
-    const buf = this.ctx.createBuffer(1, int16.length, rate);
-    const ch = buf.getChannelData(0);
-    for (let i = 0; i < int16.length; i++) ch[i] = int16[i] / 32768;
+    const f = Float32Array.from(int16, (v) => v / 32768);
+    if (this.offGraph) {
+      return new Promise((resolve) => {
+        this.injected = { pcm: f, rate, at: null, pos: 0, resolve };
+      });
+    }
+    const buf = this.ctx.createBuffer(1, f.length, rate);
+    buf.getChannelData(0).set(f);
     const src = this.ctx.createBufferSource();
     src.buffer = buf;
     src.connect(this.capture);
     const at = this.ctx.currentTime + 0.05;
     src.start(at);
-    return at;
+    return Promise.resolve(this.capturedMs(at) + this.inputLatencyMs);
+  }
+
+  // Adds what inject() was given to the microphone's samples (resampled linearly to its rate).
+  mixInjected(x, rate, t0) {
+    const j = this.injected;
+    if (!j) return;
+    if (j.at === null) {
+      j.at = t0;
+      j.resolve(t0);
+    }
+    const step = j.rate / rate;
+    for (let i = 0; i < x.length; i++, j.pos += step) {
+      const k = Math.floor(j.pos);
+      if (k + 1 >= j.pcm.length) {
+        this.injected = null;
+        return;
+      }
+      x[i] += j.pcm[k] + (j.pcm[k + 1] - j.pcm[k]) * (j.pos - k);
+    }
   }
 
   record(on) { this.heard = []; this.tap.port.postMessage({ record: on }); }

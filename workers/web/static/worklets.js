@@ -1,46 +1,20 @@
 // AudioWorklet processors of the page (one module): capture, player and tap.
 
-const RATE = 16000;
-const FRAME = 320; // 20 ms at 16 kHz
+import { Frames16k } from "./frames.js";
 
-// Microphone -> 16 kHz int16 frames of 20 ms. The context runs at its own rate (44.1 or
-// 48 kHz): a fractional linear resampler keeps the 16 kHz clock exact over any length.
+// Microphone -> 16 kHz int16 frames of 20 ms, stamped with the graph's time (browsers
+// without MediaStreamTrackProcessor read the microphone through the graph).
 class Capture extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.step = sampleRate / RATE; // input samples per output sample
-    this.pos = 0; // position of the next output sample, in input samples of this block
-    this.prev = 0; // last input sample of the previous block (position -1)
-    this.frame = new Int16Array(FRAME);
-    this.n = 0;
-    this.sumsq = 0;
+    this.frames = new Frames16k(sampleRate, (pcm, at, rms) => {
+      this.port.postMessage({ pcm: pcm.buffer, at, rms }, [pcm.buffer]);
+    });
   }
 
   process(inputs) {
     const input = inputs[0] && inputs[0][0];
-    if (!input) return true;
-    const len = input.length;
-    while (this.pos < len - 1) {
-      const i = Math.floor(this.pos);
-      const frac = this.pos - i;
-      const a = i < 0 ? this.prev : input[i];
-      const b = i + 1 < len ? input[i + 1] : a;
-      const v = Math.max(-1, Math.min(1, a + (b - a) * frac));
-      this.frame[this.n++] = Math.round(v * 32767);
-      this.sumsq += v * v;
-      if (this.n === FRAME) {
-        // Captured when its last sample was: this block's start plus that sample's offset.
-        const at = currentTime + (i + 1) / sampleRate;
-        const rms = Math.sqrt(this.sumsq / FRAME);
-        this.port.postMessage({ pcm: this.frame.buffer, at, rms }, [this.frame.buffer]);
-        this.frame = new Int16Array(FRAME);
-        this.n = 0;
-        this.sumsq = 0;
-      }
-      this.pos += this.step;
-    }
-    this.pos -= len;
-    this.prev = input[len - 1];
+    if (input) this.frames.push(input, currentTime, 1 / sampleRate);
     return true;
   }
 }
@@ -80,8 +54,6 @@ class Player extends AudioWorkletProcessor {
     } else if (m.end !== undefined) {
       const r = this.find(m.end);
       if (r) r.ended = true;
-    } else if (m.haltAll) {
-      this.replies = [];
     }
   }
 
@@ -105,7 +77,7 @@ class Player extends AudioWorkletProcessor {
         r.played = Math.min(r.total, idx + 1);
       }
       if (r.ended && r.played >= r.total) {
-        this.port.postMessage({ played: r.id, samples: r.played });
+        this.port.postMessage({ played: r.id, samples: r.played, done: true });
         this.replies.shift();
       } else {
         break;
