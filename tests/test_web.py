@@ -12,6 +12,7 @@ import base64
 import os
 import re
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -306,6 +307,78 @@ def test_barge_in_stops_the_reply_and_the_text_and_log_stop_at_what_was_heard(
     # The page shows the sentences heard, the last one marked as cut off, none unheard.
     assert shown_n == done["last_sentence_index"] + 1
     assert cut == (1 if done["sentences_heard"] <= done["last_sentence_index"] else 0)
+
+
+# Wraps the page's WebSocket: each binary message sent (frames it holds, capture time of its
+# last sample) and, as each frame reaches the page, how long after its stamp that was.
+SPY = """
+window.sent = [];
+window.lateness = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (m) {
+  if (m instanceof ArrayBuffer) {
+    window.sent.push({ frames: (m.byteLength - 8) / 640, at: new DataView(m).getFloat64(0, true) });
+  }
+  return send.call(this, m);
+};
+"""
+
+
+def test_between_turns_the_graph_rests_and_quiet_frames_are_held_but_not_the_pause(
+    web, tmp_path: Path
+) -> None:
+    """A running audio graph and fifty messages a second take the small machine's CPU from
+    the models: between replies the page suspends its graph and, while all is quiet with no
+    utterance open, sends frames five to a message. The pause the gateway judges the turn's
+    end on goes up frame by frame (holding it would delay the decision), and no frame is
+    stamped later than it reached the page (a stamp ahead of the audio would make
+    voice-to-voice look shorter than it was)."""
+    wav = mic_wav(tmp_path / "q.wav", speech(QUESTION, 3.0, 12.0))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, wav)
+        page = browser.new_page()
+        page.add_init_script(SPY)
+        page.goto(web["url"])
+        page.wait_for_function("window.voicebus && window.voicebus.ready === true")
+        page.evaluate("voicebus.audio.start()")
+        page.get_by_role("button", name="Talk").click()
+        page.evaluate(
+            """() => { const a = voicebus.audio, f = a.onFrame;
+            a.onFrame = (pcm, at, rms) => {
+              window.lateness.push(performance.timeOrigin + performance.now() - at);
+              f(pcm, at, rms);
+            }; }"""
+        )
+        page.wait_for_timeout(2000)  # the question starts 3 s in; the graph rests after 1 s
+        resting_before = page.evaluate("voicebus.audio.ctx.state")
+        page.wait_for_function(
+            "document.querySelectorAll('li.turn .waterfall .row').length >= 5", timeout=90_000
+        )
+        heard = page.evaluate("voicebus.turns")
+        page.wait_for_timeout(1500)
+        resting_after = page.evaluate("voicebus.audio.ctx.state")
+        sent = page.evaluate("window.sent")
+        lateness = page.evaluate("window.lateness")
+        events = page.evaluate("voicebus.events")
+        browser.close()
+    assert resting_before == "suspended" and resting_after == "suspended"
+    assert heard and heard[0]["browser_v2v_ms"] > 0, "the reply was not played"
+    started = next(e for e in events if e["type"] == "mic.voice-started")
+    stopped = next(e for e in events if e["type"] == "mic.voice-stopped")
+    playing = next(e for e in events if e["type"] == "speaker.playback-started")
+    end_ms, decided_ms = stopped["speech_end_ts"] * 1000, stopped["ts"] * 1000
+    judged = [m["frames"] for m in sent if end_ms <= m["at"] <= decided_ms]
+    waiting = [m["frames"] for m in sent if decided_ms + 100 < m["at"] < playing["ts"] * 1000]
+    lead = [m["frames"] for m in sent if m["at"] < started["ts"] * 1000 - 500]
+    print(f"pause judged {judged}; waiting for the reply {waiting}; before the question {lead}")
+    assert len(judged) >= 5 and set(judged) == {1}
+    assert waiting and set(waiting) == {5}
+    assert lead and 5 in lead
+    # Nothing lost or held back for good: the frames sent cover the microphone's time.
+    covered = sent[-1]["at"] - sent[0]["at"] + 20 * sent[0]["frames"]
+    assert abs(sum(m["frames"] for m in sent) * 20 - covered) < 0.01 * covered
+    assert min(lateness) >= 0, f"a frame stamped {-min(lateness):.1f} ms after it came"
+    assert statistics.median(lateness) < 50
 
 
 def test_the_gateway_takes_whole_frames_one_to_ten_a_message_and_refuses_the_rest(web) -> None:

@@ -31,15 +31,47 @@ function showLevel(rms) {
   levelFrames = 0;
 }
 
+// Frames go up one by one (20 ms) while the user may be speaking and until the gateway has
+// decided the turn; while all is quiet with no utterance open (waiting for the reply,
+// listening to a silent room) they go five to a message: ten messages a second instead of
+// fifty, which on a small machine is CPU (the browser's and the gateway's) left to the
+// models the reply waits for. A loud frame sends what is held at once, so an onset (a
+// barge-in) is not held back; a soft one the gateway hears switches frames back too.
+const QUIET_RMS = 0.003; // about -50 dBFS: noise-suppressed silence is far below it
+const HOLD_FRAMES = 5;
+const LIVE_MS = 1000; // a loud sound that starts no utterance keeps frames live this long
+const uplink = { held: [], heldAt: 0, live: false, open: null, loudAt: -Infinity };
+
+function sendFrame(pcm, at, rms) {
+  if (rms >= QUIET_RMS) {
+    uplink.live = true;
+    uplink.loudAt = at;
+  } else if (uplink.live && uplink.open === null && at - uplink.loudAt > LIVE_MS) {
+    uplink.live = false;
+  }
+  uplink.held.push(pcm);
+  uplink.heldAt = at;
+  if (uplink.live || uplink.held.length >= HOLD_FRAMES) flushFrames();
+}
+
+// Sends the frames held as one message: the time of its last sample, then the frames.
+function flushFrames() {
+  const frames = uplink.held;
+  if (!frames.length || !ws || ws.readyState !== WebSocket.OPEN) return;
+  const bytes = frames[0].byteLength;
+  const msg = new ArrayBuffer(8 + bytes * frames.length);
+  new DataView(msg).setFloat64(0, uplink.heldAt, true);
+  frames.forEach((f, i) => new Int16Array(msg, 8 + i * bytes).set(f));
+  uplink.held = [];
+  ws.send(msg);
+}
+
 const audio = new Audio({
   onFrame(pcm, at, rms) {
     showLevel(rms);
     if (!state.talking || !ws || ws.readyState !== WebSocket.OPEN) return;
     if (state.muted) pcm.fill(0); // keep the clock going: an utterance in progress ends
-    const msg = new ArrayBuffer(8 + pcm.byteLength);
-    new DataView(msg).setFloat64(0, at, true);
-    new Int16Array(msg, 8).set(pcm);
-    ws.send(msg);
+    sendFrame(pcm, at, state.muted ? 0 : rms);
   },
   onPlayed(reply, samples) {
     send({ type: "played", reply, samples });
@@ -137,9 +169,15 @@ function onEvent(e) {
   const q = (sel) => t.li.querySelector(sel);
   switch (e.type) {
     case "mic.voice-started":
+      uplink.open = e.utterance_id;
+      uplink.live = true;
       setStatus("listening…");
       break;
     case "mic.voice-stopped":
+      if (uplink.open === e.utterance_id) {
+        uplink.open = null;
+        uplink.live = false; // the turn is decided: quiet frames may wait now
+      }
       t.speechEndAt = e.speech_end_ts * 1000;
       setStatus("thinking…");
       break;
@@ -267,6 +305,7 @@ $("talk").addEventListener("click", async () => {
   } else {
     state.talking = false;
     audio.closeMic();
+    flushFrames();
     send({ type: "talk-stopped" });
     $("mute").disabled = true;
     setStatus("press Talk");
