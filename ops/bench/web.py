@@ -6,8 +6,8 @@ in one run, the sides taking turns to go first each round:
   sink's clock), its voice-to-voice from the event log;
 - web: `just web`, and chromium (headless, Debian's) whose microphone is one WAV holding the
   same questions with silence between them; voice-to-voice as the browser measures it, from
-  the real end of speech (the capture clock: when the graph processed the sample, less the
-  microphone's reported input latency) to the first reply sample heard (the output device's
+  the real end of speech (the capture clock: when the browser got the microphone's buffer,
+  less the microphone's reported input latency) to the first reply sample heard (the output device's
   position clock, getOutputTimestamp, which includes the output latency), and the log's
   figure for the same turns;
 - beside (with `--sides demo,beside,web`): the demo while the page is open and listening to
