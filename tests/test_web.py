@@ -381,6 +381,35 @@ def test_between_turns_the_graph_rests_and_quiet_frames_are_held_but_not_the_pau
     assert statistics.median(lateness) < 50
 
 
+def test_the_graph_keeps_running_on_a_device_slow_to_start_again(web, tmp_path: Path) -> None:
+    """Resting the graph costs its restart at the next reply: where that is slow (a
+    Bluetooth headset), the page stops resting it; `&rest=off` never rests it."""
+    silence = mic_wav(tmp_path / "s.wav", np.zeros(48_000 * 20, dtype=np.int16))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, silence)
+        page = open_page(browser, web["url"])
+        page.get_by_role("button", name="Talk").click()
+        page.wait_for_function("voicebus.audio.ctx.state === 'suspended'", timeout=5_000)
+        # The device now takes 80 ms to start.
+        page.evaluate(
+            """() => { const ctx = voicebus.audio.ctx, resume = ctx.resume.bind(ctx);
+            ctx.resume = () => new Promise((r) => setTimeout(r, 80)).then(resume); }"""
+        )
+        page.evaluate("voicebus.audio.wake()")
+        page.wait_for_function("voicebus.audio.resumeMs !== null", timeout=5_000)
+        page.evaluate("voicebus.audio.rest()")
+        page.wait_for_timeout(1_500)
+        slow = page.evaluate("[voicebus.audio.resumeMs, voicebus.audio.ctx.state]")
+        page.close()
+        page = open_page(browser, web["url"] + "&rest=off")
+        page.get_by_role("button", name="Talk").click()
+        page.wait_for_timeout(1_500)
+        off = page.evaluate("voicebus.audio.ctx.state")
+        browser.close()
+    assert slow[0] >= 80 and slow[1] == "running"
+    assert off == "running"
+
+
 def test_the_gateway_takes_whole_frames_one_to_ten_a_message_and_refuses_the_rest(web) -> None:
     """The socket without a browser: malformed audio gets an error and the tab goes on;
     frames sent ten to a message are heard as the question, dated by their last sample."""

@@ -9,6 +9,9 @@ import { Frames16k } from "./frames.js";
 
 // How long the graph keeps running after the last reply ended before it is suspended.
 const REST_MS = 1000;
+// A device that takes longer than this to start again (some Bluetooth headsets) would delay
+// the reply's first sound: the graph then stays running.
+const SLOW_RESUME_MS = 50;
 
 // The output buffer the page asks for: by default the smallest the device allows (a reply's
 // first sound is heard that much sooner: headless Chromium reports 2.9 + 8 ms with 0 against
@@ -33,6 +36,8 @@ export class Audio {
     this.replying = new Set(); // replies opened and not yet played out or halted
     this.offGraph = false; // the microphone is read off its track: the graph may rest
     this.restTimer = null;
+    this.restful = new URLSearchParams(location.search).get("rest") !== "off";
+    this.resumeMs = null; // how long the graph last took to start again
   }
 
   async start() {
@@ -63,16 +68,21 @@ export class Audio {
   wake() {
     clearTimeout(this.restTimer);
     this.restTimer = null;
-    if (this.ctx && this.ctx.state === "suspended") this.ctx.resume();
+    if (!this.ctx || this.ctx.state !== "suspended") return;
+    const t0 = performance.now();
+    this.ctx.resume().then(() => {
+      this.resumeMs = performance.now() - t0;
+      if (this.resumeMs > SLOW_RESUME_MS) this.restful = false;
+    });
   }
 
-  // Nothing to play: suspend the graph a little later, unless a reply comes first or the
-  // graph carries the microphone.
+  // Nothing to play: suspend the graph a little later, unless a reply comes first, the
+  // graph carries the microphone, or the device is slow to start again.
   rest() {
-    if (!this.ctx || !this.offGraph || this.replying.size || this.restTimer) return;
+    if (!this.ctx || !this.offGraph || !this.restful || this.replying.size || this.restTimer) return;
     this.restTimer = setTimeout(() => {
       this.restTimer = null;
-      if (!this.replying.size && this.offGraph && this.ctx.state === "running") this.ctx.suspend();
+      if (!this.replying.size && this.restful && this.ctx.state === "running") this.ctx.suspend();
     }, REST_MS);
   }
 
