@@ -410,6 +410,28 @@ def test_the_graph_keeps_running_on_a_device_slow_to_start_again(web, tmp_path: 
     assert off == "running"
 
 
+def test_a_reply_opened_while_the_graph_is_being_suspended_wakes_it(web, tmp_path: Path) -> None:
+    """Suspending takes a moment, during which the graph still says "running": a reply that
+    opens then must not find it suspended for good."""
+    silence = mic_wav(tmp_path / "s.wav", np.zeros(48_000 * 20, dtype=np.int16))
+    with playwright.sync_playwright() as pw:
+        browser = launch(pw, silence)
+        page = open_page(browser, web["url"])
+        page.evaluate(
+            """() => { const ctx = voicebus.audio.ctx, suspend = ctx.suspend.bind(ctx);
+            ctx.suspend = () => { window.suspending = true;
+              return new Promise((r) => setTimeout(r, 300)).then(suspend); }; }"""
+        )
+        page.get_by_role("button", name="Talk").click()
+        page.wait_for_function("window.suspending === true", timeout=5_000)
+        during = page.evaluate("voicebus.audio.ctx.state")
+        page.evaluate("voicebus.audio.open(99, 22050)")
+        page.wait_for_timeout(800)
+        after = page.evaluate("voicebus.audio.ctx.state")
+        browser.close()
+    assert during == "running" and after == "running"
+
+
 def test_the_gateway_takes_whole_frames_one_to_ten_a_message_and_refuses_the_rest(web) -> None:
     """The socket without a browser: malformed audio gets an error and the tab goes on;
     frames sent ten to a message are heard as the question, dated by their last sample."""

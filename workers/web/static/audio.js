@@ -31,7 +31,9 @@ export class Audio {
     this.onFirst = onFirst;
     this.ctx = null;
     this.heard = [];
-    this.halts = []; // {reply, samples, at (context time), atMs (heard, wall clock)} of replies stopped by a barge-in
+    // Replies stopped by a barge-in: {reply, samples, at (context time), atMs (when the stop
+    // was heard, wall clock)}.
+    this.halts = [];
     this.inputLatencyMs = 0;
     this.replying = new Set(); // replies opened and not yet played out or halted
     this.offGraph = false; // the microphone is read off its track: the graph may rest
@@ -54,7 +56,8 @@ export class Audio {
         this.onPlayed(m.played, m.samples);
         if (m.done) this.finished(m.played);
       } else if (m.halted !== undefined) {
-        this.halts.push({ reply: m.halted, samples: m.samples, at: m.at, atMs: this.wallMs(m.at) });
+        const halt = { reply: m.halted, samples: m.samples, at: m.at, atMs: this.wallMs(m.at) };
+        this.halts.push(halt);
         this.onPlayed(m.halted, m.samples);
         this.finished(m.halted);
       }
@@ -82,7 +85,12 @@ export class Audio {
     if (!this.ctx || !this.offGraph || !this.restful || this.replying.size || this.restTimer) return;
     this.restTimer = setTimeout(() => {
       this.restTimer = null;
-      if (!this.replying.size && this.restful && this.ctx.state === "running") this.ctx.suspend();
+      if (this.replying.size || !this.restful || this.ctx.state !== "running") return;
+      // A reply opened while the suspension was under way found the graph still running
+      // (wake did nothing): it is woken once the suspension is done.
+      this.ctx.suspend().then(() => {
+        if (this.replying.size) this.wake();
+      });
     }, REST_MS);
   }
 
