@@ -196,7 +196,7 @@ export class Audio {
     const f = Float32Array.from(int16, (v) => v / 32768);
     if (this.offGraph) {
       return new Promise((resolve) => {
-        this.injected = { pcm: f, rate, at: null, pos: 0, resolve };
+        this.injected = { pcm: f, rate, pos: 0, resolve };
       });
     }
     const buf = this.ctx.createBuffer(1, f.length, rate);
@@ -213,9 +213,9 @@ export class Audio {
   mixInjected(x, rate, t0) {
     const j = this.injected;
     if (!j) return;
-    if (j.at === null) {
-      j.at = t0;
-      j.resolve(t0);
+    if (j.resolve) {
+      j.resolve(t0); // its first sample is this buffer's first
+      j.resolve = null;
     }
     const step = j.rate / rate;
     for (let i = 0; i < x.length; i++, j.pos += step) {
