@@ -5,7 +5,8 @@ in one run, the sides taking turns to go first each round:
 - demo: `just demo q1.wav q2.wav ...` (mic worker reading the files in real time, the WAV
   sink's clock), its voice-to-voice from the event log;
 - web: `just web`, and chromium (headless, Debian's) whose microphone is one WAV holding the
-  same questions with silence between them; voice-to-voice as the browser measures it, from
+  same questions with silence between them, with no DevTools client attached while it
+  listens and answers (see `Page`); voice-to-voice as the browser measures it, from
   the real end of speech (the capture clock: when the browser got the microphone's buffer,
   less the microphone's reported input latency) to the first reply sample heard (the output device's
   position clock, getOutputTimestamp, which includes the output latency), and the log's
@@ -116,52 +117,120 @@ def chromium_args(wav: Path) -> list[str]:
     ]
 
 
-def open_page(pw: Any, url: str, wav: Path) -> tuple[Any, Any]:
-    """Chromium on the page with Talk pressed, its microphone reading `wav`."""
-    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(wav))
-    page = browser.new_page()
-    page.goto(url)
-    page.wait_for_function("window.voicebus && window.voicebus.ready === true")
-    page.evaluate("voicebus.audio.start()")
-    page.get_by_role("button", name="Talk").click()
-    return browser, page
+class Page:
+    """Chromium (headless, Debian's) on the page, its microphone reading a WAV, with nothing
+    attached while it listens and answers. Playwright drives it over the DevTools protocol
+    only to press Talk and, at the end, to read what the page measured: attached, every
+    WebSocket frame is reported to Playwright's driver, which cost the browser and the driver
+    ~3.5% of a core here (frames going up live), CPU a user's tab does not spend and that the
+    models beside it would miss."""
+
+    def __init__(self, pw: Any, url: str, wav: Path, profile: Path) -> None:
+        self.pw = pw
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",  # as Playwright launches it (the tests run as root)
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                f"--user-data-dir={profile}",
+                f"--remote-debugging-port={self.port}",
+                *chromium_args(wav),
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            self.conversation_id = self.attached(
+                lambda page: (
+                    page.wait_for_function("window.voicebus && window.voicebus.ready === true"),
+                    page.evaluate("voicebus.audio.start()"),
+                    page.get_by_role("button", name="Talk").click(),
+                    page.evaluate("voicebus.state.conversationId"),
+                )[-1]
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def attached(self, work: Any) -> Any:
+        """Attach, run `work(page)`, detach (the browser and its page go on)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                browser = self.pw.chromium.connect_over_cdp(f"http://127.0.0.1:{self.port}")
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("chromium did not open its DevTools port") from None
+                time.sleep(0.3)
+        try:
+            pages = [p for c in browser.contexts for p in c.pages]
+            return work(pages[0])
+        finally:
+            browser.close()  # a browser connected over CDP is only disconnected
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-def demo_beside_page(env: dict[str, str], wavs: list[Path], url: str, silence: Path) -> list[dict]:
+def demo_beside_page(
+    env: dict[str, str], wavs: list[Path], url: str, silence: Path, tmp: Path
+) -> list[dict]:
     """The demo side while the page is open and listening (to silence) in chromium: both
     sides then pay the browser's CPU, and the difference is the web path's own."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser, _ = open_page(pw, url, silence)
+        page = Page(pw, url, silence, Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp)))
         try:
             time.sleep(2)  # past the page's start
             return demo_side(env, wavs)
         finally:
-            browser.close()
+            page.close()
 
 
-def web_side(url: str, wav: Path, turns: int, db: Path) -> list[dict]:
+def web_side(url: str, wav: Path, turns: int, db: Path, tmp: Path) -> list[dict]:
     """The log's timings per turn, and browser_v2v_ms: voice-to-voice as the browser measured it."""
     from playwright.sync_api import sync_playwright
 
     from workers.runtime.eventlog import EventLog, timings
 
-    with sync_playwright() as pw:
-        browser, page = open_page(pw, url, wav)
-        # Polled twice a second: the page times the turns itself, and Playwright's default
-        # (every animation frame) keeps the renderer drawing 60 frames a second, ~4.5% of a
-        # core here that a user's tab does not spend and that the models would miss.
-        page.wait_for_function(
-            f"document.querySelectorAll('li.turn .waterfall .row').length >= 5 * {turns}"
-            f" && voicebus.turns.length >= {turns}",
-            timeout=int((turns * (GAP_S + 10) + 60) * 1000),
-            polling=500,
-        )
-        measured = page.evaluate("voicebus.turns")
-        browser.close()
     log = EventLog(f"sqlite:///{db}", migrate=False)
     try:
+        with sync_playwright() as pw:
+            page = Page(pw, url, wav, Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp)))
+            try:
+                # Until the log has every turn played out (read twice a second, from here).
+                deadline = time.monotonic() + turns * (GAP_S + 10) + 60
+                while time.monotonic() < deadline:
+                    done = [
+                        t for t in log.turns(page.conversation_id) if t.playback_done_at is not None
+                    ]
+                    if len(done) >= turns:
+                        break
+                    time.sleep(0.5)
+                measured = page.attached(
+                    lambda p: (
+                        p.wait_for_function(
+                            "document.querySelectorAll('li.turn .waterfall .row').length"
+                            f" >= 5 * {turns} && voicebus.turns.length >= {turns}",
+                            timeout=30_000,
+                        ),
+                        p.evaluate("voicebus.turns"),
+                    )[-1]
+                )
+            finally:
+                page.close()
         out = []
         for m in measured:
             row = log.turn(m["utterance_id"])
@@ -314,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"round {r + 1}/{args.rounds}: {side}")
                 if side == "beside":
                     assert silence_wav is not None
-                    sides[side].append(demo_beside_page(env, demo_wavs, url, silence_wav))
+                    sides[side].append(demo_beside_page(env, demo_wavs, url, silence_wav, tmp))
                 elif side == "demo":
                     sides[side].append(demo_side(env, demo_wavs))
                 else:
-                    sides[side].append(web_side(url, browser_wav, len(questions), tmp / "voice.db"))
+                    sides[side].append(
+                        web_side(url, browser_wav, len(questions), tmp / "voice.db", tmp)
+                    )
     finally:
         web.send_signal(signal.SIGTERM)
         try:
