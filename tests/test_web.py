@@ -349,6 +349,20 @@ def test_between_turns_the_graph_rests_and_quiet_frames_are_held_but_not_the_pau
               f(pcm, at, rms);
             }; }"""
         )
+        # When the graph is woken, against when the reply opened, its first sentence came
+        # and its first audio came.
+        page.evaluate(
+            """() => { const a = voicebus.audio, ctx = a.ctx, now = () => performance.now();
+            const resume = ctx.resume.bind(ctx), open = a.open.bind(a), push = a.push.bind(a);
+            const events = voicebus.events, log = events.push.bind(events);
+            window.woken = []; window.at = {};
+            const first = (k) => { if (window.at[k] === undefined) window.at[k] = now(); };
+            ctx.resume = () => { window.woken.push(now()); return resume(); };
+            a.open = (r, rate) => { first("open"); open(r, rate); };
+            a.push = (r, pcm) => { first("audio"); push(r, pcm); };
+            events.push = (e) => { if (e.type === "llm.reply-sentence") first("sentence");
+              return log(e); }; }"""
+        )
         page.wait_for_timeout(2000)  # the question starts 3 s in; the graph rests after 1 s
         resting_before = page.evaluate("voicebus.audio.ctx.state")
         page.wait_for_function(
@@ -358,11 +372,16 @@ def test_between_turns_the_graph_rests_and_quiet_frames_are_held_but_not_the_pau
         page.wait_for_timeout(1500)
         resting_after = page.evaluate("voicebus.audio.ctx.state")
         sent = page.evaluate("window.sent")
+        woken, at = page.evaluate("[window.woken, window.at]")
         lateness = page.evaluate("window.lateness")
         events = page.evaluate("voicebus.events")
         browser.close()
     assert resting_before == "suspended" and resting_after == "suspended"
     assert heard and heard[0]["browser_v2v_ms"] > 0, "the reply was not played"
+    # The graph stays at rest while the llm writes the first sentence (the reply opens when
+    # the turn is decided, before that), and is running again before the audio comes.
+    print(f"graph woken at {woken}; reply {at}")
+    assert woken and at["sentence"] <= woken[0] <= at["audio"]
     started = next(e for e in events if e["type"] == "mic.voice-started")
     stopped = next(e for e in events if e["type"] == "mic.voice-stopped")
     playing = next(e for e in events if e["type"] == "speaker.playback-started")

@@ -196,6 +196,7 @@ function onEvent(e) {
       state.discarded.add(e.generation);
       for (const [k, s] of t.sentences) if (s.generation === e.generation) t.sentences.delete(k);
       renderReply(t);
+      audio.rest(); // its sentence woke the graph for nothing
       break;
     case "llm.reply-sentence":
       audio.wake(); // its audio follows (the graph may be resting between replies)

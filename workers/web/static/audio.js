@@ -66,8 +66,10 @@ export class Audio {
     if (this.ctx.state !== "running") await this.ctx.resume();
   }
 
-  // A reply is coming: the graph runs (resuming takes a few ms; the page calls this when the
-  // reply's first sentence is shown, before its audio comes).
+  // A reply is coming: the graph runs. The page calls this when the reply's first sentence
+  // is shown: its audio follows after the tts's first synthesis (~100 ms), ample for the
+  // resume (a few ms), and the graph stays quiet while the llm writes that sentence. Audio
+  // that comes to a resting graph wakes it too.
   wake() {
     clearTimeout(this.restTimer);
     this.restTimer = null;
@@ -179,10 +181,10 @@ export class Audio {
 
   open(reply, rate) {
     this.replying.add(reply);
-    this.wake();
     this.player.port.postMessage({ open: reply, rate });
   }
   push(reply, int16) {
+    if (this.ctx.state === "suspended") this.wake();
     const f = new Float32Array(int16.length);
     for (let i = 0; i < int16.length; i++) f[i] = int16[i] / 32768;
     this.player.port.postMessage({ push: reply, pcm: f }, [f.buffer]);
