@@ -381,12 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"synthesizing {len(questions)} questions")
     speech = [synth_piper(q) for q in questions]
     lead = np.zeros(8_000, dtype=np.int16)  # 0.5 s at 16 kHz
+    # The first question 3 s in, on both sides: a page just opened (and services just
+    # started) are still busy for a moment, which is not what a turn costs.
+    settle = np.zeros(48_000, dtype=np.int16)
     demo_wavs = [
-        write_wav(tmp / f"q{i}.wav", np.concatenate([lead, x]).tobytes(), 16_000)
+        write_wav(
+            tmp / f"q{i}.wav", np.concatenate([settle if i == 0 else lead, x]).tobytes(), 16_000
+        )
         for i, x in enumerate(speech)
     ]
     gap = np.zeros(int(GAP_S * 16_000), dtype=np.int16)
-    mic16 = np.concatenate([lead] + [np.concatenate([x, gap]) for x in speech])
+    mic16 = np.concatenate([settle] + [np.concatenate([x, gap]) for x in speech])
     mic48 = np.clip(resample_float(mic16.astype(np.float32), 16_000, 48_000), -32768, 32767)
     browser_wav = write_wav(tmp / "mic.wav", mic48.astype(np.int16).tobytes(), 48_000)
     silence_wav = (
