@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from workers.runtime.eventlog import EventLog, row_event
 from workers.runtime.eventlog.verify import verify
 from workers.runtime.natsd import free_port
 from workers.runtime.otlp_receiver import OtlpReceiver
+from workers.runtime.procs import stop_process
 from workers.wyoming.handle import bus_conversation
 
 RATE = 16_000
@@ -104,12 +104,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
         yield Bridge(port, tmp / "data", db_url, log_file, receiver)
     finally:
         receiver.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, 60)
     assert proc.returncode == 0, log_file.read_text()[-3000:]
 
 

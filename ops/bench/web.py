@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 from ops.bench.stt import synth_piper
 from workers.runtime.audio import resample_float, write_wav
 from workers.runtime.natsd import free_port
+from workers.runtime.procs import stop_process
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -106,12 +106,7 @@ def running_web(env: dict[str, str], tmp: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        web.send_signal(signal.SIGTERM)
-        try:
-            web.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(web.pid, signal.SIGKILL)
-            web.wait()
+        stop_process(web, 60)
 
 
 def demo_side(env: dict[str, str], wavs: list[Path]) -> list[dict]:
@@ -165,16 +160,10 @@ class Page:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
-            self.conversation_id = self.attached(
-                lambda page: (
-                    page.wait_for_function("window.voicebus && window.voicebus.ready === true"),
-                    page.evaluate("voicebus.audio.start()"),
-                    page.get_by_role("button", name="Talk").click(),
-                    page.evaluate("voicebus.state.conversationId"),
-                )[-1]
-            )
+            self.conversation_id: str = self.attached(press_talk)
         except BaseException:
             self.close()
             raise
@@ -197,11 +186,25 @@ class Page:
             browser.close()  # a browser connected over CDP is only disconnected
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 10)
+
+
+def press_talk(page: Any) -> str:
+    """Once the page is ready: its audio started, Talk pressed; its conversation id."""
+    page.wait_for_function("window.voicebus && window.voicebus.ready === true")
+    page.evaluate("voicebus.audio.start()")
+    page.get_by_role("button", name="Talk").click()
+    return page.evaluate("voicebus.state.conversationId")
+
+
+def read_turns(page: Any, turns: int) -> list[dict]:
+    """What the page measured, once its `turns` turns are shown with their waterfalls."""
+    page.wait_for_function(
+        "document.querySelectorAll('li.turn .waterfall .row').length"
+        f" >= 5 * {turns} && voicebus.turns.length >= {turns}",
+        timeout=30_000,
+    )
+    return page.evaluate("voicebus.turns")
 
 
 def demo_beside_page(
@@ -240,16 +243,7 @@ def web_side(url: str, wav: Path, turns: int, db: Path, tmp: Path) -> list[dict]
                     if len(done) >= turns:
                         break
                     time.sleep(0.5)
-                measured = page.attached(
-                    lambda p: (
-                        p.wait_for_function(
-                            "document.querySelectorAll('li.turn .waterfall .row').length"
-                            f" >= 5 * {turns} && voicebus.turns.length >= {turns}",
-                            timeout=30_000,
-                        ),
-                        p.evaluate("voicebus.turns"),
-                    )[-1]
-                )
+                measured = page.attached(lambda p: read_turns(p, turns))
             finally:
                 page.close()
         out = []
