@@ -11,7 +11,6 @@ import asyncio
 import base64
 import os
 import re
-import signal
 import statistics
 import struct
 import subprocess
@@ -30,6 +29,7 @@ from tests.conftest import ROOT
 from workers.runtime.audio import resample_float, write_wav
 from workers.runtime.models import bundled_path
 from workers.runtime.natsd import free_port
+from workers.runtime.procs import stop_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -102,12 +102,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         assert url, f"`just web` printed no URL; stderr: {(tmp / 'web.stderr').read_text()[-2000:]}"
         yield {"url": url, "tmp": tmp, "db": tmp / "voice.db", "env": env}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, 60)
         err.close()
 
 
@@ -384,14 +379,15 @@ def test_between_turns_the_graph_rests_and_quiet_frames_are_held_but_not_the_pau
     assert woken and at["sentence"] <= woken[0] <= at["audio"]
     started = next(e for e in events if e["type"] == "mic.voice-started")
     stopped = next(e for e in events if e["type"] == "mic.voice-stopped")
-    playing = next(e for e in events if e["type"] == "speaker.playback-started")
     end_ms, decided_ms = stopped["speech_end_ts"] * 1000, stopped["ts"] * 1000
     judged = [m["frames"] for m in sent if end_ms <= m["at"] <= decided_ms]
-    waiting = [m["frames"] for m in sent if decided_ms + 100 < m["at"] < playing["ts"] * 1000]
+    # Once the turn is decided (waiting for the reply, which may come within 100 ms when its
+    # speculative start was right, and while it plays to a quiet room).
+    after = [m["frames"] for m in sent if m["at"] > decided_ms + 100]
     lead = [m["frames"] for m in sent if m["at"] < started["ts"] * 1000 - 500]
-    print(f"pause judged {judged}; waiting for the reply {waiting}; before the question {lead}")
+    print(f"pause judged {judged}; after the decision {after}; before the question {lead}")
     assert len(judged) >= 5 and set(judged) == {1}
-    assert waiting and set(waiting) == {5}
+    assert after and set(after) == {5}
     assert lead and 5 in lead
     # Nothing lost or held back for good: the frames sent cover the microphone's time.
     covered = sent[-1]["at"] - sent[0]["at"] + 20 * sent[0]["frames"]
