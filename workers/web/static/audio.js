@@ -67,7 +67,7 @@ export class Audio {
   }
 
   // A reply is coming: the graph runs. The page calls this when the reply's first sentence
-  // is shown: its audio follows after the tts's first synthesis (~100 ms), ample for the
+  // is shown: its audio follows after the tts's first synthesis (100-200 ms here), ample for the
   // resume (a few ms), and the graph stays quiet while the llm writes that sentence. Audio
   // that comes to a resting graph wakes it too.
   wake() {
