@@ -184,7 +184,7 @@ export class Audio {
     this.player.port.postMessage({ open: reply, rate });
   }
   push(reply, int16) {
-    if (this.ctx.state === "suspended") this.wake();
+    this.wake(); // audio that comes to a resting graph (its sentence missed) wakes it
     const f = new Float32Array(int16.length);
     for (let i = 0; i < int16.length; i++) f[i] = int16[i] / 32768;
     this.player.port.postMessage({ push: reply, pcm: f }, [f.buffer]);
