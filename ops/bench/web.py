@@ -141,9 +141,10 @@ class Page:
     ~3.5% of a core here (frames going up live), CPU a user's tab does not spend and that the
     models beside it would miss."""
 
-    def __init__(self, pw: Any, url: str, wav: Path, profile: Path) -> None:
+    def __init__(self, pw: Any, url: str, wav: Path, tmp: Path) -> None:
         self.pw = pw
         self.port = free_port()
+        profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.proc = subprocess.Popen(
             [
                 CHROMIUM,
@@ -215,7 +216,7 @@ def demo_beside_page(
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        page = Page(pw, url, silence, Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp)))
+        page = Page(pw, url, silence, tmp)
         try:
             time.sleep(2)  # past the page's start
             return demo_side(env, wavs)
@@ -232,7 +233,7 @@ def web_side(url: str, wav: Path, turns: int, db: Path, tmp: Path) -> list[dict]
     log = EventLog(f"sqlite:///{db}", migrate=False)
     try:
         with sync_playwright() as pw:
-            page = Page(pw, url, wav, Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp)))
+            page = Page(pw, url, wav, tmp)
             try:
                 # Until the log has every turn played out (read twice a second, from here).
                 deadline = time.monotonic() + turns * (GAP_S + 10) + 60
