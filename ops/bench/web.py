@@ -18,7 +18,9 @@ in one run, the sides taking turns to go first each round:
 Printed, over the same question in the same round: web - demo, what the gateway, the
 WebSocket and the browser's audio path add, with the browser's CPU (target <= 30 ms); each
 stage's difference, which says where a gap comes from (the gateway's own stages against
-the same models); beside - demo when run. Every side starts its services afresh (the demo
+the same models); with beside, web - beside (both paying the idle browser's CPU, beside
+also a second set of idle services, ~5% of a core here: what is left is the gateway's and
+the audio path's own) and beside - demo. Every side starts its services afresh (the demo
 its own workers, the web side `just web`), so that neither answers from a KV cache warmed
 by the rounds before; the machine's other load makes single figures noisy, so read the
 medians.
@@ -344,6 +346,10 @@ def report(sides: dict[str, list[list[dict]]]) -> dict:
         # The gateway, the WebSocket and the browser's audio path, plus what the browser's
         # CPU takes from the models on a small machine: what a user feels.
         figures["web_vs_demo"] = report_against("demo (target <= 30 ms)", demo, web)
+    if web and beside:
+        # Both sides pay the browser's CPU here (beside also the idle services of a second
+        # set of workers): what is left is the gateway's and the audio path's own.
+        figures["web_vs_beside"] = report_against("beside", beside, web)
     if demo and beside:
         pairs = paired(demo, beside)
         print("demo with the page listening beside - demo alone (the idle page's load):")
