@@ -11,31 +11,34 @@ in one run, the sides taking turns to go first each round:
   less the microphone's reported input latency) to the first reply sample heard (the output device's
   position clock, getOutputTimestamp, which includes the output latency), and the log's
   figure for the same turns;
-- beside (with `--sides demo,beside,web`): the demo while the page is open and listening to
-  silence beside it, taking no part in the turns: what the idle page (chromium's audio, the
-  gateway's end-pointer on its frames, and the idle services of `just web`) costs the
-  models on a small machine.
-Printed, over the same question in the same round: web - demo, what the gateway, the
-WebSocket and the browser's audio path add, with the browser's CPU (target <= 30 ms); each
-stage's difference, which says where a gap comes from (the gateway's own stages against
-the same models); with beside, web - beside (both paying the idle browser's CPU, beside
-also a second set of idle services, ~5% of a core here: what is left is the gateway's and
-the audio path's own) and beside - demo. Every side starts its services afresh (the demo
-its own workers, the web side `just web`), so that neither answers from a KV cache warmed
-by the rounds before; the machine's other load makes single figures noisy, so read the
-medians.
+- beside (with `--sides demo,beside,web`): the demo with a chromium tab beside it that
+  captures its microphone (silence) through the page's own audio code (`audio.js`, echo
+  cancellation and noise suppression on, frames read off the track) and does nothing else:
+  no gateway, no WebSocket, no services, nothing drawn. A browser capturing a microphone
+  takes its share of the CPU whatever page it runs, and on a small machine the models
+  beside it go without.
+Printed, over the same question in the same round: web - demo, what a user of the page
+feels against the terminal here; each stage's difference, which says where a gap comes
+from (the gateway's own stages against the same models); with beside, web - beside, what
+the gateway, the WebSocket, the page and the browser's audio path add to a tab that only
+captures (target <= 30 ms), and beside - demo, the capturing browser's share of the
+machine. Every side starts its services afresh (the demo its own workers, the web side
+`just web`), so that neither answers from a KV cache warmed by the rounds before; the
+machine's other load makes single figures noisy, so read the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +50,7 @@ from ops.bench.stt import synth_piper
 from workers.runtime.audio import resample_float, write_wav
 from workers.runtime.natsd import free_port
 from workers.runtime.procs import stop_process
+from workers.web.gateway import STATIC
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -143,7 +147,7 @@ class Page:
     ~3.5% of a core here (frames going up live), CPU a user's tab does not spend and that the
     models beside it would miss."""
 
-    def __init__(self, pw: Any, url: str, wav: Path, tmp: Path) -> None:
+    def __init__(self, pw: Any, url: str, wav: Path, tmp: Path, on_open: Any) -> None:
         self.pw = pw
         self.port = free_port()
         profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
@@ -166,7 +170,7 @@ class Page:
             start_new_session=True,
         )
         try:
-            self.conversation_id: str = self.attached(press_talk)
+            self.opened: Any = self.attached(on_open)
         except BaseException:
             self.close()
             raise
@@ -210,15 +214,62 @@ def read_turns(page: Any, turns: int) -> list[dict]:
     return page.evaluate("voicebus.turns")
 
 
-def demo_beside_page(
-    env: dict[str, str], wavs: list[Path], url: str, silence: Path, tmp: Path
-) -> list[dict]:
-    """The demo side while the page is open and listening (to silence) in chromium: both
-    sides then pay the browser's CPU, and the difference is the web path's own."""
+CAPTURE_PAGE = b"""<!doctype html>
+<meta charset="utf-8"><title>microphone only</title>
+<script type="module">
+import { Audio } from "/static/audio.js";
+const audio = new Audio({ onFrame() {}, onPlayed() {}, onFirst() {} });
+await audio.openMic();
+window.capturing = true;
+</script>
+"""
+
+
+@contextlib.contextmanager
+def capture_page() -> Iterator[str]:
+    """A page that captures the microphone with the web page's own audio code and drops
+    the frames (served from here: no gateway): its URL."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(STATIC), **kwargs)
+
+        def do_GET(self) -> None:
+            if self.path == "/":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(CAPTURE_PAGE)))
+                self.end_headers()
+                self.wfile.write(CAPTURE_PAGE)
+            elif self.path.startswith("/static/"):
+                self.path = self.path.removeprefix("/static")
+                super().do_GET()
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def capturing(page: Any) -> None:
+    page.wait_for_function("window.capturing === true")
+
+
+def demo_beside_page(env: dict[str, str], wavs: list[Path], silence: Path, tmp: Path) -> list[dict]:
+    """The demo side while a chromium tab beside it captures its microphone (silence) and
+    does nothing else: both sides then pay what a capturing browser costs the machine."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        page = Page(pw, url, silence, tmp)
+    with capture_page() as url, sync_playwright() as pw:
+        page = Page(pw, url, silence, tmp, capturing)
         try:
             time.sleep(2)  # past the page's start
             return demo_side(env, wavs)
@@ -235,14 +286,12 @@ def web_side(url: str, wav: Path, turns: int, db: Path, tmp: Path) -> list[dict]
     log = EventLog(f"sqlite:///{db}", migrate=False)
     try:
         with sync_playwright() as pw:
-            page = Page(pw, url, wav, tmp)
+            page = Page(pw, url, wav, tmp, press_talk)
             try:
                 # Until the log has every turn played out (read twice a second, from here).
                 deadline = time.monotonic() + turns * (GAP_S + 10) + 60
                 while time.monotonic() < deadline:
-                    done = [
-                        t for t in log.turns(page.conversation_id) if t.playback_done_at is not None
-                    ]
+                    done = [t for t in log.turns(page.opened) if t.playback_done_at is not None]
                     if len(done) >= turns:
                         break
                     time.sleep(0.5)
@@ -326,7 +375,7 @@ def report(sides: dict[str, list[list[dict]]]) -> dict:
     print("voice-to-voice, real end of speech to the first reply sample heard")
     labels = {
         "demo": "just demo (event log)",
-        "beside": "just demo, page listening beside (event log)",
+        "beside": "just demo, a tab capturing beside (event log)",
         "web": "web page (browser clock)",
     }
     for side, runs in sides.items():
@@ -344,15 +393,17 @@ def report(sides: dict[str, list[list[dict]]]) -> dict:
     figures: dict[str, Any] = {"sides": sides}
     if web and demo:
         # The gateway, the WebSocket and the browser's audio path, plus what the browser's
-        # CPU takes from the models on a small machine: what a user feels.
-        figures["web_vs_demo"] = report_against("demo (target <= 30 ms)", demo, web)
+        # CPU takes from the models on a small machine.
+        figures["web_vs_demo"] = report_against("demo (what a user feels here)", demo, web)
     if web and beside:
-        # Both sides pay the browser's CPU here (beside also the idle services of a second
-        # set of workers): what is left is the gateway's and the audio path's own.
-        figures["web_vs_beside"] = report_against("beside", beside, web)
+        # Both sides pay for a browser capturing the microphone: what is left is the
+        # gateway's, the WebSocket's, the page's and the audio path's own.
+        figures["web_vs_beside"] = report_against(
+            "beside (the gateway and the audio path: target <= 30 ms)", beside, web
+        )
     if demo and beside:
         pairs = paired(demo, beside)
-        print("demo with the page listening beside - demo alone (the idle page's load):")
+        print("demo with a tab capturing beside - demo alone (a capturing browser's share):")
         print("  " + ", ".join(f"{k} {med(diffs(pairs, k))}" for k in ("voice_to_voice", *STAGES)))
         figures["beside_vs_demo_ms"] = (
             round(statistics.median(d), 1) if (d := diffs(pairs, "voice_to_voice")) else None
@@ -368,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sides",
         default="demo,web",
         help="comma-separated, run in turn each round: demo (`just demo` alone), web (the "
-        "page), beside (the demo with the page open in chromium and listening to silence "
-        "beside it: what the idle page's load does to the models)",
+        "page), beside (the demo with a chromium tab beside it capturing its microphone, "
+        "silence, through the page's audio code and nothing else: the browser's share of "
+        "the machine, which web - beside leaves out)",
     )
     ap.add_argument("--json", action="store_true", help="last stdout line: the figures as JSON")
     args = ap.parse_args(argv)
@@ -408,18 +460,18 @@ def main(argv: list[str] | None = None) -> int:
             if side == "demo":
                 sides[side].append(demo_side(env, demo_wavs))
                 continue
+            if side == "beside":
+                assert silence_wav is not None
+                sides[side].append(demo_beside_page(env, demo_wavs, silence_wav, tmp))
+                continue
             # `just web` afresh, as `just demo` starts its workers afresh: a long-running
             # llm keeps earlier conversations in its KV cache, and the same first question
             # asked again in the next round was answered from it (first token ~35 ms
             # against ~130 ms), which made the page look 100 ms quicker on that question.
             with running_web(env, tmp) as url:
-                if side == "beside":
-                    assert silence_wav is not None
-                    sides[side].append(demo_beside_page(env, demo_wavs, url, silence_wav, tmp))
-                else:
-                    sides[side].append(
-                        web_side(url, browser_wav, len(questions), tmp / "voice.db", tmp)
-                    )
+                sides[side].append(
+                    web_side(url, browser_wav, len(questions), tmp / "voice.db", tmp)
+                )
     figures = report(sides)
     if args.json:
         print(json.dumps(figures))
