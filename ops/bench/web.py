@@ -57,6 +57,10 @@ QUESTIONS = [
     "What is the capital of Italy?",
     "How far away is the moon?",
     "What is a good name for a cat?",
+    "How many legs does a spider have?",
+    "Who wrote Romeo and Juliet?",
+    "What is the capital of Spain?",
+    "Why is the sky blue?",
 ]
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -413,7 +417,9 @@ def report(sides: dict[str, list[list[dict]]]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="just bench web", description=__doc__)
-    ap.add_argument("--questions", type=int, default=3, help="questions per round (max 4)")
+    ap.add_argument(
+        "--questions", type=int, default=3, help=f"questions per round (max {len(QUESTIONS)})"
+    )
     ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
     ap.add_argument(
         "--sides",
