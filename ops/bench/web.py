@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="rounds; sides alternate first")
     ap.add_argument(
         "--sides",
-        default="demo,web",
+        default="demo,beside,web",
         help="comma-separated, run in turn each round: demo (`just demo` alone), web (the "
         "page), beside (the demo with a chromium tab beside it capturing its microphone, "
         "silence, through the page's audio code and nothing else: the browser's share of "
