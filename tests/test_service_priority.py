@@ -164,3 +164,46 @@ async def test_the_recorder_yields_the_cpu_to_the_turns(bus, settings, tmp_path:
         assert group.endswith(" nice 10"), group
     finally:
         rec.stop()
+
+
+async def test_a_file_mic_yields_the_cpu_once_its_file_is_done(
+    bus, settings, tmp_path: Path
+) -> None:
+    """A file mic exits about a second after its last utterance ended, while the reply to
+    it is being made: its shutdown runs niced (at normal priority it cost that reply's
+    first audio ~100 ms on 2 cores)."""
+    import asyncio
+    import time
+
+    from workers.runtime.audio import write_wav
+    from workers.runtime.procs import WorkerProcess
+
+    wav = write_wav(tmp_path / "quiet.wav", bytes(2 * 16_000), 16_000)
+    mic = WorkerProcess(
+        "mic", settings, args=["--file", str(wav), "--fast"], log_file=tmp_path / "mic.log"
+    ).start()
+    assert mic.proc is not None
+    pid = mic.proc.pid
+
+    def niceness_until_exit() -> list[int]:
+        seen: list[int] = []
+        while mic.proc.poll() is None:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                break
+            if stat[0] == "Z":
+                break
+            seen.append(int(stat[16]))  # field 19: nice
+            time.sleep(0.0005)
+        return seen
+
+    try:
+        seen = await asyncio.wait_for(asyncio.to_thread(niceness_until_exit), 120)
+    finally:
+        mic.stop()
+    assert mic.proc.returncode == 0, (tmp_path / "mic.log").read_text()[-2000:]
+    normal = os.nice(0)
+    assert seen[0] == normal  # streaming at the priority it was started with
+    assert seen[-1] == 19, sorted(set(seen))  # then shutting down niced
