@@ -83,6 +83,10 @@ def env_for(tmp: Path) -> dict[str, str]:
         DATABASE_URL=f"sqlite:///{tmp / 'voice.db'}",
         PYTHONPATH=str(ROOT),
         LLM_TEMPERATURE=os.environ.get("LLM_TEMPERATURE", "0"),
+        # The demo's file mic listens on to silence until the demo stops it after the
+        # reply, as the page's microphone and the gateway do; ending a second after the
+        # speech, its process exited while the reply was being made.
+        MIC_TAIL_SILENCE_MS="60000",
     )
     for key in ("ENDPOINT", "ENDPOINTS", "POOL", "WORKER_ID", "NATS_USER", "NATS_PASSWORD"):
         env.pop(key, None)
