@@ -157,7 +157,7 @@ async def test_a_quiet_decode_goes_before_partials_waiting_for_the_decoder() -> 
     gate, release, ran = DecodeGate(), threading.Event(), []
 
     def decode(name: str):  # type: ignore[no-untyped-def]
-        def run() -> str:
+        def run(cancel: threading.Event) -> str:
             if name == "busy":
                 release.wait(5)
             ran.append(name)
@@ -174,4 +174,34 @@ async def test_a_quiet_decode_goes_before_partials_waiting_for_the_decoder() -> 
     assert await busy == "busy" and await quiet == "quiet"
     assert await partial is None
     assert ran == ["busy", "quiet"]
+    gate.close()
+
+
+async def test_a_partial_on_the_decoder_gives_way_to_a_quiet_decode() -> None:
+    """A partial already decoding is told to stop when an urgent decode comes; a decode
+    that stops (DecodeCancelled, at its next stage) counts as skipped."""
+    import asyncio
+    import threading
+
+    from workers.stt.backends import DecodeCancelled
+    from workers.stt.worker import DecodeGate
+
+    gate, ran = DecodeGate(), []
+
+    def partial(cancel: threading.Event) -> str:
+        assert cancel.wait(5), "never told to stop"
+        ran.append("partial stopped")
+        raise DecodeCancelled
+
+    def quiet(cancel: threading.Event) -> str:
+        ran.append("quiet")
+        return "quiet"
+
+    running = asyncio.create_task(gate.run(partial, urgent=False))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert await gate.run(quiet, urgent=True) == "quiet"  # type: ignore[arg-type]
+    assert await running is None
+    assert ran == ["partial stopped", "quiet"] and gate.cancelled == 1
+    # An urgent decode is never stopped for another urgent one.
+    assert await gate.run(quiet, urgent=True) == "quiet"  # type: ignore[arg-type]
     gate.close()

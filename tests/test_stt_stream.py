@@ -378,7 +378,7 @@ async def test_a_second_utterance_does_not_make_the_stt_forget_the_first_ones_de
             )
         # A's quiet decode starts on its last chunk; B starts while it runs.
         await asyncio.wait_for(_until(lambda: a.utterance_id in worker._decoding, 0.005), 10)
-        assert not worker._decoding[a.utterance_id].done()
+        assert not worker._decoding[a.utterance_id][0].done()
         await _publish_utterance(bus, conv_b, [0, 1, 2], None)
         await asyncio.wait_for(_until_async(lambda: _pending(bus), 2, interval=0.01), 10)
         await bus.publish(
@@ -398,6 +398,94 @@ async def test_a_second_utterance_does_not_make_the_stt_forget_the_first_ones_de
         await task
     assert final.decode_ms == 0.0  # the quiet decode's result, not a second decode
     assert wer([PHRASES[2]], [final.text]) <= WER_BOUND
+
+
+def test_a_decode_told_to_stop_stops_between_its_stages(backend) -> None:
+    import threading
+
+    from workers.stt.backends import DecodeCancelled
+
+    speech = synth_espeak(PHRASES[2]).astype(np.float32) / 32768
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(DecodeCancelled):
+        backend.transcribe(speech, final=False, language=None, cancel=stop)
+    out = backend.transcribe(speech, final=True, language=None, cancel=threading.Event())
+    assert wer([PHRASES[2]], [out.text]) <= WER_BOUND
+
+
+async def test_the_end_of_speech_does_not_wait_for_a_partial_of_its_middle(
+    bus: Bus, settings: Settings
+) -> None:
+    """Speech ends while a partial decode runs: the quiet decode (which the end-pointer and
+    the speculative answer wait for) starts at once, and the partial is given up at its next
+    stage instead of running to its end first. The partial publishes nothing; the quiet
+    decode and the final hear the whole speech."""
+    from ops.bench.stt import trim
+
+    speech = np.concatenate([trim(synth_espeak(PHRASES[2])), trim(synth_espeak(PHRASES[4]))])
+    audio = np.concatenate([np.zeros(16 * 300, np.int16), speech])
+    # One partial, started 100 ms before the speech ends (the partial interval is that long).
+    total = len(audio) // 320
+    first = total - 5
+    worker, task = await start_stt(bus, settings, partial_interval_ms=20 * first)
+    conv = new_id()
+    base = {"endpoint": "device", "producer": "test", "conversation_id": conv}
+    started = VoiceStarted(**base, utterance_id=new_id(), preroll_ms=300)
+
+    def chunk(seq: int) -> MicAudioChunk:
+        pcm = audio[seq * 320 : (seq + 1) * 320] if seq < total else np.zeros(320, np.int16)
+        return MicAudioChunk(
+            **base,
+            utterance_id=started.utterance_id,
+            seq=seq,
+            audio=pcm.astype("<i2").tobytes(),
+            offset_ms=20.0 * seq,
+        )
+
+    n = total + 20  # the speech, then 400 ms of silence
+    try:
+        await bus.publish(started)
+        for seq in range(first):
+            await bus.publish(chunk(seq))
+        await asyncio.wait_for(_until(lambda: worker.gate._running is not None, 0.002), 10)
+        running = worker.gate._running
+        assert running is not None and not running[0]  # the partial
+        # The speech ends and the silence comes while that partial decodes.
+        for seq in range(first, n):
+            await bus.publish(chunk(seq))
+        spec = await asyncio.wait_for(_until_async(lambda: _speculative(bus, conv), 1), 20)
+        assert running[1].is_set(), "the quiet decode waited for the partial to finish"
+        await bus.publish(
+            VoiceStopped(
+                **base,
+                utterance_id=started.utterance_id,
+                chunks=n,
+                duration_ms=20.0 * n,
+                speech_end_offset_ms=20.0 * total,
+                speech_end_ts=0,
+            )
+        )
+        (final, _), *_ = await asyncio.wait_for(_until_async(lambda: _finals(bus, conv), 1), 20)
+    finally:
+        worker.stop()
+        await task
+    assert worker.gate.cancelled == 1
+    events = [e for e, _ in await read_stream(bus, f"voice.*.{conv}.>")]
+    # Only the quiet decode's words went out as a partial, none of the stopped one's.
+    partials = [e for e in events if isinstance(e, TranscriptPartial)]
+    assert partials and all(p.audio_ms >= 20.0 * total for p in partials)
+    phrases = [f"{PHRASES[2]} {PHRASES[4]}"]
+    assert wer(phrases, [spec[0].text]) <= WER_BOUND
+    assert wer(phrases, [final.text]) <= WER_BOUND
+
+
+async def _speculative(bus: Bus, conv: str) -> list[Transcript]:
+    return [
+        e
+        for e, _ in await read_stream(bus, f"voice.*.{conv}.stt.transcript")
+        if isinstance(e, Transcript) and e.speculative
+    ]
 
 
 async def _pending(bus: Bus) -> list[int]:

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,15 @@ class SttError(RuntimeError):
     """A configuration the backend cannot run with; the message says what to change."""
 
 
+class DecodeCancelled(Exception):
+    """A decode given up between its stages: a more urgent one wants the decoder."""
+
+
+def check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise DecodeCancelled
+
+
 @dataclass(frozen=True)
 class WordTiming:
     word: str
@@ -78,10 +88,17 @@ class Backend(Protocol):
     def load(self) -> None: ...
 
     def transcribe(
-        self, audio: np.ndarray, *, final: bool, language: str | None, onset_s: float = 0.0
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        language: str | None,
+        onset_s: float = 0.0,
+        cancel: threading.Event | None = None,
     ) -> Decoded:
         """Decode float32 16 kHz mono audio whose speech starts about `onset_s` in (the
-        pre-roll). Finals carry word timings (from the audio's start) and use the beam."""
+        pre-roll). Finals carry word timings (from the audio's start) and use the beam.
+        Once `cancel` is set the decode stops at its next stage and raises DecodeCancelled."""
         ...
 
 
@@ -219,17 +236,25 @@ class WhisperBackend:
         return tok
 
     def transcribe(
-        self, audio: np.ndarray, *, final: bool, language: str | None, onset_s: float = 0.0
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        language: str | None,
+        onset_s: float = 0.0,
+        cancel: threading.Event | None = None,
     ) -> Decoded:
         if self._model is None:
             raise SttError("model not loaded")
         t0 = time.perf_counter()
         audio = np.asarray(audio, dtype=np.float32)
         if self.settings.full_context or len(audio) > MAX_SHORT_S * RATE:
-            out = self._transcribe_plain(audio, final=final, language=language)
+            out = self._transcribe_plain(audio, final=final, language=language, cancel=cancel)
         else:
             lead_s = max(0.0, LEAD_S - onset_s)
-            out = self._transcribe_short(audio, final=final, language=language, lead_s=lead_s)
+            out = self._transcribe_short(
+                audio, final=final, language=language, lead_s=lead_s, cancel=cancel
+            )
         text, words, lang, lang_p, conf = out
         return Decoded(
             text=text,
@@ -242,7 +267,13 @@ class WhisperBackend:
         )
 
     def _transcribe_short(  # type: ignore[no-untyped-def]
-        self, audio: np.ndarray, *, final: bool, language: str | None, lead_s: float
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        language: str | None,
+        lead_s: float,
+        cancel: threading.Event | None,
     ):
         import ctranslate2
         from faster_whisper.transcribe import (
@@ -262,6 +293,9 @@ class WhisperBackend:
         frames = min(3000, math.ceil((content_frames + PAD_S * 100) / 100.0) * 100)
         feats = m.feature_extractor(led, padding=frames * 160 - len(led))[:, :frames]
         enc = m.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
+        # The encoder and the generation cannot be interrupted; between them a decode that
+        # is no longer wanted leaves the decoder (most of a partial's cost is generation).
+        check(cancel)
 
         lang, lang_p = language or "", 1.0 if language else 0.0
         if not m.model.is_multilingual:
@@ -292,10 +326,11 @@ class WhisperBackend:
             if not final:
                 text, tokens = "", []  # a looping partial: skip it, the next one is fresh
             else:  # (given the audio without the added lead: word timings count from it)
-                return self._transcribe_plain(audio, final=final, language=language)
+                return self._transcribe_plain(audio, final=final, language=language, cancel=cancel)
         conf = float(math.exp(max(avg_logprob, -20.0))) if tokens else 0.0
         words: tuple[WordTiming, ...] = ()
         if final and tokens:
+            check(cancel)
             align = m.find_alignment(tok, [tokens], enc, content_frames)[0]
             merge_punctuations(align, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
             words = tuple(
@@ -312,7 +347,14 @@ class WhisperBackend:
                 conf = float(np.mean([w.probability for w in words]))
         return text, words, lang, lang_p, conf
 
-    def _transcribe_plain(self, audio: np.ndarray, *, final: bool, language: str | None):  # type: ignore[no-untyped-def]
+    def _transcribe_plain(  # type: ignore[no-untyped-def]
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        language: str | None,
+        cancel: threading.Event | None = None,
+    ):
         m = self._model
         assert m is not None
         segments, info = m.transcribe(
@@ -324,7 +366,10 @@ class WhisperBackend:
             condition_on_previous_text=False,
             vad_filter=False,
         )
-        segs = list(segments)
+        segs = []
+        for seg in segments:  # each segment is one window's generation
+            segs.append(seg)
+            check(cancel)
         text = " ".join(s.text.strip() for s in segs).strip()
         words = tuple(
             WordTiming(

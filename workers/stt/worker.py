@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,7 +44,7 @@ from workers.runtime.bus import Bus, Consumer, Delivery, Released
 from workers.runtime.config import Settings
 from workers.runtime.service import Worker
 from workers.runtime.telemetry import tracer
-from workers.stt.backends import Backend, Decoded, WhisperBackend
+from workers.stt.backends import Backend, DecodeCancelled, Decoded, WhisperBackend
 from workers.stt.config import SttSettings
 from workers.stt.streaming import RATE, Coverage, UtteranceAudio, stable_prefix
 
@@ -60,22 +62,40 @@ class UtteranceFailed(Exception):
 class DecodeGate:
     """One decode at a time per process (the model uses all cores). Urgent decodes (finals,
     and the quiet decode the end-pointer and the answer wait for) go first: a partial that
-    would run while one waits is skipped."""
+    would run while one waits is skipped, and a partial already running is given up at its
+    next stage (`DecodeCancelled`), so the speech's end does not wait for words about its
+    middle."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="stt-decode")
         self.urgent_waiting = 0
+        self._running: tuple[bool, threading.Event] | None = None
+        """(urgent, cancel) of the decode on the decoder now."""
+        self.cancelled = 0
 
-    async def run(self, fn: Any, *, urgent: bool) -> Decoded | None:
+    async def run(
+        self, fn: Callable[[threading.Event], Decoded], *, urgent: bool
+    ) -> Decoded | None:
+        """fn(cancel) on the decoder thread; None if it was skipped or given up."""
         loop = asyncio.get_running_loop()
         if urgent:
             self.urgent_waiting += 1
+            if self._running is not None and not self._running[0]:
+                self._running[1].set()
         try:
             async with self._lock:
                 if not urgent and self.urgent_waiting:
                     return None  # a partial is worth less than someone's final
-                return await loop.run_in_executor(self._pool, fn)
+                cancel = threading.Event()
+                self._running = (urgent, cancel)
+                try:
+                    return await loop.run_in_executor(self._pool, fn, cancel)
+                except DecodeCancelled:
+                    self.cancelled += 1
+                    return None
+                finally:
+                    self._running = None
         finally:
             if urgent:
                 self.urgent_waiting -= 1
@@ -98,8 +118,9 @@ class SttWorker(Worker):
         self.stt = stt or SttSettings()
         self.backend: Backend = backend or WhisperBackend(self.stt)
         self.gate = DecodeGate()
-        self._decoding: dict[str, asyncio.Task[None]] = {}
-        """The decode running for each utterance followed (one at a time per utterance)."""
+        self._decoding: dict[str, tuple[asyncio.Task[None], bool]] = {}
+        """The latest decode of each utterance followed, and whether it is a quiet one (a
+        quiet decode may start while a partial runs: the gate gives the partial up)."""
         self._tracer = tracer("voicebus.stt")
         self.finals = 0
 
@@ -176,9 +197,9 @@ class SttWorker(Worker):
                         await self._on_stopped(started, ev, utt, state)
                         return
         finally:
-            task = self._decoding.pop(started.utterance_id, None)
-            if task is not None and not task.done():
-                task.cancel()
+            latest = self._decoding.pop(started.utterance_id, None)
+            if latest is not None and not latest[0].done():
+                latest[0].cancel()
 
     def _on_chunk(
         self,
@@ -197,11 +218,14 @@ class SttWorker(Worker):
         utt.add(chunk.audio)
         # Decode only when caught up: replayed backlog is not worth a partial.
         kind = utt.want_decode() if caught_up else None
-        decoding = self._decoding.get(started.utterance_id)
-        if kind and (decoding is None or decoding.done()):
-            self._decoding[started.utterance_id] = asyncio.create_task(
-                self._partial(started, utt, state, quiet=kind == "quiet")
-            )
+        latest = self._decoding.get(started.utterance_id)
+        busy = latest is not None and not latest[0].done()
+        # A quiet decode does not wait for a partial of this utterance to finish: the speech
+        # has just ended, and the end-pointer and the answer wait for this decode.
+        if kind and (not busy or (kind == "quiet" and latest is not None and not latest[1])):
+            quiet = kind == "quiet"
+            task = asyncio.create_task(self._partial(started, utt, state, quiet=quiet))
+            self._decoding[started.utterance_id] = (task, quiet)
 
     async def _on_stopped(
         self, started: VoiceStarted, stopped: VoiceStopped, utt: UtteranceAudio, state: dict
@@ -211,14 +235,14 @@ class SttWorker(Worker):
                 "audio-gap",
                 f"voice-stopped says {stopped.chunks} chunks, got {utt.next_chunk_seq}",
             )
-        decoding = self._decoding.get(started.utterance_id)
+        latest = self._decoding.get(started.utterance_id)
         if (
-            decoding is not None
+            latest is not None
             and utt.reusable(stopped.speech_end_offset_ms) is None
             and state.get("inflight_final_quality")
             and utt.covers(utt.decoded_to, stopped.speech_end_offset_ms)
         ):
-            await decoding  # it saw all the speech: cheaper than a new decode
+            await latest[0]  # it saw all the speech: cheaper than a new decode
         state["final"] = True
         await self._final(started, stopped, utt, state)
 
@@ -233,11 +257,12 @@ class SttWorker(Worker):
         state["inflight_final_quality"] = final_quality
         with self._tracer.start_as_current_span("stt.partial") as span:
             out = await self.gate.run(
-                lambda: self.backend.transcribe(
+                lambda cancel: self.backend.transcribe(
                     audio,
                     final=final_quality,
                     language=state["language"],
                     onset_s=started.preroll_ms / 1000,
+                    cancel=cancel,
                 ),
                 urgent=quiet,
             )
@@ -346,7 +371,7 @@ class SttWorker(Worker):
             if out is None:
                 audio = utt.audio()
                 out = await self.gate.run(
-                    lambda: self.backend.transcribe(
+                    lambda _cancel: self.backend.transcribe(
                         audio,
                         final=True,
                         language=state["language"],
