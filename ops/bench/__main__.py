@@ -1,6 +1,6 @@
 """`python -m ops.bench NAME [ARGS]`: run one benchmark.
 
-bus, stt, llm, quant, tts, e2e, turn, load, answers, peers, wyoming, web, aec, wake.
+bus, stt, llm, quant, tts, e2e, turn, load, answers, peers, wyoming, web, browser, aec, wake.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 
 def main() -> int:
-    names = "bus stt llm quant tts e2e turn load answers peers wyoming web aec wake".split()
+    names = "bus stt llm quant tts e2e turn load answers peers wyoming web browser aec wake".split()
     if len(sys.argv) < 2 or sys.argv[1] not in names:
         print(f"usage: just bench {{{'|'.join(names)}}} [options]", file=sys.stderr)
         return 2

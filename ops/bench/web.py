@@ -234,21 +234,23 @@ window.capturing = true;
 
 
 @contextlib.contextmanager
-def capture_page() -> Iterator[str]:
+def capture_page(pages: dict[str, bytes] | None = None) -> Iterator[str]:
     """A page that captures the microphone with the web page's own audio code and drops
-    the frames (served from here: no gateway): its URL."""
+    the frames (served from here: no gateway): its URL. `pages` adds others by path."""
+    served = {"/": CAPTURE_PAGE, **(pages or {})}
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(STATIC), **kwargs)
 
         def do_GET(self) -> None:
-            if self.path == "/":
+            if self.path in served:
+                body = served[self.path]
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(CAPTURE_PAGE)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(CAPTURE_PAGE)
+                self.wfile.write(body)
             elif self.path.startswith("/static/"):
                 self.path = self.path.removeprefix("/static")
                 super().do_GET()
