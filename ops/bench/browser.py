@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.bench.web import CAPTURE_PAGE, CHROMIUM, capture_page, chromium_args
+from ops.bench.load import cpu_s as process_cpu_s
+from ops.bench.web import CAPTURE_PAGE, CHROMIUM, capture_page, chromium_command
 from workers.runtime.audio import write_wav
 from workers.runtime.procs import stop_process
 
@@ -90,33 +91,15 @@ def tree(root: int) -> list[int]:
 
 
 def cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            pass  # a process that ended in the window: its CPU is lost with it
-    return total / os.sysconf("SC_CLK_TCK")
+    # (a process that ended in the window takes its CPU with it: counted as 0)
+    return sum(process_cpu_s(pid) for pid in pids)
 
 
 def measure(url: str, wav: Path, tmp: Path, settle_s: float, window_s: float) -> float:
     """Percent of one core that chromium on `url` used over `window_s`, after `settle_s`."""
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
     proc = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-background-networking",
-            "--disable-component-update",
-            f"--user-data-dir={profile}",
-            *chromium_args(wav),
-            url,
-        ],
+        chromium_command(profile, wav, url),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -147,6 +147,23 @@ def chromium_args(wav: Path) -> list[str]:
     ]
 
 
+def chromium_command(profile: str, wav: Path, url: str, *extra: str) -> list[str]:
+    """Headless chromium on `url` with its own profile, its microphone reading `wav`."""
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # as Playwright launches it (the tests run as root)
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        f"--user-data-dir={profile}",
+        *extra,
+        *chromium_args(wav),
+        url,
+    ]
+
+
 class Page:
     """Chromium (headless, Debian's) on the page, its microphone reading a WAV, with nothing
     attached while it listens and answers. Playwright drives it over the DevTools protocol
@@ -160,19 +177,7 @@ class Page:
         self.port = free_port()
         profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",  # as Playwright launches it (the tests run as root)
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                f"--user-data-dir={profile}",
-                f"--remote-debugging-port={self.port}",
-                *chromium_args(wav),
-                url,
-            ],
+            chromium_command(profile, wav, url, f"--remote-debugging-port={self.port}"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
